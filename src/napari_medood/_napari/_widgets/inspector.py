@@ -1,0 +1,174 @@
+"""The "Anomaly inspector" dock widget: the plugin's home panel.
+
+It follows the scan chosen in its layer list and shows where that scan sits in the world
+(voxels, spacing, orientation, field of view) and its intensities. The detection, playground
+and evaluation panels are added to its tabs as they are built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medood._napari._layers import METADATA_KEY, layer_data_to_volume
+from napari_medood.io.volume import Volume
+
+if TYPE_CHECKING:
+    import napari
+
+_MAX_STAT_VOXELS = 1_000_000
+
+
+class LayerComboBox(QComboBox):
+    """A list of the viewer's layers of some types that follows additions, removals and renames."""
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        layer_types: tuple[type, ...],
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._types = layer_types
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        viewer.layers.events.moved.connect(self.refresh)
+        self.refresh()
+
+    def layers(self) -> list[Any]:
+        return [layer for layer in self._viewer.layers if isinstance(layer, self._types)]
+
+    def refresh(self, event: Any = None) -> None:
+        previous = self.currentData()  # may be a layer that was just removed
+        current = self.current_layer()
+        layers = self.layers()
+        self.blockSignals(True)
+        self.clear()
+        for layer in layers:
+            self.addItem(layer.name, layer)
+            # psygnal keeps weak references to bound methods: no leak when either side goes.
+            layer.events.name.connect(self.refresh)
+        if current not in layers:
+            # default: the newest layer of the first type (a scan before its labels)
+            preferred = [layer for layer in layers if isinstance(layer, self._types[0])]
+            current = (preferred or layers or [None])[-1]
+        self.setCurrentIndex(layers.index(current) if current is not None else -1)
+        self.blockSignals(False)
+        if self.currentData() is not previous:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def current_layer(self) -> Any | None:
+        layer = self.currentData()
+        return layer if layer is not None and layer in self._viewer.layers else None
+
+
+def layer_volume(layer: Any) -> Volume:
+    """The Volume behind a 3D napari layer (source geometry when the plugin made the layer)."""
+    return layer_data_to_volume(layer.data, layer.as_layer_data_tuple()[1])
+
+
+def _fmt(values: Any, digits: int = 2, sep: str = " x ") -> str:
+    def one(value: Any) -> str:
+        text = f"{float(value):.{digits}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+
+    return sep.join(one(v) for v in values)
+
+
+def describe_volume(volume: Volume, metadata: dict | None = None) -> list[tuple[str, str]]:
+    """Rows of (label, text) describing a scan's geometry and intensities."""
+    info = (metadata or {}).get(METADATA_KEY, {})
+    meta = {**info.get("meta", {}), **volume.meta}
+    grid = volume.grid
+    rows = [
+        ("File", str(volume.source) if volume.source else "not from a file"),
+        ("Format", str(meta.get("format", "unknown")).upper() if meta.get("format") else "-"),
+        ("Voxels", _fmt(grid.shape, 0)),
+        ("Spacing", _fmt(grid.spacing) + " mm"),
+        ("Field of view", _fmt(np.asarray(grid.shape) * np.asarray(grid.spacing), 1) + " mm"),
+        ("Stored axes", "".join(grid.axcodes) + " (array axes point to)"),
+        ("Origin (RAS)", _fmt(grid.origin, 1, ", ") + " mm"),
+    ]
+    tilt = grid.obliquity_degrees
+    if tilt > 1e-3 or not grid.is_orthogonal:
+        shear = "" if grid.is_orthogonal else ", sheared grid"
+        rows.append(("Obliquity", f"{tilt:.1f} degrees{shear}: 2D slices ignore the tilt"))
+    data = volume.data
+    step = max(1, int(np.ceil(data.size / _MAX_STAT_VOXELS)))
+    sample = np.asarray(data).ravel()[::step]
+    if sample.dtype.kind in "biuf" and sample.size:
+        low, p1, p99, high = np.percentile(sample, [0, 1, 99, 100])
+        rows.append(
+            ("Intensities", f"{data.dtype}, {low:g} .. {high:g} (1st-99th pct {p1:g} .. {p99:g})")
+        )
+    credit = (metadata or {}).get("attribution") or meta.get("attribution")
+    if credit:
+        rows.append(("Credit", str(credit)))
+    return rows
+
+
+class AnomalyInspector(QWidget):
+    """Dock widget: pick a scan and see its geometry; later panels add detection tools."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        from napari.layers import Image, Labels
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.setObjectName("medood-anomaly-inspector")
+        layout = QVBoxLayout(self)
+        picker = QFormLayout()
+        self.layer_combo = LayerComboBox(napari_viewer, (Image, Labels), self)
+        picker.addRow("Scan", self.layer_combo)
+        layout.addLayout(picker)
+
+        self.tabs = QTabWidget(self)
+        self.scan_tab = QWidget()
+        self.scan_form = QFormLayout(self.scan_tab)
+        self.tabs.addTab(self.scan_tab, "Scan")
+        layout.addWidget(self.tabs)
+        layout.addStretch(1)
+
+        self.layer_combo.currentIndexChanged.connect(self._show_scan)
+        self._show_scan()
+
+    def scan_rows(self) -> dict[str, str]:
+        """What the Scan tab shows now, label -> text."""
+        rows = {}
+        for row in range(self.scan_form.rowCount()):
+            label = self.scan_form.itemAt(row, QFormLayout.ItemRole.LabelRole)
+            field = self.scan_form.itemAt(row, QFormLayout.ItemRole.FieldRole)
+            if label is not None and field is not None:
+                rows[label.widget().text()] = field.widget().text()
+        return rows
+
+    def _show_scan(self, *args: Any) -> None:
+        while self.scan_form.rowCount():
+            self.scan_form.removeRow(0)
+        layer = self.layer_combo.current_layer()
+        if layer is None:
+            self.scan_form.addRow(
+                QLabel("No scan"),
+                QLabel("open a 3D scan (File > Open) or File > Open Sample > MedOOD"),
+            )
+            return
+        try:
+            rows = describe_volume(layer_volume(layer), layer.metadata)
+        except ValueError as exc:
+            rows = [("Not a 3D scan", str(exc))]
+        for name, text in rows:
+            value = QLabel(text)
+            value.setWordWrap(True)
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            self.scan_form.addRow(QLabel(name), value)

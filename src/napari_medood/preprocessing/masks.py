@@ -1,0 +1,107 @@
+"""Foreground and brain masks: from a mask file on the image's grid, or from a threshold."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from napari_medood.errors import GridMismatchError, PreprocessingError
+from napari_medood.io.volume import Grid, Volume
+
+
+def mask_from_threshold(
+    data: np.ndarray,
+    threshold: float | str = 0.0,
+    *,
+    fill_holes: bool = True,
+    largest_component: bool = True,
+) -> np.ndarray:
+    """Foreground = voxels above ``threshold`` (a number, or ``"otsu"``), cleaned up.
+
+    Args:
+        fill_holes: fill enclosed holes in 3D and slice by slice (ventricles, dark CSF and
+            skull inside a bright scalp, dark lesions).
+        largest_component: keep only the largest connected component (drops noise specks).
+    """
+    from scipy import ndimage
+
+    data = np.asarray(data)
+    if isinstance(threshold, str):
+        if threshold != "otsu":
+            raise ValueError(f"threshold must be a number or 'otsu', got {threshold!r}")
+        from skimage.filters import threshold_otsu
+
+        finite = data[np.isfinite(data)]
+        if finite.size == 0 or finite.min() == finite.max():
+            raise PreprocessingError("cannot compute an Otsu threshold on a constant image")
+        threshold = float(threshold_otsu(finite))
+    mask = data > threshold
+    if not mask.any():
+        raise PreprocessingError(
+            f"no voxel is above the threshold {threshold:g}: the mask is empty"
+        )
+    if largest_component:
+        labels, count = ndimage.label(mask)
+        if count > 1:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            mask = labels == int(sizes.argmax())
+    if fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+        # A head is rarely closed in 3D (the neck leaves the field of view), but each slice
+        # through it is: fill slice by slice along every axis as well.
+        for axis in range(3):
+            for index in range(mask.shape[axis]):
+                plane = np.take(mask, index, axis=axis)
+                filled = ndimage.binary_fill_holes(plane)
+                if filled.sum() != plane.sum():
+                    mask[(slice(None),) * axis + (index,)] = filled
+    return mask
+
+
+def check_mask(mask: np.ndarray, grid: Grid, name: str | os.PathLike | None = None) -> np.ndarray:
+    """Return ``mask`` as bool after checking it matches the image grid and is not empty."""
+    mask = np.asarray(mask)
+    if mask.shape != grid.shape:
+        raise GridMismatchError(
+            name, f"the mask has shape {mask.shape} but the image has {grid.shape}"
+        )
+    mask = mask > 0 if mask.dtype != bool else mask
+    if not mask.any():
+        raise GridMismatchError(name, "the mask is empty (no voxel is inside)")
+    return mask
+
+
+def align_to_grid(volume: Volume, grid: Grid, atol: float = 1e-3) -> Volume:
+    """Return ``volume`` on ``grid`` when both cover the same voxels, only stored in another
+    axis order or direction (a mask saved in RAS for an image stored in PSR, say).
+
+    Raises:
+        GridMismatchError: the voxels differ (another spacing, origin or field of view).
+    """
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+    if volume.grid.same_as(grid, atol):
+        return volume
+    transform = ornt_transform(io_orientation(volume.affine), io_orientation(grid.affine))
+    data = apply_orientation(volume.data, transform)
+    affine = volume.affine @ inv_ornt_aff(transform, volume.shape)
+    moved = Volume(np.ascontiguousarray(data), affine, volume.source, dict(volume.meta))
+    if not moved.grid.same_as(grid, atol):
+        raise GridMismatchError(
+            volume.source,
+            f"is on another voxel grid ({volume.grid.describe()}, origin "
+            f"{np.round(volume.origin, 2).tolist()}) than the image ({grid.describe()}, origin "
+            f"{np.round(grid.origin, 2).tolist()}); resample it onto the image first",
+        )
+    return moved
+
+
+def load_mask(path: str | os.PathLike, grid: Grid) -> np.ndarray:
+    """Read a mask file (non-zero = inside) and return it as bool on ``grid``."""
+    from napari_medood.io.readers import read_volume
+
+    volume = read_volume(path)
+    aligned = align_to_grid(volume, grid)
+    return check_mask(aligned.data, grid, path)

@@ -1,0 +1,85 @@
+"""Builders of test files in every supported format, from real scans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """3x3 rotation matrix about world axis ``axis``."""
+    angle = np.radians(degrees)
+    c, s = np.cos(angle), np.sin(angle)
+    i, j = [a for a in range(3) if a != axis]
+    matrix = np.eye(3)
+    matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = c, -s, s, c
+    return matrix
+
+
+def sitk_world_ras(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
+    """RAS+ world coordinates SimpleITK gives for voxel indices (i, j, k)."""
+    points = [image.TransformContinuousIndexToPhysicalPoint([float(v) for v in p]) for p in ijk]
+    return np.asarray(points) * np.array([-1.0, -1.0, 1.0])
+
+
+def sitk_image_from_nifti(path: Path, tilt_degrees: float = 0.0, origin=(12.5, -40.25, 7.0)):
+    """A SimpleITK image with a real scan's voxels, its spacing, and an optional oblique tilt."""
+    image = sitk.ReadImage(str(path))
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    if tilt_degrees:
+        direction = rotation(0, tilt_degrees) @ rotation(2, tilt_degrees / 2) @ direction
+    image.SetDirection(direction.ravel().tolist())
+    image.SetOrigin(origin)
+    return image
+
+
+def write_dicom_series(
+    volume: np.ndarray,
+    folder: Path,
+    spacing=(0.8, 0.8, 2.5),
+    origin=(-100.0, -120.0, 30.0),
+    direction=None,
+    series_uid="1.2.826.0.1.3680043.2.1125.1.42",
+    description="test",
+):
+    """Write a (k, j, i) int16 array as a DICOM CT series, one file per slice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(volume.astype(np.int16))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    direction = np.eye(3) if direction is None else np.asarray(direction)
+    image.SetDirection(direction.ravel().tolist())
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    row, col = direction[:, 0], direction[:, 1]
+    for k in range(image.GetDepth()):
+        piece = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.7",
+            "0020|000e": series_uid,
+            "0008|103e": description,
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (*row, *col)),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0013": str(k + 1),
+            "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}",
+            "0018|0050": f"{spacing[2]:.6f}",
+            "0008|0018": f"{series_uid}.{k + 1}",
+        }
+        for key, value in tags.items():
+            piece.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(piece)
+    return folder
+
+
+def nifti_like(path: Path, data: np.ndarray, reference: nib.Nifti1Image) -> Path:
+    """Save ``data`` with ``reference``'s affine and header codes."""
+    image = nib.Nifti1Image(data, reference.affine, reference.header.copy())
+    image.set_data_dtype(data.dtype)
+    nib.save(image, path)
+    return path

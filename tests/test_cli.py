@@ -1,0 +1,156 @@
+"""The console scripts: real runs on real scans, batches with a bad case, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import sha256
+from napari_medood.cli import eval_main, predict_main, synth_main, train_main
+
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "napari_medood" / "samples"
+
+
+def script(name: str) -> str:
+    path = Path(sys.executable).with_name(name)
+    assert path.exists(), f"console script {name} is not installed"
+    return str(path)
+
+
+def test_predict_pixel_on_the_bundled_sample(tmp_path, capsys):
+    scan = SAMPLE / "ixi048_t1_2mm.nii.gz"
+    before = sha256(scan)
+    code = predict_main(
+        ["--mask", str(SAMPLE / "ixi048_brainmask_2mm.nii.gz"), str(scan), str(tmp_path)]
+    )
+    assert code == 0, capsys.readouterr().err
+    out = tmp_path / scan.name  # MOOD: the map carries the input's name
+    result, source = nib.load(out), nib.load(scan)
+    np.testing.assert_array_equal(result.affine, source.affine)
+    assert result.shape == source.shape
+    values = result.get_fdata()
+    assert values.min() >= 0 and values.max() <= 1
+    brain = np.asanyarray(nib.load(SAMPLE / "ixi048_brainmask_2mm.nii.gz").dataobj) > 0
+    assert np.all(values[~brain] == 0) and values[brain].max() == 1
+    assert sha256(scan) == before
+
+
+def test_predict_sample_scores_for_a_folder(ixi_t1, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        shutil.copy(ixi_t1, scans / name)
+    out = tmp_path / "scores"
+    assert predict_main(["--task", "sample", str(scans), str(out)]) == 0
+    scores = {p.name: float(p.read_text()) for p in out.iterdir()}
+    assert set(scores) == {"a.nii.gz.txt", "b.nii.gz.txt"}
+    assert all(0.9 < s <= 1.0 for s in scores.values())  # top-100 of a map clipped at 1
+
+
+def test_one_bad_case_does_not_sink_the_batch(ixi_t1, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(ixi_t1, scans / "good1.nii.gz")
+    (scans / "broken.nii.gz").write_bytes(b"not a scan")
+    shutil.copy(ixi_t1, scans / "good2.nii.gz")
+    out = tmp_path / "maps"
+    code = predict_main([str(scans), str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["good1.nii.gz", "good2.nii.gz"]
+    assert f"failed: {scans / 'broken.nii.gz'}: not a readable NIfTI" in err
+    assert "2 written, 0 skipped, 1 failed" in err
+    assert "Traceback" not in err
+    # a second run skips what is done and only retries the broken case
+    code = predict_main([str(scans), str(out)])
+    assert code == 2
+    assert "2 of 3 cases already have outputs" in capsys.readouterr().err
+
+
+def test_masks_are_matched_by_name_in_a_folder(ixi_t1, ixi_parcellation, tmp_path):
+    scans, masks, out = tmp_path / "scans", tmp_path / "masks", tmp_path / "out"
+    scans.mkdir(), masks.mkdir()
+    shutil.copy(ixi_t1, scans / ixi_t1.name)
+    shutil.copy(ixi_parcellation, masks / ixi_parcellation.name)  # <scan name>_DLMUSE.nii.gz
+    assert predict_main(["--mask", str(masks), str(scans), str(out)]) == 0
+    values = nib.load(out / ixi_t1.name).get_fdata()
+    brain = np.asanyarray(nib.load(ixi_parcellation).dataobj) > 0
+    assert np.all(values[~brain] == 0)
+
+
+def test_predict_refuses_to_overwrite_its_input(ixi_t1, tmp_path, capsys):
+    shutil.copy(ixi_t1, tmp_path / "scan.nii.gz")
+    before = sha256(tmp_path / "scan.nii.gz")
+    assert predict_main(["--overwrite", str(tmp_path), str(tmp_path)]) == 2
+    assert "would overwrite this input" in capsys.readouterr().err
+    assert sha256(tmp_path / "scan.nii.gz") == before
+
+
+def test_mask_on_another_grid_is_reported_per_case(ixi_t1, ms_lesions, tmp_path, capsys):
+    code = predict_main(["--mask", str(ms_lesions), str(ixi_t1), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{ms_lesions}: is on another voxel grid" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["missing.nii.gz", "out"], "missing.nii.gz: no such file or folder"),
+        (["--model", "unet3000", "x", "out"], "unknown detector 'unet3000'; valid choices:"),
+        ([], "give an INPUT scan or folder and an OUTPUT folder"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert predict_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    run = subprocess.run(
+        [script("medood-predict"), "--debug", str(tmp_path / "no.nii"), "out"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2
+    assert "Traceback" in run.stderr and "VolumeNotFoundError" in run.stderr
+
+
+@pytest.mark.parametrize("name", ["medood-train", "medood-predict", "medood-eval", "medood-synth"])
+def test_console_scripts_have_help(name):
+    run = subprocess.run([script(name), "--help"], capture_output=True, text=True)
+    assert run.returncode == 0
+    assert f"usage: {name}" in run.stdout and "--debug" in run.stdout
+    assert len(run.stdout.splitlines()) >= 8
+
+
+def test_list_models(capsys):
+    assert predict_main(["--list-models"]) == 0
+    out = capsys.readouterr().out
+    assert "intensity (default):" in out and "inverted-intensity:" in out
+
+
+@pytest.mark.parametrize("main", [train_main, eval_main, synth_main])
+def test_commands_with_nothing_to_run_say_so(main, capsys):
+    assert main([]) == 2
+    assert "nothing to run yet" in capsys.readouterr().err
+
+
+def test_one_mask_file_for_several_scans_is_refused(ixi_t1, ixi_parcellation, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        shutil.copy(ixi_t1, scans / name)
+    assert predict_main(["--mask", str(ixi_parcellation), str(scans), str(tmp_path / "o")]) == 2
+    assert "one mask file for 2 scans" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
