@@ -229,3 +229,44 @@ def test_screenshot_of_the_sample_is_not_blank(make_napari_viewer, tmp_path):
     rows, cols = np.nonzero(bright)
     assert 0.25 < rows.mean() / gray.shape[0] < 0.75
     assert 0.25 < cols.mean() / gray.shape[1] < 0.75
+
+
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing")
+def test_oblique_layer_saves_back_to_the_source_affine(make_napari_viewer, ixi_t1, tmp_path):
+    source = nib.load(ixi_t1)
+    tilted = source.affine.copy()
+    tilted[:3, :] = rotation(1, 20.0) @ tilted[:3, :]
+    path = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(source.dataobj).astype(np.float32), tilted), path)
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(path, plugin=PLUGIN)
+    out = tmp_path / "saved.nii.gz"
+    layer.save(str(out), plugin=PLUGIN)
+    np.testing.assert_array_equal(nib.load(out).affine, nib.load(path).affine)
+
+
+def test_sheared_grid_is_placed_with_its_full_affine_and_a_warning(
+    make_napari_viewer, ixi_t1, tmp_path, notifications
+):
+    source = nib.load(numbered_copy(ixi_t1, tmp_path))
+    sheared = source.affine.copy()
+    sheared[:3, :3] = sheared[:3, :3] @ np.array([[1, 0.2, 0], [0, 1, 0], [0, 0, 1.0]])
+    path = tmp_path / "sheared.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(source.dataobj), sheared), path)
+    viewer = make_napari_viewer()
+    with pytest.warns(UserWarning, match="Non-orthogonal slicing"):  # napari's own caveat
+        [layer] = viewer.open(path, plugin=PLUGIN)
+    assert any("non-orthogonal (sheared)" in m for s, m in notifications if s == "warning")
+    assert_placed_like_nibabel(layer, path)
+
+
+def test_dicom_folder_opens_in_napari(make_napari_viewer, ct_scan, tmp_path):
+    from helpers import write_dicom_series
+
+    voxels = np.asanyarray(nib.load(ct_scan).dataobj)[::2, ::2, :10].astype(np.int16)
+    folder = write_dicom_series(voxels.transpose(2, 1, 0), tmp_path / "ct")
+    assert get_reader(str(folder)) is not None
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(folder, plugin=PLUGIN)
+    np.testing.assert_allclose(layer.scale, (2.5, 0.8, 0.8), rtol=1e-5)  # S, P, L
+    assert layer.data.shape == (10, voxels.shape[1], voxels.shape[0])
