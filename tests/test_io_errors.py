@@ -144,14 +144,19 @@ def test_vector_image(tmp_path):
         read_volume(path)
 
 
-def test_empty_array(tmp_path):
+def header_only_nifti(path, shape, payload=b"\0" * 4):
+    """A NIfTI file whose header claims ``shape`` float32 voxels, followed by a few bytes."""
     header = nib.Nifti1Header()
-    header.set_data_shape((0, 10, 10))
+    header.set_data_shape(shape)
     header.set_data_dtype(np.float32)
-    path = tmp_path / "empty.nii"
     with open(path, "wb") as handle:
         header.write_to(handle)
-        handle.write(b"\0" * 4)
+        handle.write(payload)
+    return path
+
+
+def test_empty_array(tmp_path):
+    path = header_only_nifti(tmp_path / "empty.nii", (0, 10, 10))
     with pytest.raises(VolumeShapeError, match=r"holds no voxels \(shape 0x10x10\)") as error:
         read_volume(path)
     assert_names_file(error, path)
@@ -181,13 +186,7 @@ def test_volume_too_large_for_memory(ixi_t1, tmp_path):
     with pytest.raises(VolumeTooLargeError, match=r"needs 9\.9 MiB of memory but only 1\.0 MiB"):
         read_volume(ixi_t1, max_bytes=1024 * 1024)
     # A header that claims 8000^3 float32 voxels (1.9 TB) is refused before any data is read.
-    header = nib.Nifti1Header()
-    header.set_data_shape((8000, 8000, 8000))
-    header.set_data_dtype(np.float32)
-    path = tmp_path / "huge.nii"
-    with open(path, "wb") as handle:
-        header.write_to(handle)
-        handle.write(b"\0" * 1024)
+    path = header_only_nifti(tmp_path / "huge.nii", (8000, 8000, 8000), b"\0" * 1024)
     with pytest.raises(VolumeTooLargeError, match=r"8000x8000x8000 volume needs 1\.9 TiB") as error:
         read_volume(path)
     assert_names_file(error, path)
