@@ -140,7 +140,7 @@ def test_list_models(capsys):
     assert "intensity (default):" in out and "inverted-intensity:" in out
 
 
-@pytest.mark.parametrize("main", [train_main, eval_main, synth_main])
+@pytest.mark.parametrize("main", [train_main, eval_main])
 def test_commands_with_nothing_to_run_say_so(main, capsys):
     assert main([]) == 2
     assert "nothing to run yet" in capsys.readouterr().err

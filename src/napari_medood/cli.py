@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from napari_medood import __version__
-from napari_medood.errors import MedoodError, VolumeError
+from napari_medood.errors import MedoodError
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -113,27 +113,6 @@ def build_predict_parser() -> argparse.ArgumentParser:
 DEFAULT_MODEL = "intensity"
 
 
-def _find_mask(mask_arg: Path, case: Path) -> Path:
-    from napari_medood.io.formats import strip_volume_suffix, volume_suffix
-
-    if mask_arg.is_file():
-        return mask_arg
-    if not mask_arg.is_dir():
-        raise VolumeError(mask_arg, "no such mask file or folder")
-    stem = strip_volume_suffix(case.name)
-    candidates = [p for p in sorted(mask_arg.iterdir()) if volume_suffix(p)]
-    exact = [p for p in candidates if strip_volume_suffix(p.name) == stem]
-    if exact:
-        return exact[0]
-    prefixed = [p for p in candidates if strip_volume_suffix(p.name).startswith(stem + "_")]
-    if len(prefixed) == 1:
-        return prefixed[0]
-    if not prefixed:
-        raise VolumeError(case, f"no mask named {stem}.* or {stem}_* in {mask_arg}")
-    names = ", ".join(p.name for p in prefixed)
-    raise VolumeError(case, f"several masks could belong to it in {mask_arg}: {names}")
-
-
 def _predict(args: argparse.Namespace) -> int:
     from napari_medood.detectors import DETECTORS, get_detector
 
@@ -149,6 +128,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from napari_medood.io import find_volumes, output_name, read_volume, write_nifti
     from napari_medood.io.atomic import write_text_atomic
+    from napari_medood.io.cohort import find_mask
     from napari_medood.preprocessing import load_mask
 
     detector = get_detector(args.model)
@@ -191,7 +171,7 @@ def _predict(args: argparse.Namespace) -> int:
     ):
         try:
             volume = read_volume(case)
-            mask = load_mask(_find_mask(mask_arg, case), volume.grid) if mask_arg else None
+            mask = load_mask(find_mask(mask_arg, case), volume.grid) if mask_arg else None
             result = detector.predict(volume, mask)
             target = target_of(case)
             if args.task == "pixel":
@@ -269,17 +249,101 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     )
 
 
-def synth_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``medood-synth``."""
+SYNTH_EPILOG = """\
+layout written (MOOD):
+  OUTPUT/pixel/data/<case>.nii.gz        scan with or without an outlier, on the source grid
+  OUTPUT/pixel/label/<case>.nii.gz       binary label map
+  OUTPUT/sample/data/<case>.nii.gz       the same scan
+  OUTPUT/sample/label/<case>.nii.gz.txt  1 (outlier) or 0 (normal)
+  OUTPUT/manifest.json                   kind, parameters and seed of every case
+
+Cases are named <scan>_<kind> and <scan>_normal. The same --seed gives the same set; an
+interrupted run resumes where it stopped.
+
+examples:
+  medood-synth --masks brain_masks/ healthy_t1/ valset/
+  medood-synth --kinds shift,reflection --repeats 3 --normal 2 --seed 7 cohort.csv valset/
+"""
+
+
+def build_synth_parser() -> argparse.ArgumentParser:
+    from napari_medood.synth.validation import OUTLIER_KINDS
+
     parser = _parser(
         "medood-synth",
-        "Build a labelled validation set of synthetic anomalies from normal scans (MOOD layout).",
+        "Build a labelled validation set of synthetic outliers (FPI/MOOD style: uniform and "
+        "local noise, deformation, shift, reflection) from normal scans.\n\n"
+        "INPUT is a scan, a folder of scans, a CSV file with a Path column (and optionally "
+        "a Mask column), or a BIDS dataset.",
+        SYNTH_EPILOG,
     )
-    parser.add_argument("input", nargs="?", metavar="INPUT", help="normal scans: file or folder")
+    parser.add_argument("input", nargs="?", metavar="INPUT", help="normal scans")
     parser.add_argument("output", nargs="?", metavar="OUTPUT", help="folder for the set")
-    return _run(
-        "medood-synth",
-        parser,
-        _not_yet("medood-synth", "the synthetic anomaly engine is not built yet;"),
-        argv,
+    parser.add_argument(
+        "--masks",
+        metavar="PATH",
+        help="brain/foreground masks: a file (one scan) or a folder of masks "
+        "named like the scans; outliers are centred and cut inside them "
+        "(default: CSV/BIDS masks, else an Otsu head mask)",
     )
+    parser.add_argument(
+        "--kinds", default=",".join(OUTLIER_KINDS), help="comma-separated outlier kinds"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="outliers of each kind per scan")
+    parser.add_argument("--normal", type=int, default=1, help="unchanged copies per scan")
+    parser.add_argument(
+        "--edges",
+        choices=("hard", "smooth", "mixed"),
+        default="mixed",
+        help="outlier edges; mixed draws one per case",
+    )
+    parser.add_argument(
+        "--edge-width", type=float, default=2.0, help="width (voxels) of smooth edges"
+    )
+    parser.add_argument("--bids-suffix", default="T1w", help="BIDS suffix of the images")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    return parser
+
+
+def _synth(args: argparse.Namespace) -> int:
+    if args.input is None or args.output is None:
+        raise MedoodError("give an INPUT (scans, CSV or BIDS) and an OUTPUT folder (see --help)")
+    from tqdm import tqdm
+
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.synth.dataset import ValidationSetConfig, build_validation_set
+
+    config = ValidationSetConfig(
+        kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
+        repeats=args.repeats,
+        normal=args.normal,
+        edges=args.edges,
+        edge_width=args.edge_width,
+        seed=args.seed,
+    )
+    cases = discover_cases(args.input, masks=args.masks, bids_suffix=args.bids_suffix)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise MedoodError(f"{out}: the output must be a folder, and this is a file")
+    with tqdm(total=1, desc="synthesising", unit="case", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
+
+        summary = build_validation_set(cases, out, config, progress=progress)
+    for name, problem in summary.failed:
+        print(f"medood-synth: failed: {name}: {problem}", file=sys.stderr)
+    print(
+        f"medood-synth: {len(summary.written)} cases written, {len(summary.kept)} kept, "
+        f"{len(summary.failed)} scans failed -> {out} (manifest: {summary.manifest})",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR if summary.failed else EXIT_OK
+
+
+def synth_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``medood-synth``."""
+    return _run("medood-synth", build_synth_parser(), _synth, argv)

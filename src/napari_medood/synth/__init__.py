@@ -1,0 +1,45 @@
+"""Synthetic anomalies: training anomalies (foreign patches in random and real-lesion shapes)
+and FPI/MOOD-style validation outliers, all seeded and deterministic."""
+
+from napari_medood.synth.anomaly import (
+    Implant,
+    SyntheticAnomaly3D,
+    SyntheticResult,
+    image_texture,
+    implant,
+    uniform_noise_texture,
+)
+from napari_medood.synth.blending import blend
+from napari_medood.synth.lesions import LesionShapeBank
+from napari_medood.synth.patches import ForeignPatchBank, PatchTexture
+from napari_medood.synth.shapes import (
+    SHAPE_KINDS,
+    BrushParameters,
+    Shape,
+    brush_mask,
+    cuboid_mask,
+    sphere_mask,
+)
+from napari_medood.synth.smoothing import gaussian_kernel_1d, sample_kernel_size, smooth_alpha
+
+__all__ = [
+    "SHAPE_KINDS",
+    "BrushParameters",
+    "ForeignPatchBank",
+    "Implant",
+    "LesionShapeBank",
+    "PatchTexture",
+    "Shape",
+    "SyntheticAnomaly3D",
+    "SyntheticResult",
+    "blend",
+    "brush_mask",
+    "cuboid_mask",
+    "gaussian_kernel_1d",
+    "image_texture",
+    "implant",
+    "sample_kernel_size",
+    "smooth_alpha",
+    "sphere_mask",
+    "uniform_noise_texture",
+]
