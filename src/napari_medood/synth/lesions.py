@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from napari_medood.errors import MedoodError, VolumeError
+from napari_medood.errors import MedoodError
 from napari_medood.synth._common import Seed, as_rng, as_shape3, rotation_matrix
 from napari_medood.synth.shapes import Shape
 
@@ -135,7 +136,7 @@ class LesionShapeBank:
             with np.load(path, allow_pickle=False) as data:
                 shapes, bits, offsets = data["shapes"], data["bits"], data["offsets"]
                 spacings, sources = data["spacings"], json.loads(str(data["sources"]))
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise LesionBankError(f"{path}: not a readable lesion bank ({exc})") from exc
         masks = [
             np.unpackbits(bits[offsets[i] : offsets[i + 1]], count=int(np.prod(shape)))
@@ -263,14 +264,3 @@ def _reorient(
     out_spacing = np.empty(3)
     out_spacing[transform[:, 0].astype(int)] = spacing
     return apply_orientation(crop, transform), out_spacing
-
-
-def check_lesion_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The paths, after checking each exists (a clear error names the first that does not)."""
-    checked = []
-    for path in paths:
-        path = Path(path)
-        if not path.exists():
-            raise VolumeError(path, "no such lesion mask file")
-        checked.append(path)
-    return checked
