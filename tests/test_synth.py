@@ -55,7 +55,7 @@ def test_patch_bank_capacity_push_limit_and_single_use(brain_patch):
     assert bank.push_from(brain_patch, rng) == 2  # never beyond capacity
     assert bank.push_from(brain_patch, rng) == 0 and len(bank) == 7
     popped = [bank.pop(rng) for _ in range(7)]
-    assert all(p.shape == (64, 64, 64) and p.dtype == np.float16 for p in popped)
+    assert all(p.shape == (64, 64, 64) and p.dtype == np.float32 for p in popped)
     ids = {id(p) for p in popped}
     assert len(ids) == 7  # no patch handed out twice
     with pytest.raises(IndexError, match="empty"):
@@ -320,3 +320,18 @@ def test_validation_outlier_errors(ixi):
         make_outlier(image.data, "shift", 0, foreground=brain[:10])
     with pytest.raises(ValueError, match="empty"):
         make_outlier(image.data, "shift", 0, foreground=np.zeros_like(brain))
+
+
+def test_rotated_patch_texture_reads_the_rotated_patch():
+    """A quarter turn about axis 0 equals numpy's rot90 of the patch."""
+    from napari_medood.synth import PatchTexture
+
+    patch = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
+    texture = PatchTexture(patch, (0, 0, 0), 0, augment=False, clip=None)
+    texture.rotation = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    values = texture(np.zeros(3, int), np.array([16, 16, 16]))
+    expected = np.rot90(patch, k=-1, axes=(1, 2))
+    np.testing.assert_allclose(values, expected, atol=1e-5)
+    plain = PatchTexture(patch, (4, 4, 4), 0, augment=False, clip=None)
+    np.testing.assert_array_equal(plain(np.array([4, 4, 4]), np.array([8, 9, 10])),
+                                  patch[:4, :5, :6])

@@ -31,7 +31,7 @@ from napari_medood.synth.smoothing import (
     smooth_alpha,
 )
 
-Texture = Callable[[np.ndarray], np.ndarray]
+Texture = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,8 +44,10 @@ class Implant:
 
     @property
     def label(self) -> np.ndarray:
-        """Binary label over the region (voxels the anomaly changed)."""
-        return self.alpha_map > 0
+        """Binary label over the region: where the opacity reaches half its peak (with hard
+        edges, exactly the shape cut to the foreground)."""
+        peak = float(self.params.get("alpha", 0.0))
+        return self.alpha_map >= 0.5 * peak if peak > 0 else np.zeros(self.alpha_map.shape, bool)
 
 
 def implant(
@@ -67,7 +69,8 @@ def implant(
         shape: the shape; its crop is placed with the box corner at ``position``
             (image voxel indices of the box's first voxel).
         alpha: opacity in [0, 1].
-        texture: foreign values at given image voxels (N x 3 indices -> N values).
+        texture: foreign values over a box of the image, ``texture(start, stop)`` -> array
+            of shape ``stop - start``.
         kernel_size: edge blur kernel (1 = hard edges).
         foreground: bool mask of the image; the anomaly is cut to it before and after blurring.
         out: array to write the result into (default: a float32 copy of ``image``).
@@ -106,19 +109,17 @@ def implant(
             alpha_map *= inside
     if out is None:
         out = np.array(image, dtype=np.float32)
-    changed = np.nonzero(alpha_map)
-    if changed[0].size:
-        points = np.stack(changed, axis=1) + start
-        weights = alpha_map[changed]
-        view = out[region]
-        view[changed] = blend(view[changed], texture(points), weights)
+    changed = int(np.count_nonzero(alpha_map))
+    if changed:
+        # Dense over the region: where alpha is 0 the blend returns the image exactly.
+        out[region] = blend(out[region], texture(start, stop), alpha_map)
     params = {
         "kind": shape.kind,
         "alpha": float(alpha),
         "kernel_size": int(kernel_size),
         "region_start": [int(a) for a in start],
         "region_stop": [int(b) for b in stop],
-        "voxels": int(changed[0].size),
+        "voxels": changed,
     }
     return Implant(region, alpha_map, params)
 
@@ -126,20 +127,49 @@ def implant(
 def uniform_noise_texture(rng: Seed = None, low: float = 0.0, high: float = 1.0) -> Texture:
     """Foreign values drawn uniformly from [low, high] per voxel."""
     rng = as_rng(rng)
-    return lambda points: rng.uniform(low, high, len(points)).astype(np.float32)
+
+    def values(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        size = tuple(int(n) for n in np.asarray(stop) - np.asarray(start))
+        return rng.uniform(low, high, size).astype(np.float32)
+
+    return values
 
 
 def image_texture(source: np.ndarray, shift: Sequence[int]) -> Texture:
-    """Foreign values read from ``source`` at each voxel displaced by ``shift`` (clamped)."""
+    """Foreign values read from ``source`` at each voxel displaced by ``shift`` (edges
+    repeated where the displaced box leaves ``source``)."""
     source = np.asarray(source)
-    limit = np.asarray(source.shape) - 1
     offset = np.asarray(shift)
 
-    def values(points: np.ndarray) -> np.ndarray:
-        index = np.clip(points + offset, 0, limit)
-        return source[index[:, 0], index[:, 1], index[:, 2]].astype(np.float32)
+    def values(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        return crop_clamped(source, np.asarray(start) + offset, np.asarray(stop) + offset)
 
     return values
+
+
+def crop_clamped(array: np.ndarray, start, stop) -> np.ndarray:
+    """``array[start:stop]`` as float32, repeating edge voxels where the box leaves it."""
+    start, stop = np.asarray(start, int), np.asarray(stop, int)
+    inside_start = np.clip(start, 0, np.asarray(array.shape))
+    inside_stop = np.clip(stop, 0, np.asarray(array.shape))
+    if np.all(inside_start == start) and np.all(inside_stop == stop):
+        return np.array(
+            array[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))], dtype=np.float32
+        )
+    index = [
+        np.clip(np.arange(a, b), 0, n - 1) for a, b, n in zip(start, stop, array.shape, strict=True)
+    ]
+    return array[np.ix_(*index)].astype(np.float32)
+
+
+class _Positive:
+    """``image > 0``, computed on demand for the indexed region only."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+
+    def __getitem__(self, region) -> np.ndarray:
+        return self.image[region] > 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,7 +259,7 @@ class SyntheticAnomaly3D:
         if rng.random() >= self.p_anomaly:
             return SyntheticResult(corrupted, target, {"kind": "none"})
         if self.foreground_only and foreground is None:
-            foreground = image > 0
+            foreground = _Positive(image)  # evaluated only on the anomaly's region
         box = np.minimum(np.asarray(self.fp_size), image.shape)
         for attempt in range(self.max_tries):  # noqa: B007 - reported below
             position = [

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QComboBox,
     QFormLayout,
     QLabel,
     QTabWidget,
@@ -21,56 +20,13 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medood._napari._layers import METADATA_KEY, layer_data_to_volume
+from napari_medood._napari._widgets._common import LayerComboBox
 from napari_medood.io.volume import Volume
 
 if TYPE_CHECKING:
     import napari
 
 _MAX_STAT_VOXELS = 1_000_000
-
-
-class LayerComboBox(QComboBox):
-    """A list of the viewer's layers of some types that follows additions, removals and renames."""
-
-    def __init__(
-        self,
-        viewer: napari.viewer.Viewer,
-        layer_types: tuple[type, ...],
-        parent: QWidget | None = None,
-    ):
-        super().__init__(parent)
-        self._viewer = viewer
-        self._types = layer_types
-        viewer.layers.events.inserted.connect(self.refresh)
-        viewer.layers.events.removed.connect(self.refresh)
-        viewer.layers.events.moved.connect(self.refresh)
-        self.refresh()
-
-    def layers(self) -> list[Any]:
-        return [layer for layer in self._viewer.layers if isinstance(layer, self._types)]
-
-    def refresh(self, event: Any = None) -> None:
-        previous = self.currentData()  # may be a layer that was just removed
-        current = self.current_layer()
-        layers = self.layers()
-        self.blockSignals(True)
-        self.clear()
-        for layer in layers:
-            self.addItem(layer.name, layer)
-            # psygnal keeps weak references to bound methods: no leak when either side goes.
-            layer.events.name.connect(self.refresh)
-        if current not in layers:
-            # default: the newest layer of the first type (a scan before its labels)
-            preferred = [layer for layer in layers if isinstance(layer, self._types[0])]
-            current = (preferred or layers or [None])[-1]
-        self.setCurrentIndex(layers.index(current) if current is not None else -1)
-        self.blockSignals(False)
-        if self.currentData() is not previous:
-            self.currentIndexChanged.emit(self.currentIndex())
-
-    def current_layer(self) -> Any | None:
-        layer = self.currentData()
-        return layer if layer is not None and layer in self._viewer.layers else None
 
 
 def layer_volume(layer: Any) -> Volume:

@@ -1,0 +1,62 @@
+"""Pieces shared by the dock widgets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtWidgets import QComboBox, QWidget
+
+if TYPE_CHECKING:
+    import napari
+
+
+class LayerComboBox(QComboBox):
+    """The viewer's layers of some types, following additions, removals and renames.
+
+    With ``none_label`` the first item stands for "no layer" (``current_layer()`` is None).
+    """
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        layer_types: tuple[type, ...],
+        parent: QWidget | None = None,
+        none_label: str | None = None,
+    ):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._types = layer_types
+        self._none_label = none_label
+        viewer.layers.events.inserted.connect(self.refresh)
+        viewer.layers.events.removed.connect(self.refresh)
+        viewer.layers.events.moved.connect(self.refresh)
+        self.refresh()
+
+    def layers(self) -> list[Any]:
+        return [layer for layer in self._viewer.layers if isinstance(layer, self._types)]
+
+    def refresh(self, event: Any = None) -> None:
+        previous = self.currentData()  # may be a layer that was just removed
+        current = self.current_layer()
+        layers = self.layers()
+        self.blockSignals(True)
+        self.clear()
+        if self._none_label is not None:
+            self.addItem(self._none_label, None)
+        for layer in layers:
+            self.addItem(layer.name, layer)
+            # napari's event emitters hold bound methods weakly: no leak either way
+            layer.events.name.connect(self.refresh)
+        if current not in layers and self._none_label is None:
+            # default: the newest layer of the first type (a scan before its labels)
+            preferred = [layer for layer in layers if isinstance(layer, self._types[0])]
+            current = (preferred or layers or [None])[-1]
+        index = self.findData(current) if current is not None else (0 if self._none_label else -1)
+        self.setCurrentIndex(index)
+        self.blockSignals(False)
+        if self.currentData() is not previous:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def current_layer(self) -> Any | None:
+        layer = self.currentData()
+        return layer if layer is not None and layer in self._viewer.layers else None

@@ -1,0 +1,481 @@
+"""The "Anomaly playground" dock widget: make anomalies by hand and see what detectors learn.
+
+Pick a healthy scan (and its brain mask), a shape (cuboid, sphere, random brush, real lesion),
+its size in mm, opacity, edge softness and texture, then click in the 2D view or press
+"Random place". The anomaly is previewed in two new layers (the corrupted scan and its label
+map, placed exactly over the source); Commit keeps it, Discard drops it, Undo and Clear take
+committed ones back, Save writes both layers as NIfTI with the source's geometry. The work runs
+off the GUI thread and the source layer is never modified.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medood._napari._layers import DISPLAY_AXCODES, METADATA_KEY
+from napari_medood._napari._widgets._common import LayerComboBox
+from napari_medood.synth.playground import TEXTURE_LABELS, AnomalySettings, Placement, Playground
+
+if TYPE_CHECKING:
+    import napari
+
+SHAPE_LABELS = {
+    "sphere": "sphere",
+    "cuboid": "rotated cuboid",
+    "brush": "random brush",
+    "lesion": "real lesion shape",
+}
+EDGE_LABELS = {1: "hard", 3: "soft (3 voxels)", 5: "softer (5 voxels)", 7: "softest (7 voxels)"}
+PENDING_LABEL = 99  # label value of an anomaly shown but not committed
+
+
+class PlaygroundWidget(QWidget):
+    """Dock widget over :class:`~napari_medood.synth.playground.Playground`."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        from napari.layers import Image, Labels
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.setObjectName("medood-anomaly-playground")
+        self.session: Playground | None = None
+        self.pending: Placement | None = None
+        self.last_error: str | None = None
+        self._source = None
+        self._mask_layer = None
+        self._image_layer = None
+        self._labels_layer = None
+        self._worker = None
+        self.lesion_bank = None  # None: the bank shipped with napari-medood
+
+        form = QFormLayout()
+        self.source_combo = LayerComboBox(napari_viewer, (Image,), self)
+        self.mask_combo = LayerComboBox(napari_viewer, (Labels,), self, none_label="voxels > 0")
+        self.shape_combo = self._combo(SHAPE_LABELS)
+        self.size_spin = QDoubleSpinBox(minimum=1.0, maximum=500.0, value=20.0, suffix=" mm")
+        self.alpha_spin = QDoubleSpinBox(minimum=0.05, maximum=1.0, value=0.8, singleStep=0.05)
+        self.edge_combo = self._combo(EDGE_LABELS)
+        self.edge_combo.setCurrentIndex(1)
+        self.texture_combo = self._combo(TEXTURE_LABELS)
+        self.other_combo = LayerComboBox(napari_viewer, (Image,), self)
+        self.lesion_button = QPushButton("built-in bank (600 real lesions)")
+        self.lesion_button.setToolTip("Load your own lesion mask files for 'real lesion shape'")
+        self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
+        self.new_seed_check = QCheckBox("new seed after each anomaly", checked=True)
+        form.addRow("Healthy scan", self.source_combo)
+        form.addRow("Brain mask", self.mask_combo)
+        form.addRow("Shape", self.shape_combo)
+        form.addRow("Size", self.size_spin)
+        form.addRow("Opacity (alpha)", self.alpha_spin)
+        form.addRow("Edges", self.edge_combo)
+        form.addRow("Texture", self.texture_combo)
+        form.addRow("Texture scan", self.other_combo)
+        form.addRow("Lesion shapes", self.lesion_button)
+        form.addRow("Seed", self.seed_spin)
+        form.addRow("", self.new_seed_check)
+
+        self.click_button = QPushButton("Place by clicking", checkable=True)
+        self.random_button = QPushButton("Random place")
+        self.commit_button = QPushButton("Commit")
+        self.discard_button = QPushButton("Discard")
+        self.undo_button = QPushButton("Undo")
+        self.clear_button = QPushButton("Clear")
+        self.save_button = QPushButton("Save...")
+        buttons = QGridLayout()
+        for index, button in enumerate(
+            (
+                self.click_button,
+                self.random_button,
+                self.commit_button,
+                self.discard_button,
+                self.undo_button,
+                self.clear_button,
+                self.save_button,
+            )
+        ):
+            buttons.addWidget(button, index // 2, index % 2)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.click_button.toggled.connect(self._toggle_clicking)
+        self.random_button.clicked.connect(lambda: self.place(None))
+        self.commit_button.clicked.connect(self.commit)
+        self.discard_button.clicked.connect(self.discard)
+        self.undo_button.clicked.connect(self.undo)
+        self.clear_button.clicked.connect(self.clear)
+        self.save_button.clicked.connect(self._ask_save)
+        self.lesion_button.clicked.connect(self._ask_lesion_masks)
+        self.texture_combo.currentIndexChanged.connect(self._update_enabled)
+        self.source_combo.currentIndexChanged.connect(self._source_changed)
+        self.mask_combo.currentIndexChanged.connect(self._source_changed)
+        self._pick_matching_mask()
+        self._update_enabled()
+
+    # ------------------------------------------------------------------------ settings
+    @staticmethod
+    def _combo(labels: dict) -> QComboBox:
+        combo = QComboBox()
+        for key, text in labels.items():
+            combo.addItem(text, key)
+        return combo
+
+    def settings(self) -> AnomalySettings:
+        """The anomaly the controls describe now."""
+        return AnomalySettings(
+            kind=self.shape_combo.currentData(),
+            size_mm=self.size_spin.value(),
+            alpha=self.alpha_spin.value(),
+            kernel_size=self.edge_combo.currentData(),
+            texture=self.texture_combo.currentData(),
+            seed=self.seed_spin.value(),
+        )
+
+    def _pick_matching_mask(self) -> None:
+        source = self.source_combo.current_layer()
+        if source is None:
+            return
+        for index, layer in enumerate(self.mask_combo.layers()):
+            if layer.data.shape == source.data.shape:
+                self.mask_combo.setCurrentIndex(index + 1)  # item 0 is "voxels > 0"
+                return
+
+    def _update_enabled(self, *args: Any) -> None:
+        busy = self._worker is not None
+        has_pending = self.pending is not None
+        has_history = self.session is not None and self.session.count > 0
+        self.other_combo.setEnabled(self.texture_combo.currentData() == "layer")
+        self.random_button.setEnabled(not busy)
+        self.commit_button.setEnabled(has_pending and not busy)
+        self.discard_button.setEnabled(has_pending and not busy)
+        self.undo_button.setEnabled((has_pending or has_history) and not busy)
+        self.clear_button.setEnabled((has_pending or has_history) and not busy)
+        self.save_button.setEnabled(has_history and not busy)
+
+    def _source_changed(self, *args: Any) -> None:
+        if self.sender() is self.source_combo:
+            self._pick_matching_mask()
+        if (
+            self.source_combo.current_layer() is not self._source
+            or self.mask_combo.current_layer() is not self._mask_layer
+        ):
+            self.session = None
+            self.pending = None
+            self._image_layer = self._labels_layer = None
+        self._update_enabled()
+
+    # ------------------------------------------------------------------------- session
+    def _ensure_session(self) -> Playground:
+        source = self.source_combo.current_layer()
+        if source is None:
+            raise ValueError("open a healthy scan first (File > Open, or File > Open Sample)")
+        if source.data.ndim != 3:
+            raise ValueError(f"'{source.name}' is {source.data.ndim}D; the playground needs 3D")
+        mask_layer = self.mask_combo.current_layer()
+        if self.session is not None and source is self._source and mask_layer is self._mask_layer:
+            return self.session
+        mask = None
+        if mask_layer is not None:
+            mask = np.asarray(mask_layer.data)
+            if mask.shape != source.data.shape:
+                raise ValueError(
+                    f"the mask '{mask_layer.name}' has shape {mask.shape} but the "
+                    f"scan '{source.name}' has {source.data.shape}: pick the mask "
+                    "made for this scan"
+                )
+        from_reader = (
+            METADATA_KEY in source.metadata
+            and source.rotate is not None
+            and np.allclose(np.asarray(source.rotate), np.eye(3))
+        )
+        # a private copy: the source layer's array is never written
+        self.session = Playground(
+            np.array(source.data),
+            np.abs(np.asarray(source.scale)),
+            mask,
+            DISPLAY_AXCODES if from_reader else None,
+        )
+        self._source, self._mask_layer = source, mask_layer
+        self.pending = None
+        self._image_layer = self._labels_layer = None
+        return self.session
+
+    def place(self, centre: tuple[int, int, int] | None) -> None:
+        """Preview an anomaly at a voxel of the source layer (None: a random place)."""
+        if self._worker is not None:
+            return
+        from napari.qt.threading import create_worker
+
+        try:
+            session = self._ensure_session()
+            settings = self.settings()
+            other = None
+            if settings.texture == "layer":
+                other_layer = self.other_combo.current_layer()
+                if other_layer is None or other_layer.data.shape != session.image.shape:
+                    raise ValueError(
+                        "choose a texture scan with the same shape as the healthy scan"
+                    )
+                other = np.asarray(other_layer.data)
+        except ValueError as exc:
+            self._fail(exc)
+            return
+        self.status.setText("computing...")
+        self._worker = create_worker(
+            session.preview,
+            settings,
+            centre,
+            other,
+            _connect={
+                "returned": self._show_preview,
+                "errored": self._fail,
+                "finished": self._finished,
+            },
+        )
+        self._update_enabled()
+
+    def _finished(self) -> None:
+        self._worker = None
+        self._update_enabled()
+
+    def _fail(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self.last_error = str(exc)
+        self.status.setText(f"Could not place the anomaly: {exc}")
+        show_error(f"Anomaly playground: {exc}")
+        self._update_enabled()
+
+    def _show_preview(self, placement: Placement) -> None:
+        self._restore_pending_region()
+        self.pending = placement
+        image, labels = self._output_layers()
+        image.data[placement.region] = placement.values
+        shown = labels.data[placement.region]
+        shown[placement.label] = PENDING_LABEL
+        image.refresh()
+        labels.refresh()
+        self.last_error = None
+        self.status.setText(
+            f"Preview at voxel {list(placement.centre)}: {placement.params['voxels']} voxels "
+            f"changed. Commit to keep it, Discard to drop it."
+        )
+        self._update_enabled()
+
+    def _output_layers(self):
+        """The corrupted-scan and label layers, created over the source on first use."""
+        session = self.session
+        source = self._source
+        alive = [
+            layer
+            for layer in (self._image_layer, self._labels_layer)
+            if layer is not None and layer in self.viewer.layers
+        ]
+        if len(alive) == 2:
+            return self._image_layer, self._labels_layer
+        placement = {
+            key: getattr(source, key)
+            for key in ("scale", "translate", "rotate", "shear", "units", "axis_labels")
+        }
+        placement["affine"] = source.affine.affine_matrix
+        metadata = dict(source.metadata)
+        metadata["medood_playground"] = {"source_layer": source.name}
+        self._image_layer = self.viewer.add_image(
+            session.result.copy(),
+            name=f"{source.name} + anomalies",
+            colormap="gray",
+            contrast_limits=source.contrast_limits,
+            metadata=dict(metadata),
+            **placement,
+        )
+        self._labels_layer = self.viewer.add_labels(
+            session.labels.copy(),
+            name=f"{source.name} anomaly labels",
+            opacity=0.8,
+            metadata=dict(metadata),
+            **placement,
+        )
+        self._labels_layer.contour = 1  # outlines: the anomaly itself stays visible
+        return self._image_layer, self._labels_layer
+
+    def _restore_pending_region(self) -> None:
+        if self.pending is None or self.session is None or self._image_layer is None:
+            self.pending = None
+            return
+        region = self.pending.region
+        self._image_layer.data[region] = self.session.result[region]
+        self._labels_layer.data[region] = self.session.labels[region]
+        self._image_layer.refresh()
+        self._labels_layer.refresh()
+        self.pending = None
+
+    def _sync_all(self) -> None:
+        if self._image_layer is not None and self.session is not None:
+            self._image_layer.data[...] = self.session.result
+            self._labels_layer.data[...] = self.session.labels
+            self._image_layer.refresh()
+            self._labels_layer.refresh()
+
+    # --------------------------------------------------------------------- the actions
+    def commit(self) -> None:
+        """Keep the previewed anomaly."""
+        if self.pending is None or self.session is None:
+            return
+        placement, self.pending = self.pending, None
+        value = self.session.commit(placement)
+        self._labels_layer.data[placement.region] = self.session.labels[placement.region]
+        self._labels_layer.refresh()
+        if self.new_seed_check.isChecked():
+            self.seed_spin.setValue(self.seed_spin.value() + 1)
+        self.status.setText(f"{self.session.count} anomalies (last: label {value}).")
+        self._update_enabled()
+
+    def discard(self) -> None:
+        """Drop the previewed anomaly."""
+        self._restore_pending_region()
+        self._update_enabled()
+
+    def undo(self) -> None:
+        """Drop the preview, or else take back the last committed anomaly."""
+        if self.pending is not None:
+            self.discard()
+            return
+        if self.session is not None and self.session.undo():
+            self._sync_all()
+            self.status.setText(f"{self.session.count} anomalies.")
+        self._update_enabled()
+
+    def clear(self) -> None:
+        """Take back every anomaly."""
+        self._restore_pending_region()
+        if self.session is not None:
+            self.session.clear()
+            self._sync_all()
+            self.status.setText("No anomalies.")
+        self._update_enabled()
+
+    def save_to(self, folder: str | Path) -> list[Path]:
+        """Write the committed corrupted scan, its labels (NIfTI, through the plugin writer,
+        with the source's geometry) and a JSON list of the anomalies into ``folder``."""
+        from napari_medood._napari._writer import write_image, write_labels
+        from napari_medood.io.atomic import write_text_atomic
+
+        if self.session is None or self._image_layer is None:
+            raise ValueError("place and commit an anomaly first")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in self._source.name)
+        image_meta = self._image_layer.as_layer_data_tuple()[1]
+        labels_meta = self._labels_layer.as_layer_data_tuple()[1]
+        written = [
+            Path(
+                write_image(
+                    str(folder / f"{stem}_anomalies.nii.gz"), self.session.result, image_meta
+                )[0]
+            ),
+            Path(
+                write_labels(
+                    str(folder / f"{stem}_anomaly_labels.nii.gz"), self.session.labels, labels_meta
+                )[0]
+            ),
+        ]
+        record = folder / f"{stem}_anomalies.json"
+        write_text_atomic(
+            record,
+            json.dumps(
+                {"source": self._source.name, "anomalies": self.session.placements()}, indent=1
+            )
+            + "\n",
+        )
+        written.append(record)
+        self.status.setText(f"Saved {len(written)} files to {folder}.")
+        return written
+
+    def _ask_save(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Save the corrupted scan and labels to")
+        if folder:
+            try:
+                self.save_to(folder)
+            except (OSError, ValueError) as exc:
+                self._fail(exc)
+
+    def load_lesion_masks(self, paths: list[str | Path]) -> None:
+        """Use the lesions of these mask files for "real lesion shape", read off the GUI
+        thread (an unreadable file is reported by name and the current shapes are kept)."""
+        from napari.qt.threading import create_worker
+
+        from napari_medood.synth.lesions import LesionShapeBank
+
+        if self._worker is not None:
+            return
+        paths = [str(p) for p in paths]
+        self.status.setText(f"reading {len(paths)} lesion mask files...")
+
+        def use(bank: LesionShapeBank) -> None:
+            self.lesion_bank = bank
+            if self.session is not None:
+                self.session.lesion_bank = bank
+            self.lesion_button.setText(f"{len(bank)} lesions from {len(paths)} files")
+            self.status.setText(f"Lesion shapes: {len(bank)} lesions from {len(paths)} files.")
+
+        self._worker = create_worker(
+            LesionShapeBank.from_mask_files,
+            paths,
+            min_voxels=10,
+            _connect={"returned": use, "errored": self._fail, "finished": self._finished},
+        )
+        self._update_enabled()
+
+    def _ask_lesion_masks(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, "Lesion mask files", "", "NIfTI (*.nii *.nii.gz);;All files (*)"
+        )
+        if paths:
+            self.load_lesion_masks(paths)
+
+    # ------------------------------------------------------------------------ clicking
+    def _toggle_clicking(self, on: bool) -> None:
+        callbacks = self.viewer.mouse_drag_callbacks
+        if on and self._on_click not in callbacks:
+            callbacks.append(self._on_click)
+        elif not on and self._on_click in callbacks:
+            callbacks.remove(self._on_click)
+
+    def _on_click(self, viewer: Any, event: Any) -> None:
+        """Mouse press in the viewer: place the anomaly at the clicked voxel of the scan."""
+        if getattr(event, "type", "mouse_press") != "mouse_press":
+            return
+        source = self.source_combo.current_layer()
+        if source is None:
+            return
+        voxel = np.round(np.asarray(source.world_to_data(event.position))[-3:]).astype(int)
+        if np.any(voxel < 0) or np.any(voxel >= np.asarray(source.data.shape)):
+            self.status.setText("Click inside the scan.")
+            return
+        self.place(tuple(int(v) for v in voxel))
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        self._toggle_clicking(False)
+        super().closeEvent(event)

@@ -1,0 +1,197 @@
+"""The anomaly playground: the headless session, and the napari widget driven with pytest-qt."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_medood.errors import GridMismatchError, PreprocessingError
+from napari_medood.io import read_volume
+from napari_medood.synth.playground import AnomalySettings, Playground
+
+SAMPLE = "src/napari_medood/samples"
+PLUGIN = "napari-medood"
+
+
+@pytest.fixture
+def sample():
+    from conftest import REPO
+
+    image = read_volume(REPO / SAMPLE / "ixi048_t1_2mm.nii.gz")
+    brain = read_volume(REPO / SAMPLE / "ixi048_brainmask_2mm.nii.gz").data > 0
+    return image, brain
+
+
+# ------------------------------------------------------------------ headless session
+@pytest.mark.parametrize("kind", ["sphere", "cuboid", "brush", "lesion"])
+@pytest.mark.parametrize("texture", ["scan", "noise", "layer"])
+def test_preview_commit_undo_for_every_kind(kind, texture, sample):
+    image, brain = sample
+    original = image.data.copy()
+    playground = Playground(image.data, image.spacing, brain, image.axcodes)
+    settings = AnomalySettings(kind=kind, size_mm=30, alpha=1.0, kernel_size=1,
+                               texture=texture, seed=4)
+    placement = playground.preview(settings, (60, 62, 45), other=image.data[::-1].copy())
+    assert playground.count == 0 and not playground.labels.any()  # a preview changes nothing
+    assert placement.label.any() and not placement.label[~brain[placement.region]].any()
+    value = playground.commit(placement)
+    assert value == 1 and playground.count == 1
+    labelled = playground.labels > 0
+    assert labelled.sum() == placement.label.sum()
+    # the anomaly sits around the requested voxel, within its 30 mm (15 voxel) box
+    centroid = np.argwhere(labelled).mean(axis=0)
+    assert np.all(np.abs(centroid - (60, 62, 45)) <= 8)
+    changed = playground.result != image.data.astype(np.float32)
+    assert changed[labelled].mean() > 0.5 and not changed[~brain].any()
+    np.testing.assert_array_equal(image.data, original)  # the healthy scan is never written
+    assert playground.undo() and playground.count == 0
+    np.testing.assert_array_equal(playground.result, original.astype(np.float32))
+    assert not playground.labels.any()
+
+
+def test_several_anomalies_keep_their_own_labels(sample):
+    image, brain = sample
+    playground = Playground(image.data, image.spacing, brain)
+    for seed in range(3):
+        playground.commit(playground.preview(AnomalySettings(seed=seed, size_mm=16)))
+    assert playground.count == 3 and set(np.unique(playground.labels)) == {0, 1, 2, 3}
+    assert [p["label"] for p in playground.placements()] == [1, 2, 3]
+    playground.undo()
+    assert set(np.unique(playground.labels)) == {0, 1, 2}
+    playground.clear()
+    assert playground.count == 0 and not playground.labels.any()
+    np.testing.assert_array_equal(playground.result, image.data.astype(np.float32))
+
+
+def test_same_settings_same_anomaly(sample):
+    image, brain = sample
+    playground = Playground(image.data, image.spacing, brain, image.axcodes)
+    settings = AnomalySettings(kind="brush", size_mm=40, seed=11)
+    a, b = playground.preview(settings), playground.preview(settings)
+    assert a.centre == b.centre and a.region == b.region
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_playground_refuses_bad_input(sample):
+    image, brain = sample
+    with pytest.raises(GridMismatchError, match="mask has shape"):
+        Playground(image.data, image.spacing, brain[:, :, :40])
+    with pytest.raises(PreprocessingError, match="mask is empty"):
+        Playground(image.data, image.spacing, np.zeros_like(brain))
+    playground = Playground(image.data, image.spacing, brain)
+    with pytest.raises(ValueError, match=r"300 mm anomaly is larger than the scan \(240 x 240"):
+        playground.preview(AnomalySettings(size_mm=300))
+    with pytest.raises(ValueError, match=r"alpha must be within \[0, 1\]"):
+        AnomalySettings(alpha=1.2)
+    with pytest.raises(ValueError, match="unknown shape kind 'star'"):
+        AnomalySettings(kind="star")
+    with pytest.raises(ValueError, match="outside the scan"):
+        playground.preview(AnomalySettings(), (500, 0, 0))
+    with pytest.raises(ValueError, match="choose the other scan"):
+        playground.preview(AnomalySettings(texture="layer"))
+    assert playground.count == 0 and not playground.labels.any()  # nothing half-done
+
+
+# ------------------------------------------------------------------------ the widget
+@pytest.fixture
+def playground_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    scan, mask = viewer.open_sample(PLUGIN, "ixi_brain_t1")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly playground")
+    return viewer, widget, scan, mask
+
+
+def wait_idle(qtbot, widget):
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=20_000)
+
+
+def click(viewer, widget, world):
+    assert widget._on_click in viewer.mouse_drag_callbacks
+    for callback in list(viewer.mouse_drag_callbacks):
+        callback(viewer, SimpleNamespace(type="mouse_press", position=tuple(world)))
+
+
+@pytest.mark.gui
+def test_click_places_an_anomaly_at_that_point(playground_widget, qtbot, tmp_path):
+    viewer, widget, scan, mask = playground_widget
+    source = scan.data.copy()
+    assert widget.mask_combo.current_layer() is mask  # the brain mask was picked for the scan
+    widget.shape_combo.setCurrentIndex(widget.shape_combo.findData("sphere"))
+    widget.size_spin.setValue(20.0)
+    widget.click_button.setChecked(True)
+    voxel = (60, 55, 45)
+    click(viewer, widget, scan.data_to_world(voxel))
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.pending is not None and widget.pending.centre == voxel
+    image_layer, labels_layer = widget._image_layer, widget._labels_layer
+    # both new layers sit exactly over the source, at its scale
+    for layer in (image_layer, labels_layer):
+        np.testing.assert_allclose(layer.scale, scan.scale)
+        np.testing.assert_allclose(layer.translate, scan.translate)
+        assert layer.data.shape == scan.data.shape
+    assert labels_layer.data[voxel] == 99  # the preview is shown as pending
+    widget.commit_button.click()
+    assert labels_layer.data[voxel] == 1 and widget.session.count == 1
+    assert image_layer.data[voxel] != source[voxel]
+    np.testing.assert_array_equal(scan.data, source)  # the source layer is unchanged
+
+    # a random place, then undo it; then save through the plugin writer
+    widget.random_button.click()
+    wait_idle(qtbot, widget)
+    widget.commit_button.click()
+    assert widget.session.count == 2
+    widget.undo_button.click()
+    assert widget.session.count == 1 and set(np.unique(labels_layer.data)) == {0, 1}
+    written = widget.save_to(tmp_path)
+    assert [p.name for p in written] == ["IXI048_T1__2_mm__anomalies.nii.gz",
+                                         "IXI048_T1__2_mm__anomaly_labels.nii.gz",
+                                         "IXI048_T1__2_mm__anomalies.json"]
+    sample_file = nib.load(f"{SAMPLE}/ixi048_t1_2mm.nii.gz")
+    saved_image, saved_labels = nib.load(written[0]), nib.load(written[1])
+    np.testing.assert_array_equal(saved_image.affine, sample_file.affine)
+    np.testing.assert_array_equal(saved_labels.affine, sample_file.affine)
+    labels = np.asanyarray(saved_labels.dataobj)
+    assert labels.sum() == (labels_layer.data == 1).sum() and labels.max() == 1
+    # in the file's own voxel order the label sits where it was clicked in the world
+    stored = np.argwhere(labels == 1).mean(axis=0)
+    from napari_medood._napari._layers import RAS_TO_WORLD
+
+    world = RAS_TO_WORLD[:3, :3] @ nib.affines.apply_affine(sample_file.affine, stored)
+    np.testing.assert_allclose(world, scan.data_to_world(voxel), atol=4.0)
+    record = json.loads(written[2].read_text())
+    assert record["anomalies"][0]["centre"] == list(voxel)
+    widget.clear_button.click()
+    assert widget.session.count == 0 and not labels_layer.data.any()
+    np.testing.assert_array_equal(image_layer.data, source)
+
+
+@pytest.mark.gui
+def test_widget_reports_bad_input_without_changing_anything(playground_widget, qtbot,
+                                                            tmp_path, ms_lesions):
+    viewer, widget, scan, mask = playground_widget
+    widget.size_spin.setValue(400.0)
+    widget.random_button.click()
+    wait_idle(qtbot, widget)
+    assert "larger than the scan" in widget.last_error
+    assert widget.pending is None and widget._image_layer is None
+    # a mask from another scan
+    viewer.add_labels(np.zeros((10, 10, 10), np.uint8), name="other mask")
+    widget.mask_combo.setCurrentIndex(widget.mask_combo.findText("other mask"))
+    widget.size_spin.setValue(20.0)
+    widget.random_button.click()
+    wait_idle(qtbot, widget)
+    assert "the mask 'other mask' has shape (10, 10, 10)" in widget.last_error
+    # an unreadable lesion mask file is named, and the built-in shapes stay in use
+    broken = tmp_path / "lesion.nii.gz"
+    broken.write_bytes(b"not a mask")
+    widget.load_lesion_masks([ms_lesions, broken])
+    wait_idle(qtbot, widget)
+    assert str(broken) in widget.last_error and widget.lesion_bank is None
+    widget.load_lesion_masks([ms_lesions])
+    wait_idle(qtbot, widget)
+    assert widget.lesion_bank is not None and len(widget.lesion_bank) > 5
