@@ -330,7 +330,7 @@ def test_rotated_patch_texture_reads_the_rotated_patch():
     texture = PatchTexture(patch, (0, 0, 0), 0, augment=False, clip=None)
     texture.rotation = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
     values = texture(np.zeros(3, int), np.array([16, 16, 16]))
-    expected = np.rot90(patch, k=-1, axes=(1, 2))
+    expected = np.rot90(patch, k=1, axes=(1, 2))  # values[x, y, z] = patch[x, z, 15 - y]
     np.testing.assert_allclose(values, expected, atol=1e-5)
     plain = PatchTexture(patch, (4, 4, 4), 0, augment=False, clip=None)
     np.testing.assert_array_equal(plain(np.array([4, 4, 4]), np.array([8, 9, 10])),
