@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_medood"
-CORE = ["io", "preprocessing", "detectors", "errors.py", "_progress.py", "cli.py", "__init__.py"]
+CORE = ["io", "preprocessing", "synth", "detectors", "errors.py", "_progress.py", "cli.py",
+        "__init__.py"]
 GUI_MODULES = {
     "napari",
     "qtpy",
@@ -63,6 +64,7 @@ def _modules_loaded_by(code: str) -> set[str]:
 def test_importing_the_core_loads_no_torch_monai_or_qt():
     loaded = _modules_loaded_by(
         "import napari_medood, napari_medood.io, napari_medood.preprocessing, "
+        "napari_medood.synth, napari_medood.synth.playground, napari_medood.synth.dataset, "
         "napari_medood.detectors, napari_medood.cli"
     )
     for heavy in [*HEAVY_MODULES, "napari", "qtpy", "PyQt6"]:
@@ -78,6 +80,7 @@ def test_opening_the_manifest_and_plugin_modules_loads_no_torch_or_monai():
         "import napari_medood._napari._reader, napari_medood._napari._writer\n"
         "import napari_medood._napari._sample_data, napari_medood._napari._layers\n"
         "import napari_medood._napari._widgets.inspector\n"
+        "import napari_medood._napari._widgets.playground\n"
     )
     assert "napari_medood._napari._widgets.inspector" in loaded
     for heavy in HEAVY_MODULES:
