@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_medood"
-CORE = ["io", "preprocessing", "synth", "detectors", "errors.py", "_progress.py", "cli.py",
-        "__init__.py"]
+CORE = ["io", "preprocessing", "synth", "detectors", "evaluation", "inference", "errors.py",
+        "_progress.py", "distributed.py", "cli.py", "__init__.py"]
 GUI_MODULES = {
     "napari",
     "qtpy",
@@ -65,7 +65,8 @@ def test_importing_the_core_loads_no_torch_monai_or_qt():
     loaded = _modules_loaded_by(
         "import napari_medood, napari_medood.io, napari_medood.preprocessing, "
         "napari_medood.synth, napari_medood.synth.playground, napari_medood.synth.dataset, "
-        "napari_medood.detectors, napari_medood.cli"
+        "napari_medood.detectors, napari_medood.cli, napari_medood.evaluation, "
+        "napari_medood.evaluation.report, napari_medood.inference.batch, napari_medood.distributed"
     )
     for heavy in [*HEAVY_MODULES, "napari", "qtpy", "PyQt6"]:
         assert heavy not in loaded, f"importing the core loaded {heavy}"

@@ -13,6 +13,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from napari_medood import __version__
 from napari_medood.errors import MedoodError
 
@@ -64,6 +66,13 @@ def _one_line(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------ predict
 PREDICT_EPILOG = """\
+at scale: under torchrun each rank takes its share of the cases (one output per case, written
+atomically); --part-id/--num-parts does the same for scheduler arrays. Finished cases are
+skipped, so an interrupted run resumes; a failing case is reported and the others go on; the
+exit status is 2 if any case failed.
+  torchrun --nproc_per_node 4 $(which medood-predict) scans/ maps/
+  medood-predict --part-id $SLURM_ARRAY_TASK_ID --num-parts 100 cohort.csv maps/
+
 outputs (MOOD conventions):
   --task pixel   OUTPUT/<input name>      anomaly map on the input's grid and affine, in [0, 1]
                                           (non-NIfTI inputs: <name>.nii.gz)
@@ -82,7 +91,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
     parser = _parser(
         "medood-predict",
         "Detect anomalies in 3D scans and write an anomaly map or a score per scan.\n\n"
-        f"INPUT is one scan, one DICOM series folder, or a folder of scans ({SUPPORTED_DESCRIPTION}).",
+        f"INPUT is one scan, one DICOM series folder, a folder of scans ({SUPPORTED_DESCRIPTION}), "
+        "a CSV with a Path column, or a BIDS dataset.",
         PREDICT_EPILOG,
     )
     parser.add_argument("input", metavar="INPUT", nargs="?", help="scan file or folder")
@@ -106,6 +116,19 @@ def build_predict_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="recompute cases whose output already exists (default: skip them)",
     )
+    parser.add_argument(
+        "--part-id",
+        type=int,
+        metavar="K",
+        help="with --num-parts: do only part K (0-based) of the cases, e.g. $SLURM_ARRAY_TASK_ID",
+    )
+    parser.add_argument(
+        "--num-parts",
+        type=int,
+        metavar="N",
+        help="split the cases into N parts (cases K, K+N, K+2N, ...)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print each case written")
     parser.add_argument("--list-models", action="store_true", help="list the detectors and exit")
     return parser
 
@@ -126,13 +149,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from napari_medood.io import find_volumes, output_name, read_volume, write_nifti
-    from napari_medood.io.atomic import write_text_atomic
-    from napari_medood.io.cohort import find_mask
-    from napari_medood.preprocessing import load_mask
+    from napari_medood.distributed import finish, gather, shard_from
+    from napari_medood.inference.batch import plan, predict_cases, remove_partial_writes
+    from napari_medood.io.cohort import discover_cases
 
     detector = get_detector(args.model)
-    cases = find_volumes(args.input)
+    cases = discover_cases(args.input)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise MedoodError(f"{out_dir}: the output must be a folder, and this is a file")
@@ -142,59 +164,50 @@ def _predict(args: argparse.Namespace) -> int:
             f"{mask_arg}: one mask file for {len(cases)} scans; pass a folder "
             "with one mask per scan"
         )
-
-    def target_of(case: Path) -> Path:
-        name = output_name(case)
-        return out_dir / (name + ".txt" if args.task == "sample" else name)
-
-    todo, skipped = [], 0
-    for case in cases:
-        target = target_of(case)
-        if target.resolve() == case.resolve():
-            raise MedoodError(
-                f"{case}: the output would overwrite this input; choose another OUTPUT folder"
+    shard = shard_from(args.part_id, args.num_parts)
+    prefix = f"medood-predict[{shard.label}]" if shard.world > 1 else "medood-predict"
+    try:
+        # shard the full, sorted case list: the same case always goes to the same part,
+        # whatever was finished before
+        mine, mine_done = plan(shard.take(cases), out_dir, args.task, args.overwrite)
+        if mine_done:
+            print(
+                f"{prefix}: {len(mine_done)} of {len(mine) + len(mine_done)} cases already "
+                f"have outputs in {out_dir}; skipped (use --overwrite to recompute)",
+                file=sys.stderr,
             )
-        if target.exists() and not args.overwrite:
-            skipped += 1
-        else:
-            todo.append(case)
-    if skipped:
-        print(
-            f"medood-predict: {skipped} of {len(cases)} cases already have outputs in "
-            f"{out_dir}; skipped (use --overwrite to recompute)",
+        remove_partial_writes(out_dir, mine, args.task)
+        bar = tqdm(
+            total=len(mine),
+            desc=f"{detector.name} ({args.task}) {shard.label}".strip(),
+            unit="scan",
+            disable=not mine,
             file=sys.stderr,
         )
 
-    failures: list[tuple[Path, str]] = []
-    for case in tqdm(
-        todo, desc=f"{detector.name} ({args.task})", unit="scan", disable=not todo, file=sys.stderr
-    ):
-        try:
-            volume = read_volume(case)
-            mask = load_mask(find_mask(mask_arg, case), volume.grid) if mask_arg else None
-            result = detector.predict(volume, mask)
-            target = target_of(case)
-            if args.task == "pixel":
-                if result.anomaly_map is None:
-                    raise MedoodError(
-                        f"the {detector.name} detector gives no voxel-wise map; use --task sample"
-                    )
-                write_nifti(result.anomaly_map, target)
-            else:
-                if result.score is None:
-                    raise MedoodError(f"the {detector.name} detector gives no sample score")
-                write_text_atomic(target, f"{result.score:.6f}\n")
-        except Exception as exc:  # noqa: BLE001 - one bad case must not sink the batch
-            if args.debug:
-                traceback.print_exc()
-            failures.append((case, _one_line(exc)))
-            tqdm.write(f"medood-predict: failed: {_one_line(exc)}", file=sys.stderr)
-    done = len(todo) - len(failures)
-    print(
-        f"medood-predict: {done} written, {skipped} skipped, {len(failures)} failed -> {out_dir}",
-        file=sys.stderr,
-    )
-    return EXIT_ERROR if failures else EXIT_OK
+        def on_case(case, error) -> None:
+            bar.update()
+            if error is not None:
+                tqdm.write(f"{prefix}: failed: {case.name}: {error}", file=sys.stderr)
+            elif args.verbose:
+                tqdm.write(f"{prefix}: wrote {case.name}", file=sys.stderr)
+
+        summary = predict_cases(mine, detector, out_dir, args.task, mask_arg, on_case=on_case)
+        bar.close()
+        everyone = gather((len(summary.written), len(mine_done), summary.failed), shard)
+    finally:
+        finish(shard)
+    written = sum(w for w, _, _ in everyone)
+    skipped = sum(s for _, s, _ in everyone)
+    failed = [f for _, _, fs in everyone for f in fs]
+    if shard.rank == 0 or not shard.process_group:
+        scope = "" if shard.process_group or shard.world == 1 else f" ({shard.label})"
+        print(
+            f"medood-predict: {written} written, {skipped} skipped, {len(failed)} failed"
+            f"{scope} -> {out_dir}",
+            file=sys.stderr,
+        )
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def predict_main(argv: Sequence[str] | None = None) -> int:
@@ -232,21 +245,168 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     )
 
 
-def eval_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``medood-eval``."""
+EVAL_EPILOG = """\
+sets (LABELS): a MOOD-layout folder (pixel/data, pixel/label, sample/label, as medood-synth
+writes), a CSV with a Path column (and Label, Mask, Anomalous columns), or a BIDS dataset
+(UAD-IMAG labels: <prefix>_seg-anomaly_mask.nii.gz beside <prefix>_T1w.nii.gz).
+
+predictions: <case file name> maps and <case file name>.txt scores (MOOD); a missing file
+counts as zeros, as in MOOD's evaluator.
+
+writes REPORT/metrics.json, REPORT/cases.csv, REPORT/report.md and PNG plots.
+
+examples:
+  medood-eval predictions/ valset/ -o report/
+  medood-eval --detector intensity valset/ -o report/
+  medood-eval --detector intensity --healthy ixi_t1/ --healthy-masks ixi_masks/ ms.csv -o r/
+"""
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
     parser = _parser(
         "medood-eval",
-        "Score anomaly maps or sample scores against ground truth (MOOD pixel/sample AP, "
-        "AUROC, AUPRC, Dice) and write a report.",
+        "Score anomaly maps and sample scores against ground truth: MOOD pixel and sample AP, "
+        "AUROC, AUPRC, Dice at the best threshold and at thresholds calibrated on healthy "
+        "scans, OOD metrics with bootstrap intervals, bias tables; or run a detector and "
+        "score it in one go.",
+        EVAL_EPILOG,
     )
-    parser.add_argument("predictions", nargs="?", metavar="PREDICTIONS", help="predictions folder")
-    parser.add_argument("labels", nargs="?", metavar="LABELS", help="labels folder")
-    return _run(
-        "medood-eval",
-        parser,
-        _not_yet("medood-eval", "the evaluation harness is not built yet;"),
-        argv,
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="PREDICTIONS LABELS",
+        help="a predictions folder and a labelled set (with --detector: the labelled set only)",
     )
+    parser.add_argument("-o", "--out", metavar="REPORT", help="folder for the report")
+    parser.add_argument(
+        "--detector",
+        metavar="NAME",
+        help="run this detector on the set's scans (maps and scores are kept "
+        "in REPORT/predictions)",
+    )
+    parser.add_argument(
+        "--masks",
+        metavar="PATH",
+        help="brain masks for the set (file or folder named like the scans)",
+    )
+    parser.add_argument(
+        "--healthy",
+        metavar="SCANS",
+        help="healthy scans to calibrate thresholds on (default: the set's normal cases)",
+    )
+    parser.add_argument("--healthy-masks", metavar="PATH", help="brain masks of --healthy")
+    parser.add_argument(
+        "--healthy-predictions",
+        metavar="DIR",
+        help="maps of the healthy scans (when not running a detector)",
+    )
+    parser.add_argument(
+        "--participants",
+        metavar="TABLE",
+        action="append",
+        default=[],
+        help="participants CSV/TSV with age, sex, site (repeatable)",
+    )
+    parser.add_argument(
+        "--fprs",
+        default="0.01,0.05,0.1",
+        help="voxel false-positive rates for calibrated thresholds",
+    )
+    parser.add_argument(
+        "--all-voxels",
+        action="store_true",
+        help="count every voxel even where a brain mask is given (MOOD)",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for sample-level intervals"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--title", default="napari-medood evaluation", help="report title")
+    return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_medood.detectors import get_detector
+    from napari_medood.evaluation import DetectorPredictions, EvalOptions, FolderPredictions
+    from napari_medood.evaluation import evaluate as run_evaluation
+    from napari_medood.evaluation.bias import bias_tables
+    from napari_medood.evaluation.participants import read_participants
+    from napari_medood.evaluation.report import write_report
+    from napari_medood.io.cohort import discover_cases
+
+    expected = 1 if args.detector else 2
+    if len(args.inputs) != expected or not args.out:
+        what = "a labelled set" if args.detector else "a predictions folder and a labelled set"
+        raise MedoodError(f"give {what} and -o REPORT (see --help)")
+    out = Path(args.out)
+    if args.detector:
+        detector = get_detector(args.detector)
+        predict = DetectorPredictions(detector, out / "predictions")
+        labels = args.inputs[0]
+    else:
+        predict = FolderPredictions(args.inputs[0])
+        labels = args.inputs[1]
+    cases = discover_cases(labels, masks=args.masks)
+    healthy, healthy_predict = [], None
+    if args.healthy:
+        healthy = discover_cases(args.healthy, masks=args.healthy_masks)
+        if args.detector:
+            healthy_predict = DetectorPredictions(detector, out / "predictions_healthy")
+        elif args.healthy_predictions:
+            healthy_predict = FolderPredictions(args.healthy_predictions)
+        else:
+            raise MedoodError("--healthy needs --healthy-predictions (or --detector)")
+    fprs = tuple(float(f) for f in args.fprs.split(",") if f.strip())
+    options = EvalOptions(
+        fprs=fprs, bootstrap=args.bootstrap, seed=args.seed, use_masks=not args.all_voxels
+    )
+    participants: dict = {}
+    for table in args.participants:
+        participants.update(read_participants(table))
+    with tqdm(
+        total=len(cases) + len(healthy), desc="evaluating", unit="case", file=sys.stderr
+    ) as bar:
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.n = done
+            bar.set_postfix_str(message[-30:], refresh=False)
+            bar.refresh()
+
+        result = run_evaluation(
+            cases, predict, healthy, healthy_predict, options, participants, progress
+        )
+    dice_key = (
+        "fpr5%"
+        if "fpr5%" in result.pixel.get("dice", {})
+        else ("sweep" if result.pixel.get("dice") else None)
+    )
+    fpr_key = next(iter(result.calibration.get("thresholds", {})), None)
+    bias = bias_tables(result.cases, dice_key, "fpr5%" if fpr_key else None)
+    written = write_report(result, out, args.title, bias, np.asarray(options.sweep))
+    pixel, sample = result.pixel, result.sample
+    parts = []
+    if pixel.get("ap") is not None:
+        parts.append(f"pixel AP {pixel['ap']:.3f}")
+    if pixel.get("dice"):
+        parts.append(f"best Dice {pixel['dice']['sweep']['dice_mean']:.3f}")
+    if sample.get("auroc") is not None:
+        parts.append(f"sample AUROC {sample['auroc']:.3f}")
+    failed = result.settings["failed"]
+    print(
+        f"medood-eval: {', '.join(parts) or 'nothing scored'}; {len(failed)} failed -> "
+        f"{written['markdown']}",
+        file=sys.stderr,
+    )
+    for failure in failed:
+        print(f"medood-eval: failed: {failure['case']}: {failure['error']}", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``medood-eval``."""
+    return _run("medood-eval", build_eval_parser(), _eval, argv)
 
 
 SYNTH_EPILOG = """\

@@ -23,7 +23,7 @@ def get_detector(name: str) -> Detector:
 
 
 def _register_builtins() -> None:
-    from napari_medood.detectors.baselines import IntensityDetector
+    from napari_medood.detectors.baselines import IntensityDetector, MedianResidualDetector
 
     register_detector(
         "intensity",
@@ -34,6 +34,11 @@ def _register_builtins() -> None:
         "inverted-intensity",
         lambda: IntensityDetector(invert=True),
         "baseline: dark voxels are abnormal (1 - normalised intensity in the mask)",
+    )
+    register_detector(
+        "median-residual",
+        MedianResidualDetector,
+        "baseline: voxels unlike their 5 mm neighbourhood (|x - local median|)",
     )
 
 

@@ -1,8 +1,9 @@
 """Reference detectors that need no training: every learned detector is compared with them.
 
 ``intensity`` calls bright voxels abnormal (hyperintense lesions on FLAIR/T2), ``inverted
-intensity`` dark ones (hypointense lesions on T1). Intensities are normalised by the 1st-99th
-percentiles inside the mask, and the map is zero outside it.
+intensity`` dark ones (hypointense lesions on T1), ``median-residual`` voxels that differ from
+the median of their neighbourhood (small focal changes of either sign). Intensities are
+normalised by the 1st-99th percentiles inside the mask, and maps are zero outside it.
 """
 
 from __future__ import annotations
@@ -59,4 +60,54 @@ class IntensityDetector:
         return AnomalyResult(
             anomaly_map=Volume(values, volume.affine, volume.source, {"detector": self.name}),
             score=topk_mean(values, self.top_k, mask),
+        )
+
+
+@dataclass
+class MedianResidualDetector:
+    """Anomaly map = |x - median(x over a ``size_mm`` cube)|, scaled so the 99.9th
+    percentile inside the mask maps to 1 and clipped to [0, 1].
+
+    Attributes:
+        size_mm: side of the median neighbourhood (rounded to an odd number of voxels).
+        top_k: voxels averaged for the sample score.
+    """
+
+    size_mm: float = 5.0
+    top_k: int = 100
+    name: str = "median-residual"
+
+    def predict(
+        self,
+        volume: Volume,
+        mask: np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+        cancelled: CancelledPredicate | None = None,
+    ) -> AnomalyResult:
+        from scipy import ndimage
+
+        from napari_medood.preprocessing.crop import foreground_box, paste
+
+        report(progress, 0, 3, "masking")
+        if mask is None:
+            mask = mask_from_threshold(volume.data, "otsu")
+        else:
+            mask = check_mask(mask, volume.grid, volume.source)
+        check_cancelled(cancelled)
+        values = percentile_in_mask(volume.data, mask)
+        size = [max(1, int(round(self.size_mm / s)) // 2 * 2 + 1) for s in volume.spacing]
+        box = foreground_box(mask, margin=max(size))  # the filter only runs over the brain
+        report(progress, 1, 3, "median filter")
+        local = values[box.slices]
+        residual = np.abs(local - ndimage.median_filter(local, size=size, mode="nearest"))
+        residual = paste(residual, box)
+        check_cancelled(cancelled)
+        report(progress, 2, 3, "scaling")
+        scale = float(np.percentile(residual[mask], 99.9)) or 1.0
+        anomaly = np.clip(residual / np.float32(scale), 0.0, 1.0).astype(np.float32)
+        anomaly[~mask] = 0.0
+        report(progress, 3, 3, "done")
+        return AnomalyResult(
+            anomaly_map=Volume(anomaly, volume.affine, volume.source, {"detector": self.name}),
+            score=topk_mean(anomaly, self.top_k, mask),
         )

@@ -1,15 +1,19 @@
-"""Cohorts of scans: a folder, a CSV list (UAD-IMAG style) or a BIDS dataset, with masks.
+"""Cohorts of scans: a folder, a CSV list (UAD-IMAG style), a BIDS dataset or a MOOD-layout
+set, with brain masks and, for evaluation, lesion labels.
 
-A :class:`Case` is one scan and, optionally, its brain/foreground mask. Masks come from the
-CSV's mask column, from a BIDS derivative, or from a folder of masks named like the scans
-(the same name, or the scan's name followed by ``_something``).
+A :class:`Case` is one scan with, optionally, its brain/foreground mask, its voxel label map
+and its sample label. Brain masks come from the CSV's mask column, a BIDS derivative, or a
+folder of masks named like the scans (the same name, or the scan's name + ``_something``).
+Labels come from the MOOD layout's ``pixel/label`` and ``sample/label``, a CSV ``Label``
+column, or UAD-IMAG's convention: ``<prefix>_seg-anomaly_mask.nii.gz`` next to
+``<prefix>_T1w.nii.gz`` (no such file: the scan is healthy).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from napari_medood.errors import MedoodError, VolumeError, VolumeNotFoundError
@@ -17,23 +21,38 @@ from napari_medood.io.discovery import find_volumes
 from napari_medood.io.formats import strip_volume_suffix, volume_suffix
 
 PATH_COLUMNS = ("path", "image", "img_path", "filename")
-MASK_COLUMNS = ("mask", "mask_path", "brain_mask", "brainmask")
+MASK_COLUMNS = ("brain_mask", "brainmask", "mask", "mask_path")
+LABEL_COLUMNS = ("label", "seg", "segmentation", "lesion", "anomaly_mask", "label_path")
+SAMPLE_COLUMNS = ("anomalous", "sample_label", "ood", "abnormal")
+UAD_LABEL_SUFFIX = "_seg-anomaly_mask.nii.gz"
 NAME_COLUMNS = ("name", "case", "id", "subject", "participant_id")
 
 
 @dataclass(frozen=True)
 class Case:
-    """One scan of a cohort: a name, the image, an optional mask and free columns."""
+    """One scan of a cohort.
+
+    Attributes:
+        name: the case's name (the scan's file name without its volume suffix).
+        image: the scan.
+        mask: its brain/foreground mask, if any.
+        label: its voxel label map (abnormal > 0), if any.
+        anomalous: its sample label (True = abnormal), if known.
+        info: free columns (from a CSV).
+    """
 
     name: str
     image: Path
     mask: Path | None = None
     info: dict[str, str] = field(default_factory=dict)
+    label: Path | None = None
+    anomalous: bool | None = None
 
 
 def find_mask(mask_source: str | os.PathLike, image: str | os.PathLike) -> Path:
     """The mask for ``image``: ``mask_source`` itself if it is a file, else the file in that
-    folder named like the image (same name, or the image's name + ``_...``).
+    folder named like the image: the same name, or the image's name + ``_...``, or, for a scan
+    derived from another (``<scan>_shift``), the mask of that scan (``<scan>_mask``).
 
     Raises:
         VolumeError: no mask, or several candidates.
@@ -52,6 +71,17 @@ def find_mask(mask_source: str | os.PathLike, image: str | os.PathLike) -> Path:
     if len(prefixed) == 1:
         return prefixed[0]
     if not prefixed:
+        # a scan derived from the mask's scan: "<scan>_shift" for the mask "<scan>_mask"
+        bases = [
+            (strip_volume_suffix(p.name).rsplit("_", 1)[0], p)
+            for p in candidates
+            if "_" in strip_volume_suffix(p.name)
+        ]
+        derived = sorted(
+            ((len(b), p) for b, p in bases if stem.startswith(b + "_")), key=lambda item: -item[0]
+        )
+        if derived and (len(derived) == 1 or derived[0][0] > derived[1][0]):
+            return derived[0][1]
         raise VolumeError(image, f"no mask named {stem}.* or {stem}_* in {mask_source}")
     names = ", ".join(p.name for p in prefixed)
     raise VolumeError(image, f"several masks could belong to it in {mask_source}: {names}")
@@ -85,6 +115,8 @@ def discover_cases(
         raise VolumeNotFoundError(source, "no such file or folder")
     if source.is_file() and source.suffix.lower() == ".csv":
         cases = _from_csv(source)
+    elif is_mood_layout(source):
+        cases = _from_mood(source)
     elif source.is_dir() and is_bids(source):
         cases = _from_bids(source, bids_suffix)
     else:
@@ -95,7 +127,7 @@ def discover_cases(
                 f"{masks}: one mask file for {len(cases)} scans; pass a folder "
                 "with one mask per scan"
             )
-        cases = [Case(c.name, c.image, find_mask(masks, c.image), c.info) for c in cases]
+        cases = [replace(c, mask=find_mask(masks, c.image)) for c in cases]
     names = [c.name for c in cases]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -106,6 +138,23 @@ def discover_cases(
 def _column(header: list[str], options: tuple[str, ...]) -> str | None:
     lowered = {h.strip().lower(): h for h in header}
     return next((lowered[o] for o in options if o in lowered), None)
+
+
+def _resolve(base: Path, text: str) -> Path | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    path = Path(text)
+    return path if path.is_absolute() else base / path
+
+
+def _flag(text: str | None) -> bool | None:
+    text = (text or "").strip().lower()
+    if text in ("1", "true", "yes", "abnormal", "ood"):
+        return True
+    if text in ("0", "false", "no", "normal", "healthy", "id"):
+        return False
+    return None
 
 
 def _from_csv(path: Path) -> list[Case]:
@@ -120,16 +169,65 @@ def _from_csv(path: Path) -> list[Case]:
             f"(found: {', '.join(header) or 'no rows'})",
         )
     mask_column, name_column = _column(header, MASK_COLUMNS), _column(header, NAME_COLUMNS)
+    label_column, sample_column = _column(header, LABEL_COLUMNS), _column(header, SAMPLE_COLUMNS)
     cases = []
     for row in rows:
-        image = Path(row[path_column])
-        image = image if image.is_absolute() else path.parent / image
-        mask_text = (row.get(mask_column) or "").strip() if mask_column else ""
-        mask = None
-        if mask_text:
-            mask = Path(mask_text) if Path(mask_text).is_absolute() else path.parent / mask_text
+        image = _resolve(path.parent, row[path_column])
+        if image is None:
+            continue
+        label = _resolve(path.parent, row.get(label_column, "")) if label_column else None
+        if label is None and label_column is None:
+            label = _uad_label(image)
+        anomalous = _flag(row.get(sample_column)) if sample_column else None
         name = (row.get(name_column) or "").strip() if name_column else ""
-        cases.append(Case(name or strip_volume_suffix(image.name), image, mask, dict(row)))
+        cases.append(
+            Case(
+                name or strip_volume_suffix(image.name),
+                image,
+                _resolve(path.parent, row.get(mask_column, "")) if mask_column else None,
+                dict(row),
+                label,
+                anomalous,
+            )
+        )
+    return cases
+
+
+def _uad_label(image: Path) -> Path | None:
+    """UAD-IMAG's lesion mask beside a scan: ``<prefix>_seg-anomaly_mask.nii.gz`` for
+    ``<prefix>_<suffix>.nii.gz``; None when there is none (a healthy scan)."""
+    stem = strip_volume_suffix(image.name)
+    prefix = stem.rsplit("_", 1)[0] if "_" in stem else stem
+    candidate = image.parent / (prefix + UAD_LABEL_SUFFIX)
+    return candidate if candidate.exists() else None
+
+
+def is_mood_layout(path: str | os.PathLike) -> bool:
+    """True for a folder with ``pixel/data`` or ``pixel/label`` (as ``medood-synth`` writes)."""
+    path = Path(path)
+    return (path / "pixel" / "data").is_dir() or (path / "pixel" / "label").is_dir()
+
+
+def _from_mood(root: Path) -> list[Case]:
+    data, labels, masks = root / "pixel" / "data", root / "pixel" / "label", root / "pixel" / "mask"
+    sample_labels = root / "sample" / "label"
+    source = data if data.is_dir() else labels
+    cases = []
+    for image in sorted(source.glob("*.nii*")):
+        label = labels / image.name if (labels / image.name).exists() else None
+        flag = sample_labels / f"{image.name}.txt"
+        anomalous = None
+        if flag.exists():
+            try:
+                anomalous = float(flag.read_text().strip()) >= 0.5
+            except ValueError as exc:
+                raise VolumeError(flag, "a sample label must hold one number (0 or 1)") from exc
+        mask = masks / image.name if (masks / image.name).exists() else None
+        cases.append(
+            Case(strip_volume_suffix(image.name), data / image.name, mask, {}, label, anomalous)
+        )
+    if not cases:
+        raise VolumeError(root, "MOOD layout without pixel/data/*.nii.gz or pixel/label/*.nii.gz")
     return cases
 
 
@@ -148,5 +246,6 @@ def _from_bids(root: Path, suffix: str) -> list[Case]:
         if derivatives.is_dir():
             found = sorted(derivatives.rglob(f"{entities}*mask.nii*"))
             mask = found[0] if found else None
-        cases.append(Case(name, image, mask))
+        label = _uad_label(image)
+        cases.append(Case(name, image, mask, {}, label, label is not None))
     return cases

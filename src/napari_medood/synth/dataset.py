@@ -6,6 +6,8 @@
     OUT/pixel/label/<case>.nii.gz        binary label map (uint8, same grid)
     OUT/sample/data/<case>.nii.gz        the same scan (a hard link when possible)
     OUT/sample/label/<case>.nii.gz.txt   1 if the case holds an outlier, else 0
+    OUT/pixel/mask/<case>.nii.gz         the brain/foreground mask used (not part of MOOD's
+                                         layout; medood-eval counts voxels inside it)
     OUT/manifest.json                    per case: source, mask, kind, parameters, seed
 
 Each normal scan gives ``repeats`` cases per outlier kind and ``normal`` unchanged cases.
@@ -85,6 +87,7 @@ def _paths(out: Path, name: str) -> dict[str, Path]:
         "pixel_label": out / "pixel" / "label" / file,
         "sample_data": out / "sample" / "data" / file,
         "sample_label": out / "sample" / "label" / f"{file}.txt",
+        "mask": out / "pixel" / "mask" / file,
     }
 
 
@@ -192,6 +195,7 @@ def _write_case(
     write_nifti(volume.with_data(data), paths["pixel_data"])
     write_nifti(volume.with_data(label.astype(np.uint8)), paths["pixel_label"], kind="labels")
     _link_or_copy(paths["pixel_data"], paths["sample_data"])
+    write_nifti(volume.with_data(foreground.astype(np.uint8)), paths["mask"], kind="labels")
     write_text_atomic(paths["sample_label"], f"{int(kind is not None)}\n")
     return {
         "case": name,

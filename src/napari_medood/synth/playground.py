@@ -242,8 +242,10 @@ class Playground:
                 raise ValueError("choose the other scan to take the texture from")
             other = np.asarray(other, dtype=np.float32)
             if other.shape != self.image.shape:
-                raise ValueError(f"the texture scan has shape {other.shape} but the scan has "
-                                 f"{self.image.shape}; choose a scan on the same grid")
+                raise ValueError(
+                    f"the texture scan has shape {other.shape} but the scan has "
+                    f"{self.image.shape}; choose a scan on the same grid"
+                )
             inside = other[other > 0] if np.any(other > 0) else other.ravel()
             low, high = np.percentile(inside, [1, 99])
             scale = (self.high - self.low) / max(float(high - low), 1e-6)

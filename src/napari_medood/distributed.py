@@ -1,0 +1,70 @@
+"""Splitting work across processes: ``torchrun`` ranks, or scheduler array tasks.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) a gloo process group is opened so ranks can share
+small results (failure lists, metrics); with ``--part-id/--num-parts`` (SLURM arrays and the
+like) the parts never talk to each other. torch is imported only when a group is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from napari_medood.errors import MedoodError
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the work: ``items[rank::world]``."""
+
+    rank: int = 0
+    world: int = 1
+    process_group: bool = False
+
+    def take(self, items: list) -> list:
+        return items[self.rank :: self.world]
+
+    @property
+    def label(self) -> str:
+        return f"part {self.rank + 1}/{self.world}" if self.world > 1 else ""
+
+
+def shard_from(part_id: int | None = None, num_parts: int | None = None) -> Shard:
+    """The shard given explicitly, else from torchrun's ``RANK``/``WORLD_SIZE`` (opening a
+    gloo process group), else the whole job."""
+    if num_parts is not None or part_id is not None:
+        if num_parts is None or part_id is None:
+            raise MedoodError("give both --part-id and --num-parts")
+        if num_parts < 1 or not 0 <= part_id < num_parts:
+            raise MedoodError(f"--part-id must be within 0..{num_parts - 1}, got {part_id}")
+        return Shard(part_id, num_parts)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Shard()
+    rank = int(os.environ.get("RANK", "0"))
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return Shard(rank, world, True)
+
+
+def gather(value: Any, shard: Shard) -> list[Any]:
+    """Every rank's ``value`` (a list of one without a process group)."""
+    if not shard.process_group:
+        return [value]
+    import torch.distributed as dist
+
+    values: list[Any] = [None] * shard.world
+    dist.all_gather_object(values, value)
+    return values
+
+
+def finish(shard: Shard) -> None:
+    """Close the process group this module opened."""
+    if shard.process_group:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

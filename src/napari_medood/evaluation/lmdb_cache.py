@@ -1,0 +1,119 @@
+"""An LMDB cache of axial slices laid out like UAD-IMAG's (methods.md R23), for 2D methods.
+
+One database named ``slices``; keys are running indices as 8-digit zero-padded ASCII
+("00000000", ...); each value is a pickled 2D float64 array: one axial slice (third array axis)
+of a volume min-max normalised to [0, 1], all-zero slices left out. Reading uses an
+unpickler that only rebuilds numpy arrays, so a cache from elsewhere cannot run code.
+Needs the ``lmdb`` package: ``pip install "napari-medood[lmdb]"``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from napari_medood.errors import MedoodError
+
+DB_NAME = b"slices"
+MAP_SIZE_PER_VOLUME = 70 * 1024 * 1024  # UAD-IMAG's reservation per volume
+_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+def _lmdb():
+    try:
+        import lmdb
+    except ImportError as exc:
+        raise MedoodError(
+            'the LMDB slice cache needs the lmdb package: pip install "napari-medood[lmdb]"'
+        ) from exc
+    return lmdb
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a numpy array")
+
+
+def load_slice(blob: bytes) -> np.ndarray:
+    """A slice from its pickled bytes, allowing nothing but numpy arrays."""
+    value = _ArrayUnpickler(io.BytesIO(blob)).load()
+    if not isinstance(value, np.ndarray) or value.ndim != 2:
+        raise pickle.UnpicklingError("a slice must be a 2D numpy array")
+    return value
+
+
+def write_slice_lmdb(volumes: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> int:
+    """Write the non-empty axial slices of each volume (min-max normalised); returns how many."""
+    from napari_medood.io.readers import read_volume
+
+    lmdb = _lmdb()
+    paths = [Path(v) for v in volumes]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = lmdb.open(str(out_dir), map_size=MAP_SIZE_PER_VOLUME * max(len(paths), 1), max_dbs=1)
+    try:
+        database = env.open_db(DB_NAME)
+        index = 0
+        for path in paths:
+            data = read_volume(path).data.astype(np.float64)
+            low, high = float(data.min()), float(data.max())
+            data = (data - low) / (high - low) if high > low else np.zeros_like(data)
+            with env.begin(write=True, db=database) as txn:
+                for k in range(data.shape[2]):
+                    plane = np.ascontiguousarray(data[:, :, k])
+                    if not plane.any():
+                        continue
+                    txn.put(f"{index:08d}".encode("ascii"), pickle.dumps(plane))
+                    index += 1
+        return index
+    finally:
+        env.close()
+
+
+class SliceLMDB:
+    """Read-only access to a slice cache: ``len(cache)``, ``cache[i]`` -> float32 (1, H, W)."""
+
+    def __init__(self, path: str | os.PathLike):
+        lmdb = _lmdb()
+        self.path = Path(path)
+        if not self.path.exists():
+            raise MedoodError(f"{self.path}: no such LMDB slice cache")
+        self._env = lmdb.open(str(self.path), readonly=True, lock=False, max_dbs=1)
+        self._db = self._env.open_db(DB_NAME, create=False)
+        with self._env.begin(db=self._db) as txn:
+            self._length = txn.stat(self._db)["entries"]
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < self._length:
+            raise IndexError(f"slice {index} out of range (0..{self._length - 1})")
+        with self._env.begin(db=self._db) as txn:
+            blob = txn.get(f"{index:08d}".encode("ascii"))
+        if blob is None:
+            raise KeyError(f"slice {index:08d} missing from {self.path}")
+        return load_slice(blob).astype(np.float32)[None]
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> SliceLMDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Running detectors over scans: batch prediction over cohorts (sharded, resumable)."""
