@@ -110,9 +110,9 @@ class EvaluationResult:
 
 
 def _read_array(path) -> np.ndarray:
-    import nibabel as nib
+    from napari_medood.io.readers import read_volume
 
-    return np.asanyarray(nib.load(path).dataobj)
+    return read_volume(path).data
 
 
 def _case_arrays(case: Case, prediction: Prediction, use_masks: bool, pixel: bool):
@@ -122,8 +122,14 @@ def _case_arrays(case: Case, prediction: Prediction, use_masks: bool, pixel: boo
     mask = _read_array(case.mask) > 0 if use_masks and case.mask is not None else None
     if not pixel:
         return label, mask, None
-    shape = label.shape if label is not None else (mask.shape if mask is not None else None)
     anomaly_map = prediction.anomaly_map
+    shape = (
+        label.shape
+        if label is not None
+        else (
+            mask.shape if mask is not None else (None if anomaly_map is None else anomaly_map.shape)
+        )
+    )
     if anomaly_map is not None and shape is not None and anomaly_map.shape != shape:
         prediction.notes.append(
             f"map of shape {anomaly_map.shape} on a label of shape {shape}: counted as zeros"
@@ -151,8 +157,10 @@ def score_cases(
     cancelled: CancelledPredicate | None = None,
     offset: int = 0,
     total: int | None = None,
+    healthy: bool = False,
 ) -> list[CaseResult]:
-    """Score each case; its voxels go into ``histogram`` and its counts into the result."""
+    """Score each case; its voxels go into ``histogram`` and its counts into the result.
+    ``healthy``: every case is known to be normal (calibration scans)."""
     results = []
     total = total or len(cases)
     pixel = getattr(predict, "has_maps", True)
@@ -167,11 +175,12 @@ def score_cases(
             if label is not None:
                 inside = label if mask is None else np.where(mask, label, 0)
                 result.lesion_voxels = int(np.count_nonzero(np.rint(inside) >= 1))
-            result.anomalous = (
-                case.anomalous
-                if case.anomalous is not None
-                else (None if result.lesion_voxels is None else result.lesion_voxels > 0)
-            )
+            if healthy:
+                result.anomalous = False
+            elif case.anomalous is not None:
+                result.anomalous = case.anomalous
+            elif result.lesion_voxels is not None:
+                result.anomalous = result.lesion_voxels > 0
             if anomaly_map is not None and (label is not None or result.anomalous is False):
                 counts = histogram.add(anomaly_map, label, mask)
                 result.counts = counts
@@ -181,7 +190,7 @@ def score_cases(
                     result.auroc = _nan_to_none(counts.auroc())
         except MedoodError as exc:
             result.error = str(exc)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad case must not sink the evaluation
             result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         results.append(result)
         report(progress, offset + index + 1, total, case.name)
@@ -216,9 +225,8 @@ def evaluate(
         cancelled,
         len(cases),
         total,
+        healthy=True,
     )
-    for result in healthy_results:
-        result.anomalous = False
     if participants:
         for result in results + healthy_results:
             row = match_participant(result.name, participants)
@@ -286,7 +294,7 @@ def evaluate(
                 pixel["dice"][name]["dice_std"] = float(np.std(scores))
     if calibration.get("thresholds"):
         fpr_rows = [r for r in normal_cases + healthy_results if r.fpr]
-        calibration["healthy_fpr_mean"] = (
+        calibration["healthy_fpr_mean_per_scan"] = (
             {n: float(np.mean([r.fpr[n] for r in fpr_rows])) for n in calibration["thresholds"]}
             if fpr_rows
             else {}
@@ -318,7 +326,13 @@ def _calibrate(cases: Sequence[CaseResult], fprs: Sequence[float], source: str) 
     if healthy.n_neg == 0:
         return {"source": source, "note": "no healthy voxels: no calibrated thresholds"}
     thresholds = {f"fpr{round(100 * f):g}%": threshold_at_fpr(healthy, f) for f in fprs}
-    return {"source": source, "healthy_voxels": healthy.n_neg, "thresholds": thresholds}
+    pooled = {name: healthy.counts_at(t)[1] / healthy.n_neg for name, t in thresholds.items()}
+    return {
+        "source": source,
+        "healthy_voxels": healthy.n_neg,
+        "thresholds": thresholds,
+        "healthy_fpr_pooled": pooled,
+    }
 
 
 def _sample_metrics(results: Sequence[CaseResult], options: EvalOptions) -> dict[str, Any]:

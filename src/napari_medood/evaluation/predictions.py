@@ -38,7 +38,8 @@ class FolderPredictions:
         )
 
     def __call__(self, case: Case) -> Prediction:
-        import nibabel as nib
+        from napari_medood.errors import VolumeError
+        from napari_medood.io.readers import read_volume
 
         prediction = Prediction()
         name = output_name(case.image)
@@ -46,12 +47,9 @@ class FolderPredictions:
         if self.has_maps:
             if map_path.exists():
                 try:
-                    prediction.anomaly_map = np.asanyarray(nib.load(map_path).dataobj)
-                except (OSError, ValueError, EOFError) as exc:
-                    prediction.notes.append(
-                        f"unreadable map {map_path.name} counted as zeros "
-                        f"({' '.join(str(exc).split())[:120]})"
-                    )
+                    prediction.anomaly_map = read_volume(map_path, nonfinite="zero").data
+                except VolumeError as exc:
+                    prediction.notes.append(f"unreadable map counted as zeros ({exc.problem})")
             else:
                 prediction.notes.append(f"missing map {map_path.name} counted as zeros")
         if self.has_scores:

@@ -237,11 +237,14 @@ def markdown(
             )
         lines.append("")
     if calibration.get("thresholds"):
+        per_scan = calibration.get("healthy_fpr_mean_per_scan", {})
         lines += [
             f"Thresholds calibrated on {calibration['source']} "
-            f"({calibration['healthy_voxels']} voxels); mean per-scan voxel FPR there: "
+            f"({calibration['healthy_voxels']} voxels). Voxel FPR there, pooled (mean "
+            "per scan): "
             + ", ".join(
-                f"{k} -> {_fmt(v, 4)}" for k, v in calibration.get("healthy_fpr_mean", {}).items()
+                f"{k} -> {_fmt(v, 4)} ({_fmt(per_scan.get(k), 4)})"
+                for k, v in calibration["healthy_fpr_pooled"].items()
             ),
             "",
         ]

@@ -1,0 +1,174 @@
+"""medood-eval end to end on a synthetic IXI set, cohort formats, participants, LMDB cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import shared
+from sklearn.metrics import average_precision_score
+
+from napari_medood.cli import eval_main, predict_main, synth_main
+from napari_medood.evaluation import EvalOptions, FolderPredictions, evaluate
+from napari_medood.io.cohort import discover_cases
+
+
+@pytest.fixture(scope="module")
+def valset(tmp_path_factory):
+    """A small labelled set: 3 IXI scans x (shift, uniform noise, normal), with brain masks."""
+    t1, dlmuse = shared("ixi-t1-2mm", "t1"), shared("ixi-t1-2mm", "dlmuse")
+    root = tmp_path_factory.mktemp("eval")
+    scans = root / "scans"
+    scans.mkdir()
+    for scan in sorted(t1.glob("*.nii.gz"))[:3]:
+        shutil.copy(scan, scans / scan.name)
+    assert synth_main(["--masks", str(dlmuse), "--kinds", "shift,uniform_noise", "--seed", "2",
+                       str(scans), str(root / "set")]) == 0
+    return root / "set"
+
+
+def test_eval_runs_a_detector_and_writes_the_report(valset, tmp_path, capsys):
+    report = tmp_path / "report"
+    code = eval_main(["--detector", "intensity", "--participants",
+                      str(shared("ixi-t1-2mm", "participants.csv")), "--bootstrap", "200",
+                      str(valset), "-o", str(report)])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((report / "metrics.json").read_text())
+    pixel, sample = metrics["pixel"], metrics["sample"]
+    assert 0 < pixel["ap"] < 1 and 0 < pixel["auroc"] <= 1
+    assert pixel["cases_with_lesions"] == 6
+    assert set(pixel["dice"]) == {"bisection", "sweep", "fpr1%", "fpr5%", "fpr10%"}
+    assert metrics["calibration"]["source"] == "the 3 normal cases of the evaluated set"
+    for name, fpr in (("fpr1%", 0.01), ("fpr5%", 0.05), ("fpr10%", 0.10)):
+        assert metrics["calibration"]["healthy_fpr_pooled"][name] < fpr
+    assert sample["cases"] == 9 and sample["abnormal"] == 6 and "ci95" in sample
+    assert metrics["settings"]["subsampling"].startswith("none")
+    assert set(metrics["bias"]) >= {"lesion_size", "age", "sex"}
+    with open(report / "cases.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 9 and {"name", "ap", "dice@sweep", "age", "sex"} <= set(rows[0])
+    text = (report / "report.md").read_text()
+    for picture in ("pr_curve.png", "dice_sweep.png", "dice_per_case.png", "bias.png"):
+        assert (report / picture).stat().st_size > 1000 and picture in text
+    assert (report / "predictions").is_dir()  # the detector's maps are kept
+
+
+def test_eval_of_a_predictions_folder_matches_sklearn_and_counts_missing_maps(valset, tmp_path,
+                                                                               capsys):
+    predictions = tmp_path / "predictions"
+    assert predict_main(["--model", "inverted-intensity", str(valset / "pixel" / "data"),
+                         str(predictions)]) == 0
+    assert predict_main(["--model", "inverted-intensity", "--task", "sample",
+                         str(valset / "pixel" / "data"), str(predictions)]) == 0
+    missing = sorted(predictions.glob("*_shift.nii.gz"))[0]
+    missing.unlink()
+    report = tmp_path / "report"
+    assert eval_main(["--all-voxels", "--bootstrap", "0", str(predictions), str(valset), "-o",
+                      str(report)]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    # MOOD: every voxel of every case pooled, a missing map counted as zeros
+    preds, labels = [], []
+    for label_file in sorted((valset / "pixel" / "label").glob("*.nii.gz")):
+        label = np.asanyarray(nib.load(label_file).dataobj)
+        path = predictions / label_file.name
+        pred = nib.load(path).get_fdata(dtype=np.float32) if path.exists() else np.zeros(
+            label.shape)
+        preds.append(np.clip(pred.astype(np.float16), 0, 1).ravel())
+        labels.append(label.ravel() == 1)
+    expected = average_precision_score(np.concatenate(labels), np.concatenate(preds))
+    assert metrics["pixel"]["ap"] == pytest.approx(expected, abs=1e-12)
+    notes = {row["name"]: row["notes"] for row in metrics["cases"]}
+    assert "missing map" in notes[missing.name.replace(".nii.gz", "")]
+    assert metrics["sample"]["cases"] == 9
+
+
+def test_eval_with_separate_healthy_scans_for_calibration(valset, tmp_path):
+    t1, dlmuse = shared("ixi-t1-2mm", "t1"), shared("ixi-t1-2mm", "dlmuse")
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    for scan in sorted(t1.glob("*.nii.gz"))[-2:]:
+        shutil.copy(scan, healthy / scan.name)
+    report = tmp_path / "report"
+    assert eval_main(["--detector", "median-residual", "--healthy", str(healthy),
+                      "--healthy-masks", str(dlmuse), "--bootstrap", "0", str(valset), "-o",
+                      str(report)]) == 0
+    calibration = json.loads((report / "metrics.json").read_text())["calibration"]
+    assert calibration["source"] == "2 healthy scans given for calibration"
+    assert calibration["healthy_fpr_pooled"]["fpr5%"] < 0.05
+
+
+def test_eval_errors_are_clear(valset, tmp_path, capsys):
+    assert eval_main([str(valset)]) == 2
+    assert "give a predictions folder and a labelled set" in capsys.readouterr().err
+    assert eval_main(["--detector", "intensity", str(tmp_path / "none"), "-o", str(tmp_path)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_a_failing_case_is_reported_and_the_others_scored(valset, tmp_path):
+    broken_set = tmp_path / "set"
+    shutil.copytree(valset, broken_set)
+    victim = sorted((broken_set / "pixel" / "label").glob("*_shift.nii.gz"))[0]
+    victim.write_bytes(b"corrupt label")
+    result = evaluate(discover_cases(broken_set), FolderPredictions(valset / "pixel" / "data"),
+                      options=EvalOptions(bootstrap=0))
+    failed = result.settings["failed"]
+    assert len(failed) == 1 and failed[0]["case"] == victim.name.replace(".nii.gz", "")
+    assert result.pixel["cases_counted"] == 8
+
+
+def test_cohort_formats_with_labels(tmp_path, ixi_t1):
+    # UAD-IMAG BIDS: the lesion mask sits beside the scan; no mask means healthy
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    shutil.copy(ixi_t1, anat / "sub-01_T1w.nii.gz")
+    shutil.copy(ixi_t1, anat / "sub-01_seg-anomaly_mask.nii.gz")
+    other = tmp_path / "bids" / "sub-02" / "anat"
+    other.mkdir(parents=True)
+    shutil.copy(ixi_t1, other / "sub-02_T1w.nii.gz")
+    cases = discover_cases(tmp_path / "bids")
+    assert [(c.name, c.label is not None, c.anomalous) for c in cases] == [
+        ("sub-01_T1w", True, True), ("sub-02_T1w", False, False)]
+    table = tmp_path / "split.csv"
+    table.write_text("Path,Label,Anomalous\nbids/sub-01/anat/sub-01_T1w.nii.gz,"
+                     "bids/sub-01/anat/sub-01_seg-anomaly_mask.nii.gz,1\n")
+    [case] = discover_cases(table)
+    assert case.label == tmp_path / "bids/sub-01/anat/sub-01_seg-anomaly_mask.nii.gz"
+    assert case.anomalous is True
+
+
+def test_lmdb_slice_cache_round_trip(tmp_path, ixi_t1):
+    pytest.importorskip("lmdb")
+    from napari_medood.evaluation.lmdb_cache import SliceLMDB, load_slice, write_slice_lmdb
+
+    data = np.asanyarray(nib.load(ixi_t1).dataobj).astype(np.float64)
+    count = write_slice_lmdb([ixi_t1, ixi_t1], tmp_path / "cache")
+    non_empty = [k for k in range(data.shape[2]) if data[:, :, k].any()]
+    assert count == 2 * len(non_empty)
+    normalised = (data - data.min()) / (data.max() - data.min())
+    with SliceLMDB(tmp_path / "cache") as cache:
+        assert len(cache) == count
+        first = cache[0]
+        assert first.shape == (1, data.shape[0], data.shape[1]) and first.dtype == np.float32
+        np.testing.assert_allclose(first[0], normalised[:, :, non_empty[0]], rtol=1e-6)
+        np.testing.assert_allclose(cache[len(non_empty)][0], first[0])
+        with pytest.raises(IndexError):
+            cache[count]
+    import lmdb
+
+    env = lmdb.open(str(tmp_path / "cache"), readonly=True, max_dbs=1, lock=False)
+    with env.begin(db=env.open_db(b"slices", create=False)) as txn:
+        assert txn.get(b"00000000") is not None  # UAD-IMAG's keys
+        assert pickle.loads(txn.get(b"00000000")).dtype == np.float64  # and values
+    env.close()
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
+        load_slice(pickle.dumps(Exploit()))
