@@ -82,6 +82,7 @@ def test_opening_the_manifest_and_plugin_modules_loads_no_torch_or_monai():
         "import napari_medood._napari._sample_data, napari_medood._napari._layers\n"
         "import napari_medood._napari._widgets.inspector\n"
         "import napari_medood._napari._widgets.playground\n"
+        "import napari_medood._napari._widgets.evaluate\n"
     )
     assert "napari_medood._napari._widgets.inspector" in loaded
     for heavy in HEAVY_MODULES:

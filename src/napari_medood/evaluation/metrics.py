@@ -185,6 +185,12 @@ class CaseCounts:
         _, tps, fps = _curve_from_counts(self.pos, self.neg, self.bins)
         return _auroc(tps, fps)
 
+    def precision_recall(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(precision, recall, thresholds)`` from the highest threshold down."""
+        thresholds, tps, fps = _curve_from_counts(self.pos, self.neg, BIN_VALUES[self.bins])
+        total = max(int(tps[-1]) if tps.size else 0, 1)
+        return tps / np.maximum(tps + fps, 1), tps / total, thresholds
+
 
 def dice_from_counts(tp, fp, fn):
     """2 TP / (2 TP + FP + FN); 1 where prediction and label are both empty."""

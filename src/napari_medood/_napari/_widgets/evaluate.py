@@ -1,0 +1,286 @@
+"""The "Evaluate" dock widget: how good is an anomaly map against a ground-truth label layer?
+
+Pick the anomaly map (an Image layer with values in [0, 1]), the ground truth (a Labels layer,
+any label > 0 is abnormal) and optionally a brain mask; Compute counts the voxels once (off the
+GUI thread, with the MOOD challenge's semantics) and shows AP and AUROC, the precision-recall
+curve, and Dice, precision and recall at the threshold of the slider. Moving the slider updates
+a Labels layer of the voxels at or above the threshold, placed over the map.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medood._napari._widgets._common import LayerComboBox
+from napari_medood.evaluation.metrics import CaseCounts, best_dice_sweep
+
+if TYPE_CHECKING:
+    import napari
+
+SLIDER_STEPS = 1000
+
+
+def _compute_counts(
+    anomaly_map: np.ndarray, truth: np.ndarray, mask: np.ndarray | None
+) -> CaseCounts:
+    from napari_medood.evaluation.metrics import VoxelHistogram
+
+    return VoxelHistogram().add(anomaly_map, truth > 0, mask)
+
+
+class EvaluateWidget(QWidget):
+    """Dock widget: voxel metrics of an anomaly map against a label layer, with a live threshold."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        from napari.layers import Image, Labels
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.setObjectName("medood-evaluate")
+        self.counts: CaseCounts | None = None
+        self.last_error: str | None = None
+        self._worker = None
+        self._threshold_layer = None
+        self._map_layer = None
+        self._mask = None
+
+        self.map_combo = LayerComboBox(napari_viewer, (Image,), self)
+        self.truth_combo = LayerComboBox(napari_viewer, (Labels,), self)
+        self.mask_combo = LayerComboBox(napari_viewer, (Labels,), self, none_label="all voxels")
+        self.compute_button = QPushButton("Compute")
+        self.best_button = QPushButton("Best Dice")
+        self.best_button.setEnabled(False)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, SLIDER_STEPS)
+        self.slider.setValue(SLIDER_STEPS // 2)
+        self.threshold_spin = QDoubleSpinBox(
+            minimum=0.0, maximum=1.0, value=0.5, singleStep=0.01, decimals=3
+        )
+        self.metrics_label = QLabel("Choose a map and its ground truth, then Compute.")
+        self.metrics_label.setWordWrap(True)
+        self.metrics_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        form = QFormLayout()
+        form.addRow("Anomaly map", self.map_combo)
+        form.addRow("Ground truth", self.truth_combo)
+        form.addRow("Brain mask", self.mask_combo)
+        threshold_row = QHBoxLayout()
+        threshold_row.addWidget(self.slider, 1)
+        threshold_row.addWidget(self.threshold_spin)
+        form.addRow("Threshold", threshold_row)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.compute_button)
+        buttons.addWidget(self.best_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.metrics_label)
+        self.canvas, self.axes = self._make_plot()
+        layout.addWidget(self.canvas)
+        layout.addStretch(1)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(40)
+        self._debounce.timeout.connect(self._update_threshold_layer)
+        self.compute_button.clicked.connect(self.compute)
+        self.best_button.clicked.connect(self.use_best_dice)
+        self.slider.valueChanged.connect(lambda v: self.threshold_spin.setValue(v / SLIDER_STEPS))
+        self.threshold_spin.valueChanged.connect(self._threshold_changed)
+
+    # ---------------------------------------------------------------------------- plot
+    def _make_plot(self):
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(3.2, 2.6), dpi=90, tight_layout=True)
+        canvas = FigureCanvasQTAgg(figure)
+        canvas.setMinimumHeight(220)
+        axes = figure.add_subplot()
+        axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        return canvas, axes
+
+    def _draw_curve(self) -> None:
+        self.axes.clear()
+        self.axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        counts = self.counts
+        if counts is not None and counts.n_pos:
+            precision, recall, _ = counts.precision_recall()
+            self.axes.plot(recall, precision, lw=1.4)
+            tp, fp, fn = (int(v[0]) for v in counts.counts_at([self.threshold]))
+            if tp + fp:
+                self.axes.plot(
+                    [tp / max(tp + fn, 1)],
+                    [tp / (tp + fp)],
+                    "o",
+                    color="#ff7f0e",
+                    label=f"t = {self.threshold:.3f}",
+                )
+                self.axes.legend(loc="lower left", fontsize=8)
+            self.axes.set_title(f"AP {counts.average_precision():.3f}", fontsize=9)
+        self.canvas.draw_idle()
+
+    # ------------------------------------------------------------------------- compute
+    @property
+    def threshold(self) -> float:
+        return float(self.threshold_spin.value())
+
+    def compute(self) -> None:
+        """Count the voxels of the chosen map against the ground truth (in a worker)."""
+        from napari.qt.threading import create_worker
+
+        if self._worker is not None:
+            return
+        try:
+            map_layer, truth_layer = (
+                self.map_combo.current_layer(),
+                self.truth_combo.current_layer(),
+            )
+            if map_layer is None or truth_layer is None:
+                raise ValueError(
+                    "choose an anomaly map (Image layer) and its ground truth (Labels layer)"
+                )
+            anomaly_map, truth = np.asarray(map_layer.data), np.asarray(truth_layer.data)
+            if anomaly_map.shape != truth.shape:
+                raise ValueError(
+                    f"the map '{map_layer.name}' has shape {anomaly_map.shape} but "
+                    f"the ground truth '{truth_layer.name}' has {truth.shape}"
+                )
+            mask_layer = self.mask_combo.current_layer()
+            mask = None if mask_layer is None else np.asarray(mask_layer.data) > 0
+            if mask is not None and mask.shape != anomaly_map.shape:
+                raise ValueError(
+                    f"the mask '{mask_layer.name}' has shape {mask.shape}, the map "
+                    f"{anomaly_map.shape}"
+                )
+        except ValueError as exc:
+            self._fail(exc)
+            return
+        self._map_layer, self._mask = map_layer, mask
+        self.metrics_label.setText("computing...")
+        self.compute_button.setEnabled(False)
+        self._worker = create_worker(
+            _compute_counts,
+            anomaly_map,
+            truth,
+            mask,
+            _connect={
+                "returned": self._computed,
+                "errored": self._fail,
+                "finished": self._finished,
+            },
+        )
+
+    def _finished(self) -> None:
+        self._worker = None
+        self.compute_button.setEnabled(True)
+
+    def _fail(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self.last_error = str(exc)
+        self.metrics_label.setText(f"Cannot evaluate: {exc}")
+        show_error(f"Evaluate: {exc}")
+
+    def _computed(self, counts: CaseCounts) -> None:
+        self.counts = counts
+        self.last_error = None
+        self.best_button.setEnabled(counts.n_pos > 0)
+        self._show_metrics()
+        self._update_threshold_layer()
+
+    # ----------------------------------------------------------------------- threshold
+    def metrics(self) -> dict[str, float | None]:
+        """What the panel shows: AP, AUROC, and Dice/precision/recall/FPR at the threshold."""
+        counts = self.counts
+        if counts is None:
+            return {}
+        tp, fp, fn = (int(v[0]) for v in counts.counts_at([self.threshold]))
+        ap = counts.average_precision() if counts.n_pos else None
+        return {
+            "ap": ap,
+            "auroc": counts.auroc() if counts.n_pos and counts.n_neg else None,
+            "dice": float(counts.dice_at([self.threshold])[0]),
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "fpr": fp / counts.n_neg if counts.n_neg else None,
+            "flagged_voxels": tp + fp,
+        }
+
+    def _show_metrics(self) -> None:
+        values = self.metrics()
+
+        def text(key: str) -> str:
+            value = values.get(key)
+            return "-" if value is None else f"{value:.3f}"
+
+        self.metrics_label.setText(
+            f"AP {text('ap')}   AUROC {text('auroc')}\n"
+            f"at {self.threshold:.3f}: Dice {text('dice')}, precision {text('precision')}, "
+            f"recall {text('recall')}, voxel FPR {text('fpr')} "
+            f"({values.get('flagged_voxels', 0)} voxels flagged)"
+        )
+        self._draw_curve()
+
+    def use_best_dice(self) -> None:
+        """Move the threshold to the one with the best Dice (a sweep in steps of 0.001)."""
+        if self.counts is None:
+            return
+        threshold, _, _ = best_dice_sweep([self.counts], np.arange(SLIDER_STEPS) / SLIDER_STEPS)
+        self.threshold_spin.setValue(threshold)
+
+    def _threshold_changed(self, value: float) -> None:
+        self.slider.blockSignals(True)
+        self.slider.setValue(round(value * SLIDER_STEPS))
+        self.slider.blockSignals(False)
+        if self.counts is not None:
+            self._show_metrics()
+            self._debounce.start()
+
+    def _update_threshold_layer(self) -> None:
+        """The Labels layer of voxels at or above the threshold, over the map."""
+        layer = self._map_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        from napari_medood.evaluation.metrics import prediction_bins, threshold_bin
+
+        # the same reading of the map as the metrics: float16, clipped to [0, 1]
+        bins = prediction_bins(layer.data).reshape(layer.data.shape)
+        flagged = bins >= threshold_bin(self.threshold)
+        if self._mask is not None:
+            flagged &= self._mask
+        data = flagged.astype(np.uint8)
+        existing = self._threshold_layer
+        if (
+            existing is not None
+            and existing in self.viewer.layers
+            and existing.data.shape == (data.shape)
+        ):
+            existing.data = data
+        else:
+            placement: dict[str, Any] = {
+                key: getattr(layer, key)
+                for key in ("scale", "translate", "rotate", "shear", "units", "axis_labels")
+            }
+            placement["affine"] = layer.affine.affine_matrix
+            self._threshold_layer = self.viewer.add_labels(
+                data,
+                name=f"{layer.name} >= threshold",
+                opacity=0.6,
+                metadata=dict(layer.metadata),
+                **placement,
+            )
+        self._threshold_layer.name = f"{layer.name} >= {self.threshold:.3f}"

@@ -1,0 +1,70 @@
+"""The Evaluate panel on a real MS patient: FLAIR intensity map against the lesion consensus."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_medood._napari._layers import volume_to_layer_data
+from napari_medood.detectors import get_detector
+from napari_medood.evaluation.metrics import VoxelHistogram
+from napari_medood.io import read_volume
+
+pytestmark = pytest.mark.gui
+PLUGIN = "napari-medood"
+
+
+@pytest.fixture
+def flair_case(make_napari_viewer, ms_lesions):
+    from conftest import shared
+
+    flair = read_volume(shared("open-ms-lesjak-mni", "patient07",
+                               "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"))
+    result = get_detector("intensity").predict(flair, flair.data > 0)
+    viewer = make_napari_viewer()
+    viewer.open(ms_lesions, plugin=PLUGIN)
+    data, kwargs, kind = volume_to_layer_data(result.anomaly_map, "image", name="FLAIR map")
+    map_layer = viewer.add_image(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate")
+    return viewer, widget, map_layer
+
+
+def test_evaluate_panel_metrics_and_live_threshold(flair_case, qtbot):
+    viewer, widget, map_layer = flair_case
+    truth_layer = widget.truth_combo.current_layer()
+    assert widget.map_combo.current_layer() is map_layer and truth_layer is not None
+    widget.compute_button.click()
+    qtbot.waitUntil(lambda: widget.counts is not None, timeout=30_000)
+    reference = VoxelHistogram()
+    reference.add(map_layer.data, truth_layer.data > 0)
+    metrics = widget.metrics()
+    assert metrics["ap"] == pytest.approx(reference.average_precision())
+    assert metrics["auroc"] == pytest.approx(reference.auroc())
+    prevalence = reference.n_pos / (reference.n_pos + reference.n_neg)
+    assert metrics["ap"] > 10 * prevalence  # hyperintense MS lesions stand out on FLAIR
+    # the slider moves the threshold; the metrics and the Labels layer follow it
+    widget.slider.setValue(800)
+    assert widget.threshold == pytest.approx(0.8)
+    assert widget.metrics()["dice"] == pytest.approx(reference.dice_at(0.8))
+    qtbot.waitUntil(lambda: widget._threshold_layer is not None
+                    and widget._threshold_layer.name.endswith("0.800"), timeout=5_000)
+    flagged = widget._threshold_layer.data
+    # the map is read as the metrics read it (float16, clipped), then compared with 0.8
+    expected = np.clip(map_layer.data.astype(np.float16), 0, 1).astype(np.float64) >= 0.8
+    np.testing.assert_array_equal(flagged.astype(bool), expected)
+    np.testing.assert_allclose(widget._threshold_layer.scale, map_layer.scale)
+    np.testing.assert_allclose(widget._threshold_layer.translate, map_layer.translate)
+    assert "Dice" in widget.metrics_label.text()
+    # Best Dice picks the threshold with the highest Dice
+    widget.best_button.click()
+    best = widget.metrics()["dice"]
+    for t in (0.3, 0.5, 0.7, 0.9):
+        assert best >= reference.dice_at(t) - 1e-9
+
+
+def test_evaluate_panel_refuses_mismatched_layers(flair_case, qtbot):
+    viewer, widget, map_layer = flair_case
+    viewer.add_labels(np.zeros((5, 5, 5), np.uint8), name="tiny truth")
+    widget.truth_combo.setCurrentIndex(widget.truth_combo.findText("tiny truth"))
+    widget.compute_button.click()
+    assert "has shape" in widget.last_error and widget.counts is None
