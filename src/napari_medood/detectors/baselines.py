@@ -15,8 +15,16 @@ import numpy as np
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
 from napari_medood.detectors.base import AnomalyResult, topk_mean
 from napari_medood.io.volume import Volume
-from napari_medood.preprocessing.intensity import percentile_in_mask
+from napari_medood.preprocessing.intensity import percentile_bounds, percentile_in_mask
 from napari_medood.preprocessing.masks import check_mask, mask_from_threshold
+
+
+def squash(value: float) -> float:
+    """Map a score in [0, inf) into [0, 1) keeping its order (x / (1 + x)): the sample score
+    of a baseline is the mean of its top-k *unclipped* values, so that scans whose extremes go
+    beyond the map's [0, 1] range still rank above others, and MOOD's [0, 1] clip keeps them."""
+    value = max(float(value), 0.0)
+    return value / (1.0 + value)
 
 
 @dataclass
@@ -52,14 +60,16 @@ class IntensityDetector:
             mask = check_mask(mask, volume.grid, volume.source)
         check_cancelled(cancelled)
         report(progress, 1, 2, "normalising")
-        values = percentile_in_mask(volume.data, mask, self.lower, self.upper)
+        low, high = percentile_bounds(volume.data, mask, self.lower, self.upper)
+        raw = (volume.data.astype(np.float32) - np.float32(low)) / np.float32(high - low)
         if self.invert:
-            values = 1.0 - values
+            raw = 1.0 - raw
+        values = np.clip(raw, 0.0, 1.0)
         values[~mask] = 0.0
         report(progress, 2, 2, "done")
         return AnomalyResult(
             anomaly_map=Volume(values, volume.affine, volume.source, {"detector": self.name}),
-            score=topk_mean(values, self.top_k, mask),
+            score=squash(topk_mean(raw, self.top_k, mask)),
         )
 
 
@@ -104,10 +114,11 @@ class MedianResidualDetector:
         check_cancelled(cancelled)
         report(progress, 2, 3, "scaling")
         scale = float(np.percentile(residual[mask], 99.9)) or 1.0
-        anomaly = np.clip(residual / np.float32(scale), 0.0, 1.0).astype(np.float32)
+        raw = residual / np.float32(scale)
+        anomaly = np.clip(raw, 0.0, 1.0).astype(np.float32)
         anomaly[~mask] = 0.0
         report(progress, 3, 3, "done")
         return AnomalyResult(
             anomaly_map=Volume(anomaly, volume.affine, volume.source, {"detector": self.name}),
-            score=topk_mean(anomaly, self.top_k, mask),
+            score=squash(topk_mean(raw, self.top_k, mask)),
         )

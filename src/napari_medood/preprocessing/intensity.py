@@ -25,10 +25,10 @@ def _voxels(data: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return values
 
 
-def percentile_in_mask(
+def percentile_bounds(
     data: np.ndarray, mask: np.ndarray | None = None, lower: float = 1.0, upper: float = 99.0
-) -> np.ndarray:
-    """Map the ``lower``..``upper`` percentiles of the voxels inside ``mask`` to 0..1, clipped."""
+) -> tuple[float, float]:
+    """The ``lower`` and ``upper`` percentiles of the voxels inside ``mask`` (distinct)."""
     if not 0.0 <= lower < upper <= 100.0:
         raise ValueError(
             f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower}, {upper}"
@@ -38,6 +38,14 @@ def percentile_in_mask(
         raise PreprocessingError(
             f"cannot normalise: the {lower:g}th and {upper:g}th percentiles are equal ({low:g})"
         )
+    return float(low), float(high)
+
+
+def percentile_in_mask(
+    data: np.ndarray, mask: np.ndarray | None = None, lower: float = 1.0, upper: float = 99.0
+) -> np.ndarray:
+    """Map the ``lower``..``upper`` percentiles of the voxels inside ``mask`` to 0..1, clipped."""
+    low, high = percentile_bounds(data, mask, lower, upper)
     out = (np.asarray(data, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
     return np.clip(out, 0.0, 1.0, out=out)
 
