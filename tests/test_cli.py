@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import sha256
-from napari_medood.cli import eval_main, predict_main, synth_main, train_main
+from napari_medood.cli import predict_main, train_main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "napari_medood" / "samples"
 
@@ -104,7 +104,8 @@ def test_mask_on_another_grid_is_reported_per_case(ixi_t1, ms_lesions, tmp_path,
     ("argv", "message"),
     [
         (["missing.nii.gz", "out"], "missing.nii.gz: no such file or folder"),
-        (["--model", "unet3000", "x", "out"], "unknown detector 'unet3000'; valid choices:"),
+        (["--model", "unet3000", "x", "out"],
+         "unknown detector (or checkpoint path) 'unet3000'; valid choices:"),
         ([], "give an INPUT scan or folder and an OUTPUT folder"),
     ],
 )
@@ -141,10 +142,9 @@ def test_list_models(capsys):
     assert "intensity (default):" in out and "inverted-intensity:" in out
 
 
-@pytest.mark.parametrize("main", [train_main])
-def test_commands_with_nothing_to_run_say_so(main, capsys):
-    assert main([]) == 2
-    assert "nothing to run yet" in capsys.readouterr().err
+def test_train_needs_a_method(capsys):
+    assert train_main([]) == 2
+    assert "give the method to train: unet" in capsys.readouterr().err
 
 
 def test_one_mask_file_for_several_scans_is_refused(ixi_t1, ixi_parcellation, tmp_path, capsys):

@@ -10,9 +10,9 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import shared
 from sklearn.metrics import average_precision_score
 
+from conftest import shared
 from napari_medood.cli import eval_main, predict_main, synth_main
 from napari_medood.evaluation import EvalOptions, FolderPredictions, evaluate
 from napari_medood.io.cohort import discover_cases

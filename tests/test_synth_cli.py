@@ -11,8 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import shared
 
+from conftest import shared
 from napari_medood.cli import synth_main
 from napari_medood.synth.validation import OUTLIER_KINDS
 

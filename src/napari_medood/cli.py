@@ -8,6 +8,7 @@ line naming the file and the problem and exits with status 2; ``--debug`` shows 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -97,7 +98,27 @@ def build_predict_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", metavar="INPUT", nargs="?", help="scan file or folder")
     parser.add_argument("output", metavar="OUTPUT", nargs="?", help="folder for the results")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="detector name (see --list-models)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a shipped model or baseline name (see --list-models), a checkpoint "
+        "folder, or several comma-separated checkpoints (an ensemble); "
+        "default: brain-t1-unet",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where checkpoint models run (auto: cuda, else mps, else cpu; a "
+        "CUDA out-of-memory error falls back to the CPU)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        help="sliding-window overlap (default: the model card's, 0.5)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     parser.add_argument(
         "--task",
         choices=("pixel", "sample"),
@@ -133,16 +154,13 @@ def build_predict_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEFAULT_MODEL = "intensity"
-
-
 def _predict(args: argparse.Namespace) -> int:
-    from napari_medood.detectors import DETECTORS, get_detector
+    from napari_medood.detectors import available_models, default_model, get_detector
 
     if args.list_models:
-        for name, (_, description) in DETECTORS.items():
-            default = " (default)" if name == DEFAULT_MODEL else ""
-            print(f"{name}{default}: {description}")
+        default = default_model()
+        for name, description in available_models().items():
+            print(f"{name}{' (default)' if name == default else ''}: {description}")
         return EXIT_OK
     if args.input is None or args.output is None:
         raise MedoodError("give an INPUT scan or folder and an OUTPUT folder (see --help)")
@@ -153,7 +171,9 @@ def _predict(args: argparse.Namespace) -> int:
     from napari_medood.inference.batch import plan, predict_cases, remove_partial_writes
     from napari_medood.io.cohort import discover_cases
 
-    detector = get_detector(args.model)
+    detector = get_detector(
+        args.model or default_model(), args.device, args.overlap, args.batch_size
+    )
     cases = discover_cases(args.input)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -215,34 +235,95 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     return _run("medood-predict", build_predict_parser(), _predict, argv)
 
 
-# --------------------------------------------------------------- commands still to come
-def _not_yet(prog: str, what: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
+# ---------------------------------------------------------------------------------- train
+TRAIN_EPILOG = """\
+the configuration is YAML (see configs/brain-t1-unet.yaml); --set overrides any key:
+  medood-train unet --config configs/brain-t1-unet.yaml --set steps=200 --set device=cpu
+
+OUT/best holds the checkpoint with the best validation pixel AP (model.safetensors + card.json,
+usable with medood-predict --model OUT/best); OUT/last and OUT/state.pt let an interrupted run
+resume: run the same command again. Logs: OUT/train_log.csv, OUT/val_log.csv.
+
+several GPUs or machines (DDP), the same command under torchrun:
+  torchrun --nproc_per_node 4 $(which medood-train) unet --config cfg.yaml
+"""
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.method is None:
+        raise MedoodError("give the method to train: unet (see --help)")
+    from tqdm import tqdm
+
+    from napari_medood.training.config import load_config
+    from napari_medood.training.unet import train_unet
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"out={args.out}")
+    config = load_config(args.config, overrides)
+    rank = int(os.environ.get("RANK", "0"))
+    bar = tqdm(
+        total=config.steps,
+        desc=f"training {config.name}",
+        unit="step",
+        file=sys.stderr,
+        disable=rank != 0,
+    )
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.n = done
+        bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+
+    try:
+        result = train_unet(config, progress)
+    except KeyboardInterrupt:
+        bar.close()
         print(
-            f"{prog}: nothing to run yet: {what} napari-medood {__version__} has none. "
-            "See `medood-predict --help` for what works today.",
+            f"medood-train: interrupted; run the same command to resume from {config.out}",
             file=sys.stderr,
         )
-        return EXIT_ERROR
+        return EXIT_INTERRUPTED
+    bar.close()
+    if rank == 0:
+        best = (
+            f"best validation pixel AP {result.best_ap:.4f}"
+            if result.best_ap is not None
+            else "no validation set"
+        )
+        print(
+            f"medood-train: {result.last_step} steps in {result.seconds:.0f} s, {best}; "
+            f"checkpoint: {result.best}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
 
-    return handler
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "medood-train",
+        "Train a detector on normal (healthy) scans. unet: the self-supervised 3D U-Net of the "
+        "MOOD 2022 winner, on synthetic anomalies (foreign patches in random and real-lesion "
+        "shapes, FPI-style outliers), with validation AP on a labelled synthetic set.",
+        TRAIN_EPILOG,
+    )
+    parser.add_argument(
+        "method", nargs="?", choices=("unet",), metavar="METHOD", help="what to train: unet"
+    )
+    parser.add_argument("--config", metavar="YAML", help="training configuration")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a configuration key (repeatable)",
+    )
+    parser.add_argument("--out", metavar="DIR", help="run folder (overrides the config's out)")
+    return parser
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``medood-train``."""
-    parser = _parser(
-        "medood-train",
-        "Train a detector on normal (healthy) scans, e.g. the self-supervised 3D U-Net.\n"
-        "Runs unchanged under torchrun for several GPUs or machines.",
-    )
-    parser.add_argument("method", nargs="?", metavar="METHOD", help="the detector family to train")
-    parser.add_argument("--config", metavar="YAML", help="training configuration")
-    return _run(
-        "medood-train",
-        parser,
-        _not_yet("medood-train", "no training method is available yet;"),
-        argv,
-    )
+    return _run("medood-train", build_train_parser(), _train, argv)
 
 
 EVAL_EPILOG = """\
@@ -342,7 +423,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise MedoodError(f"give {what} and -o REPORT (see --help)")
     out = Path(args.out)
     if args.detector:
-        detector = get_detector(args.detector)
+        detector = get_detector(args.detector, args.device)
         predict = DetectorPredictions(detector, out / "predictions")
         labels = args.inputs[0]
     else:

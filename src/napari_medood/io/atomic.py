@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -51,3 +52,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], suffix:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a small text file (a sample score, a manifest) atomically."""
     return write_atomic(path, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,7 +12,6 @@ lesion masks; see ``synth/data/README.md`` for the sources and licences.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_medood.errors import MedoodError
+from napari_medood.io.atomic import file_sha256
 from napari_medood.synth._common import Seed, as_rng, as_shape3, rotation_matrix
 from napari_medood.synth.shapes import Shape
 
@@ -31,14 +31,6 @@ DEFAULT_BANK_SHA256 = "33513466072aa7a97f7b016dc9712345f9509106fba24c2e72112b4c7
 
 class LesionBankError(MedoodError, ValueError):
     """A lesion bank file is missing, damaged or not what its checksum says."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class LesionShapeBank:

@@ -1,0 +1,1 @@
+"""Training loops (one per method), their configurations and data pipelines."""

@@ -1,0 +1,129 @@
+"""Training configuration: a dataclass read from YAML, with ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from napari_medood.errors import MedoodError
+
+
+@dataclass
+class UNetTrainConfig:
+    """How to train the self-supervised 3D U-Net (mood22 recipe, methods.md R5, R8-R10).
+
+    Data and preprocessing:
+        train: normal scans (folder, CSV or BIDS); masks: their brain masks (folder or CSV/
+            BIDS column); val: a labelled validation set (MOOD layout, e.g. from medood-synth)
+            scored by pixel AP every ``val_interval`` steps to keep the best checkpoint.
+        spacing: model voxel size (mm); patch: training patch and inference window (voxels).
+    Anomalies:
+        p_anomaly: share of patches that get one; fpi_fraction: share of those that are FPI-style
+        outliers (noise, deformation, shift, reflection) rather than foreign patches;
+        fp_size: foreign-patch box (voxels); shape_weights: odds of the foreign-patch shapes.
+    Optimisation (mood22: AdamW 1e-4, wd 1e-5, OneCycle max 1e-3, AMP on CUDA):
+        steps, batch_size (per process), lr, max_lr, weight_decay, amp.
+    """
+
+    name: str = "unet"
+    description: str = "self-supervised 3D U-Net (synthetic anomalies)"
+    train: str = ""
+    masks: str | None = None
+    val: str | None = None
+    out: str = "runs/unet"
+    spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])
+    patch: list[int] = field(default_factory=lambda: [96, 96, 96])
+    preset: str = "small"
+    features: list[int] | None = None
+    p_anomaly: float = 0.9
+    fpi_fraction: float = 0.3
+    fp_size: int = 64
+    shape_weights: dict[str, float] = field(
+        default_factory=lambda: {"cuboid": 1.0, "sphere": 1.0, "brush": 1.0, "lesion": 2.0}
+    )
+    flip_p: float = 0.5
+    steps: int = 2000
+    batch_size: int = 2
+    lr: float = 1e-4
+    max_lr: float = 1e-3
+    weight_decay: float = 1e-5
+    amp: bool = True
+    val_interval: int = 250
+    log_interval: int = 10
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    tensorboard: bool = False
+    data_licence: str = ""
+
+    def validate(self) -> UNetTrainConfig:
+        if not self.train:
+            raise MedoodError("the training configuration needs 'train' (normal scans)")
+        if self.steps < 1 or self.batch_size < 1:
+            raise MedoodError("steps and batch_size must be >= 1")
+        if not 0 <= self.p_anomaly <= 1 or not 0 <= self.fpi_fraction <= 1:
+            raise MedoodError("p_anomaly and fpi_fraction must be within [0, 1]")
+        if len(self.spacing) != 3 or len(self.patch) != 3:
+            raise MedoodError("spacing and patch need three values")
+        from napari_medood.models.unet import PRESETS
+
+        features = self.features or PRESETS.get(self.preset)
+        if features is None:
+            raise MedoodError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        divisor = 2 ** (len(features) - 1)
+        if any(p % divisor for p in self.patch):
+            raise MedoodError(
+                f"patch sides must be multiples of {divisor} for {len(features)} "
+                f"stages, got {self.patch}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(value: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(value)
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> UNetTrainConfig:
+    """The configuration in ``path`` (YAML), then each ``key=value`` override (values are
+    YAML: ``steps=500``, ``spacing=[1,1,1]``); unknown keys are refused by name."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MedoodError(f"{path}: no such configuration file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MedoodError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+        if not isinstance(loaded, dict):
+            raise MedoodError(f"{path}: a configuration is a mapping of keys to values")
+        values.update(loaded)
+    for item in overrides or []:
+        if "=" not in item:
+            raise MedoodError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        values[key.strip().replace("-", "_")] = _coerce(text)
+    known = {f.name for f in fields(UNetTrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        import difflib
+
+        hints = [
+            f"{u} (did you mean {difflib.get_close_matches(u, known, 1)[0]}?)"
+            if difflib.get_close_matches(u, known, 1)
+            else u
+            for u in unknown
+        ]
+        raise MedoodError(f"unknown configuration keys: {', '.join(hints)}")
+    return UNetTrainConfig(**values).validate()

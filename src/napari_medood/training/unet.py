@@ -1,0 +1,373 @@
+"""Train the self-supervised 3D U-Net: on one CPU, one GPU, or many under ``torchrun`` (DDP).
+
+Every ``val_interval`` steps the first process scores the model on the labelled validation set
+(pixel AP, MOOD semantics, brain voxels) and keeps the best weights as a checkpoint
+(``OUT/best``: safetensors + card). ``OUT/last`` holds the latest weights plus the optimiser,
+scheduler and scaler state (``state.pt``, plain tensors, read back with
+``torch.load(weights_only=True)``): a run started again with the same ``out`` resumes there.
+Logs: ``OUT/train_log.csv``, ``OUT/val_log.csv`` (and TensorBoard if asked for).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
+from napari_medood.errors import MedoodError
+from napari_medood.training.config import UNetTrainConfig
+
+TRAIN_LOG_FIELDS = ("step", "loss", "lr", "seconds", "samples_per_second")
+
+
+@dataclass
+class TrainResult:
+    best: Path | None
+    best_ap: float | None
+    last_step: int
+    seconds: float
+
+
+def _setup_distributed(config: UNetTrainConfig):
+    """``(rank, world, device)``; opens the process group under torchrun."""
+    import torch
+
+    from napari_medood.detectors.unet import choose_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = choose_device(config.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    return rank, world, device
+
+
+def model_card(
+    config: UNetTrainConfig, features, metrics: dict, training: dict, ds_heads: int | None = None
+) -> dict:
+    """The card written beside the weights (preprocessing is what the detector replays)."""
+    return {
+        "name": config.name,
+        "description": config.description,
+        "method": "self-supervised 3D U-Net on synthetic anomalies (MOOD 2022 winner, mood22)",
+        "architecture": {
+            "type": "UNet3DDeepSup",
+            "features": list(features),
+            "in_channels": 1,
+            "out_channels": 1,
+            "convs_per_stage": 2,
+            "ds_heads": ds_heads or min(4, len(features) - 1),
+        },
+        "preprocessing": {
+            "orientation": "RAS (stored axes transposed/flipped, no resampling)",
+            "spacing": list(config.spacing),
+            "normalisation": {"method": "percentile", "lower": 1.0, "upper": 99.0},
+            "mask": "brain mask (given, else an Otsu head mask); intensities set to 0 outside",
+            "zero_outside_mask": True,
+            "roi": list(config.patch),
+        },
+        "inference": {"overlap": 0.5, "blend": "gaussian", "sample_score": "mean of top 100"},
+        "training": training,
+        "metrics": metrics,
+    }
+
+
+def _write_row(path: Path, row: dict, fields: tuple[str, ...]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def validate(model, card: dict, cases, device: str) -> dict:
+    """Pixel AP (MOOD, all brain voxels pooled) and sample AUROC of ``model`` on ``cases``."""
+    from napari_medood.detectors.unet import UNetDetector
+    from napari_medood.evaluation import EvalOptions, evaluate
+    from napari_medood.evaluation.predictions import Prediction
+
+    was_training = model.training
+    model.eval()
+    detector = UNetDetector.from_models([model], [card], device=device)
+
+    def predict(case):
+        from napari_medood.io.readers import read_volume
+        from napari_medood.preprocessing.masks import load_mask
+
+        volume = read_volume(case.image)
+        mask = load_mask(case.mask, volume.grid) if case.mask is not None else None
+        result = detector.predict(volume, mask)
+        return Prediction(result.anomaly_map.data, result.score)
+
+    result = evaluate(cases, predict, options=EvalOptions(bootstrap=0, fprs=()))
+    if was_training:
+        model.train()
+    failed = result.settings["failed"]
+    if failed:
+        raise MedoodError(f"validation failed on {failed[0]['case']}: {failed[0]['error']}")
+    return {
+        "pixel_ap": result.pixel.get("ap"),
+        "pixel_auroc": result.pixel.get("auroc"),
+        "sample_auroc": result.sample.get("auroc"),
+        "cases": len(cases),
+    }
+
+
+def train_unet(
+    config: UNetTrainConfig,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelledPredicate | None = None,
+) -> TrainResult:
+    """Train (or resume) as ``config`` says; returns where the best checkpoint is."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.models.checkpoint import save_checkpoint
+    from napari_medood.models.unet import PRESETS, UNet3DDeepSup, deep_supervision_loss
+    from napari_medood.training.data import OffsetSampler, SyntheticAnomalyPatches, prepare_scans
+
+    config.validate()
+    rank, world, device = _setup_distributed(config)
+    is_main = rank == 0
+    out = Path(config.out)
+    last_dir, best_dir = out / "last", out / "best"
+    torch.manual_seed(config.seed)
+
+    features = tuple(config.features or PRESETS[config.preset])
+    model = UNet3DDeepSup(1, 1, features).to(device)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.max_lr, total_steps=config.steps
+    )
+    use_amp = config.amp and device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_step, best_ap, elapsed_before = 0, None, 0.0
+    if (last_dir / "state.pt").exists():
+        from safetensors.torch import load_file
+
+        previous = (
+            json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+        )
+        if previous.get("steps", config.steps) != config.steps:
+            raise MedoodError(
+                f"{out}: this run was started with steps={previous['steps']}; "
+                "resume with the same steps, or train into another folder"
+            )
+
+        state = torch.load(last_dir / "state.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(load_file(str(last_dir / "model.safetensors"), device="cpu"))
+        model.to(device)
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_step = int(state["step"])
+        best_ap = float(state["best_ap"]) if state["best_ap"] >= 0 else None
+        elapsed_before = float(state["seconds"])
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None
+        )
+    module = getattr(model, "module", model)
+
+    train_cases = discover_cases(config.train, masks=config.masks)
+    scans = prepare_scans(train_cases, config.spacing)
+    val_cases = discover_cases(config.val) if config.val else []
+    length = config.steps * config.batch_size * world
+    dataset = SyntheticAnomalyPatches(
+        scans,
+        config.patch,
+        length,
+        config.seed,
+        config.p_anomaly,
+        config.fpi_fraction,
+        config.fp_size,
+        dict(config.shape_weights),
+        config.spacing,
+        config.flip_p,
+    )
+    sampler = OffsetSampler(length, rank, world, start_step * config.batch_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=False,
+        drop_last=True,
+    )
+    writer = None
+    if config.tensorboard and is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            writer = None
+
+    training_info = {
+        "data": [c.name for c in train_cases],
+        "data_licence": config.data_licence,
+        "validation": [c.name for c in val_cases],
+        "recipe": {
+            k: v
+            for k, v in config.to_dict().items()
+            if k not in ("train", "masks", "val", "out", "name", "description")
+        },
+        "processes": world,
+        "device": (
+            torch.cuda.get_device_name()
+            if device.startswith("cuda")
+            else f"CPU ({platform.processor() or platform.machine()})"
+        ),
+        "torch": torch.__version__,
+    }
+
+    def save_last(step: int, seconds: float) -> None:
+        card = model_card(config, features, {}, {**training_info, "steps_done": step})
+        save_checkpoint(module, last_dir, card)
+        temp = last_dir / "state.pt.part"
+        torch.save(
+            {
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "best_ap": -1.0 if best_ap is None else best_ap,
+                "seconds": seconds,
+            },
+            temp,
+        )
+        os.replace(temp, last_dir / "state.pt")
+
+    model.train()
+    step = start_step
+    started = time.perf_counter()
+    window_start, window_samples = time.perf_counter(), 0
+    try:
+        for images, targets in loader:
+            if step >= config.steps:
+                break
+            check_cancelled(cancelled)
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                outputs = model(images)
+            loss = deep_supervision_loss(outputs, targets)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            window_samples += images.shape[0] * world
+            if is_main and (step % config.log_interval == 0 or step == config.steps):
+                now = time.perf_counter()
+                row = {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "lr": scheduler.get_last_lr()[0],
+                    "seconds": round(elapsed_before + now - started, 2),
+                    "samples_per_second": round(window_samples / max(now - window_start, 1e-9), 3),
+                }
+                _write_row(out / "train_log.csv", row, TRAIN_LOG_FIELDS)
+                if writer is not None:
+                    writer.add_scalar("loss", row["loss"], step)
+                window_start, window_samples = now, 0
+            report(progress, step, config.steps, f"loss {float(loss.detach()):.4f}")
+            if step % config.val_interval == 0 or step == config.steps:
+                seconds = elapsed_before + time.perf_counter() - started
+                if is_main:
+                    if val_cases:
+                        card = model_card(config, features, {}, training_info)
+                        metrics = validate(module, card, val_cases, device)
+                        _write_row(
+                            out / "val_log.csv",
+                            {"step": step, **metrics},
+                            ("step", "pixel_ap", "pixel_auroc", "sample_auroc", "cases"),
+                        )
+                        ap = metrics["pixel_ap"] or 0.0
+                        if best_ap is None or ap > best_ap:
+                            best_ap = ap
+                            save_checkpoint(
+                                module,
+                                best_dir,
+                                model_card(
+                                    config,
+                                    features,
+                                    {"validation": {**metrics, "step": step}},
+                                    {
+                                        **training_info,
+                                        "steps_done": step,
+                                        "seconds": round(seconds, 1),
+                                    },
+                                ),
+                            )
+                    save_last(step, seconds)
+                if world > 1:
+                    import torch.distributed as dist
+
+                    dist.barrier()
+    except KeyboardInterrupt:
+        if is_main:
+            save_last(step, elapsed_before + time.perf_counter() - started)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    seconds = elapsed_before + time.perf_counter() - started
+    if is_main and not val_cases:
+        save_checkpoint(
+            module,
+            best_dir,
+            model_card(
+                config,
+                features,
+                {},
+                {**training_info, "steps_done": step, "seconds": round(seconds, 1)},
+            ),
+        )
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(best_dir if best_dir.exists() else None, best_ap, step, seconds)
+
+
+def summarize_log(path: Path) -> dict[str, Any]:
+    """First and last loss and the mean throughput of a train_log.csv."""
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return {}
+    losses = [float(r["loss"]) for r in rows]
+    rates = [float(r["samples_per_second"]) for r in rows[1:]] or [0.0]
+    return {
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "samples_per_second": float(np.mean(rates)),
+    }
