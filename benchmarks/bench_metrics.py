@@ -83,14 +83,22 @@ def main() -> None:
     print(f"{args.volumes} volumes of {args.size}^3 = {voxels / 1e6:.0f} M voxels")
     ap_ours, t_ours, peak_ours = ours(args.volumes, args.size)
     ap_sk, t_concat, t_sk, peak_sk = sklearn_concatenated(args.volumes, args.size)
-    print(f"AP napari-medood {ap_ours:.12f} | sklearn {ap_sk:.12f} | equal: "
-          f"{abs(ap_ours - ap_sk) < 1e-9}")
-    print(f"napari-medood histograms: {t_ours:6.2f} s, peak traced memory "
-          f"{peak_ours / 2**20:8.1f} MiB")
-    print(f"sklearn (concatenated):   {t_sk:6.2f} s (+ {t_concat:.2f} s to cast and "
-          f"concatenate), peak traced memory {peak_sk / 2**20:8.1f} MiB")
-    print(f"speed-up: {t_sk / t_ours:.1f}x on the metric ({(t_sk + t_concat) / t_ours:.1f}x "
-          f"with the concatenation); memory: {peak_sk / peak_ours:.0f}x less")
+    print(
+        f"AP napari-medood {ap_ours:.12f} | sklearn {ap_sk:.12f} | equal: "
+        f"{abs(ap_ours - ap_sk) < 1e-9}"
+    )
+    print(
+        f"napari-medood histograms: {t_ours:6.2f} s, peak traced memory "
+        f"{peak_ours / 2**20:8.1f} MiB"
+    )
+    print(
+        f"sklearn (concatenated):   {t_sk:6.2f} s (+ {t_concat:.2f} s to cast and "
+        f"concatenate), peak traced memory {peak_sk / 2**20:8.1f} MiB"
+    )
+    print(
+        f"speed-up: {t_sk / t_ours:.1f}x on the metric ({(t_sk + t_concat) / t_ours:.1f}x "
+        f"with the concatenation); memory: {peak_sk / peak_ours:.0f}x less"
+    )
 
 
 if __name__ == "__main__":

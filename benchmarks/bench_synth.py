@@ -30,8 +30,12 @@ def brain_patch() -> np.ndarray:
     from napari_medood.io import read_volume
     from napari_medood.preprocessing import normalise
 
-    volume = read_volume(SHARED / "open-ms-lesjak-mni" / "patient19" /
-                         "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz")
+    volume = read_volume(
+        SHARED
+        / "open-ms-lesjak-mni"
+        / "patient19"
+        / "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
+    )
     image = normalise(volume.data, "percentile", volume.data > 0)
     image[volume.data == 0] = 0
     return np.ascontiguousarray(image[11:171, 29:189, 11:171])
@@ -178,8 +182,10 @@ def main() -> None:
         print(f"DataLoader, 2 workers, batch 2: {rate:.1f} anomalies/s")
     if not args.skip_train_step:
         step = train_step_seconds()
-        print(f"one training step, BasicUNet (8..128), batch 2 x 160^3, CPU: {step:.2f} s "
-              f"= {2 / step:.2f} samples/s needed")
+        print(
+            f"one training step, BasicUNet (8..128), batch 2 x 160^3, CPU: {step:.2f} s "
+            f"= {2 / step:.2f} samples/s needed"
+        )
     sys.stdout.flush()
 
 

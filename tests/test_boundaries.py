@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_medood"
-CORE = ["io", "preprocessing", "synth", "detectors", "evaluation", "inference", "errors.py",
-        "_progress.py", "distributed.py", "cli.py", "__init__.py"]
+CORE = ["io", "preprocessing", "synth", "detectors", "evaluation", "inference", "models",
+        "training", "errors.py", "_progress.py", "distributed.py", "cli.py", "__init__.py"]
 GUI_MODULES = {
     "napari",
     "qtpy",
@@ -83,6 +83,7 @@ def test_opening_the_manifest_and_plugin_modules_loads_no_torch_or_monai():
         "import napari_medood._napari._widgets.inspector\n"
         "import napari_medood._napari._widgets.playground\n"
         "import napari_medood._napari._widgets.evaluate\n"
+        "import napari_medood._napari._widgets.detect\n"
     )
     assert "napari_medood._napari._widgets.inspector" in loaded
     for heavy in HEAVY_MODULES:

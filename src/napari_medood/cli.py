@@ -118,7 +118,12 @@ def build_predict_parser() -> argparse.ArgumentParser:
         default=None,
         help="sliding-window overlap (default: the model card's, 0.5)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows per forward pass (default: 1 on the CPU, 8 on a GPU)",
+    )
     parser.add_argument(
         "--task",
         choices=("pixel", "sample"),

@@ -42,7 +42,7 @@ def default_model() -> str:
 
 
 def get_detector(
-    name: str, device: str = "auto", overlap: float | None = None, batch_size: int = 4
+    name: str, device: str = "auto", overlap: float | None = None, batch_size: int | None = None
 ) -> Detector:
     """Build the detector called ``name`` (see the module docstring); the options apply to
     checkpoint-based detectors."""

@@ -105,14 +105,15 @@ class UNetDetector:
         checkpoints: shipped model names or checkpoint folders.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         overlap: window overlap (default: the card's, else 0.5).
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass (None: 1 on the CPU, where larger batches only
+            cost memory, 8 on a GPU, where they keep it busy).
         top_k: voxels averaged for the sample score.
     """
 
     checkpoints: Sequence[str | os.PathLike] = ("brain-t1-unet",)
     device: str = "auto"
     overlap: float | None = None
-    batch_size: int = 4
+    batch_size: int | None = None
     top_k: int = 100
     models: list[Any] = field(default_factory=list, repr=False)
     cards: list[dict] = field(default_factory=list, repr=False)
@@ -218,7 +219,7 @@ class UNetDetector:
             preprocessing.get("roi", (96, 96, 96)),
             overlap,
             model_mask,
-            self.batch_size,
+            self.batch_size or (1 if self.device == "cpu" else 8),
             self.device,
             inference.get("blend", "gaussian"),
             window_progress,

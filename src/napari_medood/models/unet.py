@@ -18,7 +18,7 @@ from torch.nn import functional as F  # noqa: N812
 #: mood22's network
 REFERENCE_FEATURES = (32, 64, 128, 256, 320, 320)
 #: a 5-stage version that runs a 2 mm brain in seconds on a laptop CPU
-SMALL_FEATURES = (16, 32, 64, 128, 256)
+SMALL_FEATURES = (12, 24, 48, 96, 192)
 PRESETS = {"reference": REFERENCE_FEATURES, "small": SMALL_FEATURES}
 
 

@@ -60,3 +60,43 @@ class LayerComboBox(QComboBox):
     def current_layer(self) -> Any | None:
         layer = self.currentData()
         return layer if layer is not None and layer in self._viewer.layers else None
+
+
+def progress_generator(function, *args, cancel_event=None, **kwargs):
+    """Run ``function(*args, progress=..., cancelled=..., **kwargs)`` in a helper thread and
+    yield its ``(done, total, message)`` progress reports; return its result.
+
+    Made for napari's generator workers: they yield progress to the GUI, and quitting them
+    sets ``cancel_event``, which the core checks between windows or cases.
+    """
+    import queue
+    import threading
+
+    reports: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+    event = cancel_event or threading.Event()
+
+    def target() -> None:
+        try:
+            outcome["value"] = function(
+                *args,
+                progress=lambda d, t, m: reports.put((d, t, m)),
+                cancelled=event.is_set,
+                **kwargs,
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the worker's errored signal
+            outcome["error"] = exc
+        finally:
+            reports.put(None)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        while (item := reports.get()) is not None:
+            yield item
+    finally:
+        event.set()  # a quit worker stops the helper at its next check
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
