@@ -103,15 +103,18 @@ def run_method(
     predictor = network(preset, device, amp)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    # warm-up on one window so both start with a ready device and allocator
+    # imports and a warm-up window before the clock starts (importing MONAI alone takes
+    # seconds), so both start with a ready device and allocator
+    from monai.inferers import sliding_window_inference
+
+    from napari_medood.inference.sliding_window import sliding_window_predict
+
     with torch.inference_mode():
         predictor(torch.zeros(1, 1, roi, roi, roi, device=device))
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     if method.startswith("monai"):
-        from monai.inferers import sliding_window_inference
-
         windows_per_pass = batch if method == "monai-batched" else 1
         with torch.inference_mode():
             out = sliding_window_inference(
@@ -125,8 +128,6 @@ def run_method(
         result = out[0, 0].float().cpu().numpy()
         stats = {}
     else:
-        from napari_medood.inference.sliding_window import sliding_window_predict
-
         result, stats = sliding_window_predict(
             image, predictor, (roi,) * 3, overlap, mask, batch, device
         )

@@ -26,10 +26,24 @@ def tool(name: str) -> str:
 
 def torchrun(*args: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [tool("torchrun"), "--standalone", "--nproc_per_node", "2",
-               tool("medood-predict"), *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, **popen)
+    command = [
+        tool("torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        tool("medood-predict"),
+        *args,
+    ]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        **popen,
+    )
 
 
 def written_lines(output: str) -> Counter:
@@ -54,8 +68,9 @@ def test_torchrun_shards_write_each_case_once_and_report_the_corrupt_one(scans, 
     lines = written_lines(output)
     assert sorted(lines) == [f"case{k}" for k in range(6)], output
     assert set(lines.values()) == {1}, "each case is written by exactly one rank"
-    assert re.search(r"failed: case9_broken: .*case9_broken\.nii\.gz: not a readable NIfTI",
-                     output), output
+    assert re.search(
+        r"failed: case9_broken: .*case9_broken\.nii\.gz: not a readable NIfTI", output
+    ), output
     assert "medood-predict: 6 written, 0 skipped, 1 failed" in output
     reference = nib.load(scans / "case0.nii.gz")
     for k in range(6):
@@ -92,7 +107,8 @@ def test_a_killed_run_resumes_where_it_stopped(ms_t1, tmp_path):
     rewritten = written_lines(output)
     assert set(rewritten.values()) == {1}
     assert not set(rewritten) & {name.replace(".nii.gz", "") for name in finished}, (
-        "finished cases are not computed again")
+        "finished cases are not computed again"
+    )
     assert f"{len(rewritten)} written, {len(finished)} skipped, 0 failed" in output
     assert sorted(p.name for p in out.glob("ms*.nii.gz")) == [f"ms{k}.nii.gz" for k in range(8)]
     assert not list(out.glob(".*part*"))
@@ -107,8 +123,12 @@ def test_scheduler_array_parts_cover_every_case_once(scans, tmp_path, capsys):
     out = tmp_path / "maps"
     seen = Counter()
     for part in range(3):
-        assert predict_main(["--verbose", "--part-id", str(part), "--num-parts", "3",
-                             str(scans), str(out)]) == 0
+        assert (
+            predict_main(
+                ["--verbose", "--part-id", str(part), "--num-parts", "3", str(scans), str(out)]
+            )
+            == 0
+        )
         seen.update(re.findall(r"wrote (\S+)", capsys.readouterr().err))
     assert sorted(seen) == [f"case{k}" for k in range(6)] and set(seen.values()) == {1}
     assert predict_main(["--part-id", "3", "--num-parts", "3", str(scans), str(out)]) == 2

@@ -11,8 +11,21 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_medood"
-CORE = ["io", "preprocessing", "synth", "detectors", "evaluation", "inference", "models",
-        "training", "errors.py", "_progress.py", "distributed.py", "cli.py", "__init__.py"]
+CORE = [
+    "io",
+    "preprocessing",
+    "synth",
+    "detectors",
+    "evaluation",
+    "inference",
+    "models",
+    "training",
+    "errors.py",
+    "_progress.py",
+    "distributed.py",
+    "cli.py",
+    "__init__.py",
+]
 GUI_MODULES = {
     "napari",
     "qtpy",
@@ -93,7 +106,12 @@ def test_opening_the_manifest_and_plugin_modules_loads_no_torch_or_monai():
 def test_import_linter_contracts_hold():
     lint = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
     run = subprocess.run(
-        [lint], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+        [lint],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        cwd=Path(__file__).resolve().parents[1],
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Contracts: 2 kept, 0 broken" in run.stdout

@@ -24,10 +24,18 @@ def script(name: str) -> str:
 
 
 def test_predict_pixel_on_the_bundled_sample(tmp_path, capsys):
+    """The intensity baseline: the map is the normalised scan inside the brain."""
     scan = SAMPLE / "ixi048_t1_2mm.nii.gz"
     before = sha256(scan)
     code = predict_main(
-        ["--mask", str(SAMPLE / "ixi048_brainmask_2mm.nii.gz"), str(scan), str(tmp_path)]
+        [
+            "--model",
+            "intensity",
+            "--mask",
+            str(SAMPLE / "ixi048_brainmask_2mm.nii.gz"),
+            str(scan),
+            str(tmp_path),
+        ]
     )
     assert code == 0, capsys.readouterr().err
     out = tmp_path / scan.name  # MOOD: the map carries the input's name
@@ -104,8 +112,10 @@ def test_mask_on_another_grid_is_reported_per_case(ixi_t1, ms_lesions, tmp_path,
     ("argv", "message"),
     [
         (["missing.nii.gz", "out"], "missing.nii.gz: no such file or folder"),
-        (["--model", "unet3000", "x", "out"],
-         "unknown detector (or checkpoint path) 'unet3000'; valid choices:"),
+        (
+            ["--model", "unet3000", "x", "out"],
+            "unknown detector (or checkpoint path) 'unet3000'; valid choices:",
+        ),
         ([], "give an INPUT scan or folder and an OUTPUT folder"),
     ],
 )
@@ -130,7 +140,9 @@ def test_debug_shows_the_traceback(tmp_path):
 
 @pytest.mark.parametrize("name", ["medood-train", "medood-predict", "medood-eval", "medood-synth"])
 def test_console_scripts_have_help(name):
-    run = subprocess.run([script(name), "--help"], capture_output=True, text=True)
+    run = subprocess.run(
+        [script(name), "--help"], capture_output=True, text=True, encoding="utf-8", errors="replace"
+    )
     assert run.returncode == 0
     assert f"usage: {name}" in run.stdout and "--debug" in run.stdout
     assert len(run.stdout.splitlines()) >= 8
@@ -139,7 +151,7 @@ def test_console_scripts_have_help(name):
 def test_list_models(capsys):
     assert predict_main(["--list-models"]) == 0
     out = capsys.readouterr().out
-    assert "intensity (default):" in out and "inverted-intensity:" in out
+    assert "brain-t1-unet (default):" in out and "inverted-intensity:" in out
 
 
 def test_train_needs_a_method(capsys):

@@ -18,8 +18,13 @@ PLUGIN = "napari-medood"
 def flair_case(make_napari_viewer, ms_lesions):
     from conftest import shared
 
-    flair = read_volume(shared("open-ms-lesjak-mni", "patient07",
-                               "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"))
+    flair = read_volume(
+        shared(
+            "open-ms-lesjak-mni",
+            "patient07",
+            "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+        )
+    )
     result = get_detector("intensity").predict(flair, flair.data > 0)
     viewer = make_napari_viewer()
     viewer.open(ms_lesions, plugin=PLUGIN)
@@ -46,8 +51,12 @@ def test_evaluate_panel_metrics_and_live_threshold(flair_case, qtbot):
     widget.slider.setValue(800)
     assert widget.threshold == pytest.approx(0.8)
     assert widget.metrics()["dice"] == pytest.approx(reference.dice_at(0.8))
-    qtbot.waitUntil(lambda: widget._threshold_layer is not None
-                    and widget._threshold_layer.name.endswith("0.800"), timeout=5_000)
+    qtbot.waitUntil(
+        lambda: (
+            widget._threshold_layer is not None and widget._threshold_layer.name.endswith("0.800")
+        ),
+        timeout=5_000,
+    )
     flagged = widget._threshold_layer.data
     # the map is read as the metrics read it (float16, clipped), then compared with 0.8
     expected = np.clip(map_layer.data.astype(np.float16), 0, 1).astype(np.float64) >= 0.8

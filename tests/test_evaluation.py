@@ -27,16 +27,39 @@ def valset(tmp_path_factory):
     scans.mkdir()
     for scan in sorted(t1.glob("*.nii.gz"))[:3]:
         shutil.copy(scan, scans / scan.name)
-    assert synth_main(["--masks", str(dlmuse), "--kinds", "shift,uniform_noise", "--seed", "2",
-                       str(scans), str(root / "set")]) == 0
+    assert (
+        synth_main(
+            [
+                "--masks",
+                str(dlmuse),
+                "--kinds",
+                "shift,uniform_noise",
+                "--seed",
+                "2",
+                str(scans),
+                str(root / "set"),
+            ]
+        )
+        == 0
+    )
     return root / "set"
 
 
 def test_eval_runs_a_detector_and_writes_the_report(valset, tmp_path, capsys):
     report = tmp_path / "report"
-    code = eval_main(["--detector", "intensity", "--participants",
-                      str(shared("ixi-t1-2mm", "participants.csv")), "--bootstrap", "200",
-                      str(valset), "-o", str(report)])
+    code = eval_main(
+        [
+            "--detector",
+            "intensity",
+            "--participants",
+            str(shared("ixi-t1-2mm", "participants.csv")),
+            "--bootstrap",
+            "200",
+            str(valset),
+            "-o",
+            str(report),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((report / "metrics.json").read_text())
     pixel, sample = metrics["pixel"], metrics["sample"]
@@ -58,26 +81,47 @@ def test_eval_runs_a_detector_and_writes_the_report(valset, tmp_path, capsys):
     assert (report / "predictions").is_dir()  # the detector's maps are kept
 
 
-def test_eval_of_a_predictions_folder_matches_sklearn_and_counts_missing_maps(valset, tmp_path,
-                                                                               capsys):
+def test_eval_of_a_predictions_folder_matches_sklearn_and_counts_missing_maps(
+    valset, tmp_path, capsys
+):
     predictions = tmp_path / "predictions"
-    assert predict_main(["--model", "inverted-intensity", str(valset / "pixel" / "data"),
-                         str(predictions)]) == 0
-    assert predict_main(["--model", "inverted-intensity", "--task", "sample",
-                         str(valset / "pixel" / "data"), str(predictions)]) == 0
+    assert (
+        predict_main(
+            ["--model", "inverted-intensity", str(valset / "pixel" / "data"), str(predictions)]
+        )
+        == 0
+    )
+    assert (
+        predict_main(
+            [
+                "--model",
+                "inverted-intensity",
+                "--task",
+                "sample",
+                str(valset / "pixel" / "data"),
+                str(predictions),
+            ]
+        )
+        == 0
+    )
     missing = sorted(predictions.glob("*_shift.nii.gz"))[0]
     missing.unlink()
     report = tmp_path / "report"
-    assert eval_main(["--all-voxels", "--bootstrap", "0", str(predictions), str(valset), "-o",
-                      str(report)]) == 0
+    assert (
+        eval_main(
+            ["--all-voxels", "--bootstrap", "0", str(predictions), str(valset), "-o", str(report)]
+        )
+        == 0
+    )
     metrics = json.loads((report / "metrics.json").read_text())
     # MOOD: every voxel of every case pooled, a missing map counted as zeros
     preds, labels = [], []
     for label_file in sorted((valset / "pixel" / "label").glob("*.nii.gz")):
         label = np.asanyarray(nib.load(label_file).dataobj)
         path = predictions / label_file.name
-        pred = nib.load(path).get_fdata(dtype=np.float32) if path.exists() else np.zeros(
-            label.shape)
+        pred = (
+            nib.load(path).get_fdata(dtype=np.float32) if path.exists() else np.zeros(label.shape)
+        )
         preds.append(np.clip(pred.astype(np.float16), 0, 1).ravel())
         labels.append(label.ravel() == 1)
     expected = average_precision_score(np.concatenate(labels), np.concatenate(preds))
@@ -94,9 +138,24 @@ def test_eval_with_separate_healthy_scans_for_calibration(valset, tmp_path):
     for scan in sorted(t1.glob("*.nii.gz"))[-2:]:
         shutil.copy(scan, healthy / scan.name)
     report = tmp_path / "report"
-    assert eval_main(["--detector", "median-residual", "--healthy", str(healthy),
-                      "--healthy-masks", str(dlmuse), "--bootstrap", "0", str(valset), "-o",
-                      str(report)]) == 0
+    assert (
+        eval_main(
+            [
+                "--detector",
+                "median-residual",
+                "--healthy",
+                str(healthy),
+                "--healthy-masks",
+                str(dlmuse),
+                "--bootstrap",
+                "0",
+                str(valset),
+                "-o",
+                str(report),
+            ]
+        )
+        == 0
+    )
     calibration = json.loads((report / "metrics.json").read_text())["calibration"]
     assert calibration["source"] == "2 healthy scans given for calibration"
     assert calibration["healthy_fpr_pooled"]["fpr5%"] < 0.05
@@ -114,8 +173,11 @@ def test_a_failing_case_is_reported_and_the_others_scored(valset, tmp_path):
     shutil.copytree(valset, broken_set)
     victim = sorted((broken_set / "pixel" / "label").glob("*_shift.nii.gz"))[0]
     victim.write_bytes(b"corrupt label")
-    result = evaluate(discover_cases(broken_set), FolderPredictions(valset / "pixel" / "data"),
-                      options=EvalOptions(bootstrap=0))
+    result = evaluate(
+        discover_cases(broken_set),
+        FolderPredictions(valset / "pixel" / "data"),
+        options=EvalOptions(bootstrap=0),
+    )
     failed = result.settings["failed"]
     assert len(failed) == 1 and failed[0]["case"] == victim.name.replace(".nii.gz", "")
     assert result.pixel["cases_counted"] == 8
@@ -132,10 +194,14 @@ def test_cohort_formats_with_labels(tmp_path, ixi_t1):
     shutil.copy(ixi_t1, other / "sub-02_T1w.nii.gz")
     cases = discover_cases(tmp_path / "bids")
     assert [(c.name, c.label is not None, c.anomalous) for c in cases] == [
-        ("sub-01_T1w", True, True), ("sub-02_T1w", False, False)]
+        ("sub-01_T1w", True, True),
+        ("sub-02_T1w", False, False),
+    ]
     table = tmp_path / "split.csv"
-    table.write_text("Path,Label,Anomalous\nbids/sub-01/anat/sub-01_T1w.nii.gz,"
-                     "bids/sub-01/anat/sub-01_seg-anomaly_mask.nii.gz,1\n")
+    table.write_text(
+        "Path,Label,Anomalous\nbids/sub-01/anat/sub-01_T1w.nii.gz,"
+        "bids/sub-01/anat/sub-01_seg-anomaly_mask.nii.gz,1\n"
+    )
     [case] = discover_cases(table)
     assert case.label == tmp_path / "bids/sub-01/anat/sub-01_seg-anomaly_mask.nii.gz"
     assert case.anomalous is True

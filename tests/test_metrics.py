@@ -44,12 +44,14 @@ def test_voxel_metrics_equal_sklearn_on_the_same_float16_values(seed):
         counts = histogram.add(pred, label)
         truth = np.clip(pred.astype(np.float16), 0, 1).ravel()  # MOOD: float16, clipped
         assert counts.average_precision() == pytest.approx(
-            average_precision_score(label.ravel(), truth), abs=1e-12)
+            average_precision_score(label.ravel(), truth), abs=1e-12
+        )
         preds.append(truth)
         labels.append(label.ravel())
     pred, label = np.concatenate(preds), np.concatenate(labels)
-    assert histogram.average_precision() == pytest.approx(average_precision_score(label, pred),
-                                                          abs=1e-12)
+    assert histogram.average_precision() == pytest.approx(
+        average_precision_score(label, pred), abs=1e-12
+    )
     assert histogram.auroc() == pytest.approx(roc_auc_score(label, pred), abs=1e-12)
 
 
@@ -99,8 +101,9 @@ def test_dice_searches_on_separable_data():
     histogram, cases = VoxelHistogram(), []
     for _ in range(3):
         label = rng.random((16, 16, 16)) < 0.1
-        pred = np.where(label, rng.uniform(0.6, 0.9, label.shape), rng.uniform(0.0, 0.4,
-                                                                             label.shape))
+        pred = np.where(
+            label, rng.uniform(0.6, 0.9, label.shape), rng.uniform(0.0, 0.4, label.shape)
+        )
         cases.append(histogram.add(pred, label))
     threshold, dice, curve = best_dice_sweep(cases, np.arange(0, 1, 0.05))
     assert dice == pytest.approx(1.0) and 0.4 <= threshold <= 0.6

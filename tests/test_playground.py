@@ -33,8 +33,9 @@ def test_preview_commit_undo_for_every_kind(kind, texture, sample):
     image, brain = sample
     original = image.data.copy()
     playground = Playground(image.data, image.spacing, brain, image.axcodes)
-    settings = AnomalySettings(kind=kind, size_mm=30, alpha=1.0, kernel_size=1,
-                               texture=texture, seed=4)
+    settings = AnomalySettings(
+        kind=kind, size_mm=30, alpha=1.0, kernel_size=1, texture=texture, seed=4
+    )
     placement = playground.preview(settings, (60, 62, 45), other=image.data[::-1].copy())
     assert playground.count == 0 and not playground.labels.any()  # a preview changes nothing
     assert placement.label.any() and not placement.label[~brain[placement.region]].any()
@@ -148,9 +149,11 @@ def test_click_places_an_anomaly_at_that_point(playground_widget, qtbot, tmp_pat
     widget.undo_button.click()
     assert widget.session.count == 1 and set(np.unique(labels_layer.data)) == {0, 1}
     written = widget.save_to(tmp_path)
-    assert [p.name for p in written] == ["IXI048_T1__2_mm__anomalies.nii.gz",
-                                         "IXI048_T1__2_mm__anomaly_labels.nii.gz",
-                                         "IXI048_T1__2_mm__anomalies.json"]
+    assert [p.name for p in written] == [
+        "IXI048_T1__2_mm__anomalies.nii.gz",
+        "IXI048_T1__2_mm__anomaly_labels.nii.gz",
+        "IXI048_T1__2_mm__anomalies.json",
+    ]
     sample_file = nib.load(f"{SAMPLE}/ixi048_t1_2mm.nii.gz")
     saved_image, saved_labels = nib.load(written[0]), nib.load(written[1])
     np.testing.assert_array_equal(saved_image.affine, sample_file.affine)
@@ -171,8 +174,9 @@ def test_click_places_an_anomaly_at_that_point(playground_widget, qtbot, tmp_pat
 
 
 @pytest.mark.gui
-def test_widget_reports_bad_input_without_changing_anything(playground_widget, qtbot,
-                                                            tmp_path, ms_lesions):
+def test_widget_reports_bad_input_without_changing_anything(
+    playground_widget, qtbot, tmp_path, ms_lesions
+):
     viewer, widget, scan, mask = playground_widget
     widget.size_spin.setValue(400.0)
     widget.random_button.click()

@@ -31,8 +31,13 @@ def brain_patch():
     """A 1 mm MS-patient T1 (brain-extracted), normalised to [0, 1], cropped to 160x160x128."""
     from conftest import shared
 
-    volume = read_volume(shared("open-ms-lesjak-mni", "patient19",
-                                "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"))
+    volume = read_volume(
+        shared(
+            "open-ms-lesjak-mni",
+            "patient19",
+            "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+        )
+    )
     image = normalise(volume.data, "percentile", volume.data > 0)
     image[volume.data == 0] = 0
     return np.ascontiguousarray(image[11:171, 29:189, 30:158])
@@ -124,8 +129,10 @@ def test_default_lesion_bank_is_checked_and_gives_real_shapes():
 
 def test_lesion_bank_from_real_mask_files_round_trips(tmp_path, ms_lesions):
     bank = LesionShapeBank.from_mask_files([ms_lesions], min_voxels=20)
-    assert len(bank) > 5 and all(s == "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_"
-                                      "regtoMNI.nii.gz" for s in bank.sources)
+    assert len(bank) > 5 and all(
+        s == "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
+        for s in bank.sources
+    )
     digest = bank.save(tmp_path / "bank.npz")
     again = LesionShapeBank.load(tmp_path / "bank.npz", sha256=digest)
     assert all(np.array_equal(a, b) for a, b in zip(bank.masks, again.masks, strict=True))
@@ -239,8 +246,9 @@ def test_training_transform_is_deterministic_for_a_seed(brain_patch):
 def test_binary_target_and_any_size(ixi):
     image, brain = ixi
     data = normalise(image.data, "percentile", brain)
-    transform = SyntheticAnomaly3D(p_anomaly=1.0, binary_target=True, spacing=image.spacing,
-                                   axcodes=image.axcodes)
+    transform = SyntheticAnomaly3D(
+        p_anomaly=1.0, binary_target=True, spacing=image.spacing, axcodes=image.axcodes
+    )
     for seed in range(5):
         corrupted, target = transform(data, seed, foreground=brain)
         assert corrupted.shape == data.shape == (120, 120, 90)
@@ -287,8 +295,9 @@ def test_implant_checks_alpha(brain_patch):
 def test_validation_outlier_invariants(kind, edges, ixi):
     image, brain = ixi
     before = image.data.copy()
-    out, label, params = make_outlier(image.data, kind, 3, foreground=brain, edges=edges,
-                                      reflect_axis=2)
+    out, label, params = make_outlier(
+        image.data, kind, 3, foreground=brain, edges=edges, reflect_axis=2
+    )
     np.testing.assert_array_equal(image.data, before)
     assert label.dtype == bool and label.any() and not label[~brain].any()
     # the label is the ball (cut to the brain)
@@ -333,5 +342,6 @@ def test_rotated_patch_texture_reads_the_rotated_patch():
     expected = np.rot90(patch, k=1, axes=(1, 2))  # values[x, y, z] = patch[x, z, 15 - y]
     np.testing.assert_allclose(values, expected, atol=1e-5)
     plain = PatchTexture(patch, (4, 4, 4), 0, augment=False, clip=None)
-    np.testing.assert_array_equal(plain(np.array([4, 4, 4]), np.array([8, 9, 10])),
-                                  patch[:4, :5, :6])
+    np.testing.assert_array_equal(
+        plain(np.array([4, 4, 4]), np.array([8, 9, 10])), patch[:4, :5, :6]
+    )

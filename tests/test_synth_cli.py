@@ -23,8 +23,11 @@ def ixi_dirs():
 
 
 def digest_tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_synth_builds_a_labelled_set_from_ixi(ixi_dirs, tmp_path):
@@ -48,7 +51,8 @@ def test_synth_builds_a_labelled_set_from_ixi(ixi_dirs, tmp_path):
         sample = (out / "sample" / "label" / (name + ".txt")).read_text().strip()
         assert sample == ("1" if entry["anomalous"] else "0")
         assert (out / "sample" / "data" / name).read_bytes() == (
-            out / "pixel" / "data" / name).read_bytes()
+            out / "pixel" / "data" / name
+        ).read_bytes()
         if entry["anomalous"]:
             assert entry["params"]["voxels"] == int(voxels.sum()) > 0
             brain = np.asanyarray(nib.load(entry["mask"]).dataobj) > 0

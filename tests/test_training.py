@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import shared
 
+from conftest import shared
 from napari_medood.errors import Cancelled, MedoodError
 from napari_medood.models.checkpoint import load_checkpoint
 from napari_medood.training.config import load_config
@@ -32,20 +32,44 @@ def data(tmp_path_factory):
         shutil.copy(scan, root / "train" / scan.name)
     (root / "held_out").mkdir()
     shutil.copy(scans[-1], root / "held_out" / scans[-1].name)
-    assert synth_main(["--masks", str(dlmuse), "--kinds", "uniform_noise", str(root / "held_out"),
-                       str(root / "val")]) == 0
+    assert (
+        synth_main(
+            [
+                "--masks",
+                str(dlmuse),
+                "--kinds",
+                "uniform_noise",
+                str(root / "held_out"),
+                str(root / "val"),
+            ]
+        )
+        == 0
+    )
     return root, dlmuse
 
 
 def tiny(root: Path, dlmuse: Path, out: Path, *extra: str) -> list[str]:
-    return [f"train={root / 'train'}", f"masks={dlmuse}", f"out={out}", "features=[4,8,16]",
-            "patch=[32,32,32]", "spacing=[4,4,4]", "fp_size=16", "batch_size=2", "workers=0",
-            "log_interval=1", *extra]
+    return [
+        f"train={root / 'train'}",
+        f"masks={dlmuse}",
+        f"out={out}",
+        "features=[4,8,16]",
+        "patch=[32,32,32]",
+        "spacing=[4,4,4]",
+        "fp_size=16",
+        "batch_size=2",
+        "workers=0",
+        "log_interval=1",
+        *extra,
+    ]
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(MedoodError, match=r"unknown configuration keys: stepz \(did you mean "
-                                          r"steps\?\)"):
+    with pytest.raises(
+        MedoodError,
+        match=r"unknown configuration keys: stepz \(did you mean "
+        r"steps\?\)",
+    ):
         load_config(None, ["train=x", "stepz=3"])
     with pytest.raises(MedoodError, match="multiples of 16"):
         load_config(None, ["train=x", "patch=[40,40,40]"])
@@ -58,23 +82,29 @@ def test_config_errors_name_the_key(tmp_path):
 def test_an_interrupted_run_resumes_and_keeps_the_best_checkpoint(data, tmp_path):
     root, dlmuse = data
     out = tmp_path / "run"
-    config = load_config(None, tiny(root, dlmuse, out, f"val={root / 'val'}", "steps=6",
-                                    "val_interval=3"))
+    config = load_config(
+        None, tiny(root, dlmuse, out, f"val={root / 'val'}", "steps=6", "val_interval=3")
+    )
     with pytest.raises(Cancelled):  # stop during step 5
         train_unet(config, progress=None, cancelled=_after_steps(out, 4))
     assert (out / "last" / "state.pt").exists() and (out / "best" / "card.json").exists()
-    result = train_unet(load_config(None, tiny(root, dlmuse, out, f"val={root / 'val'}",
-                                               "steps=6", "val_interval=3")))
+    result = train_unet(
+        load_config(
+            None, tiny(root, dlmuse, out, f"val={root / 'val'}", "steps=6", "val_interval=3")
+        )
+    )
     assert result.last_step == 6
-    steps = [int(line.split(",")[0]) for line in
-             (out / "train_log.csv").read_text().splitlines()[1:]]
+    steps = [
+        int(line.split(",")[0]) for line in (out / "train_log.csv").read_text().splitlines()[1:]
+    ]
     assert steps == [1, 2, 3, 4, 4, 5, 6], "the second run started after step 3's state"
     val = (out / "val_log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in val[1:]] == ["3", "6"]
     model, card = load_checkpoint(result.best)
     assert card["metrics"]["validation"]["step"] in (3, 6)
-    assert card["training"]["data"] == sorted(p.name.replace(".nii.gz", "")
-                                              for p in (root / "train").iterdir())
+    assert card["training"]["data"] == sorted(
+        p.name.replace(".nii.gz", "") for p in (root / "train").iterdir()
+    )
     with pytest.raises(MedoodError, match="started with steps=6"):
         train_unet(load_config(None, tiny(root, dlmuse, out, "steps=9")))
 
@@ -90,15 +120,28 @@ def _after_steps(out: Path, steps: int):
 def test_ddp_with_two_gloo_processes_trains_and_saves_one_checkpoint(data, tmp_path):
     root, dlmuse = data
     out = tmp_path / "ddp"
-    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone",
-               "--nproc_per_node", "2", str(Path(sys.executable).with_name("medood-train")),
-               "unet", *sum((["--set", item] for item in tiny(root, dlmuse, out, "steps=3",
-                                                                "val_interval=3")), [])]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(sys.executable).with_name("medood-train")),
+        "unet",
+        *sum(
+            (["--set", item] for item in tiny(root, dlmuse, out, "steps=3", "val_interval=3")), []
+        ),
+    ]
+    run = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["best", "config.json", "last",
-                                                     "train_log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["best", "config.json", "last", "train_log.csv"]
     model, card = load_checkpoint(out / "best")
     assert card["training"]["processes"] == 2
     rows = (out / "train_log.csv").read_text().splitlines()

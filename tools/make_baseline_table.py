@@ -2,13 +2,15 @@
 
     python tools/make_baseline_table.py [--shared ../shared/data] [--work work/baselines]
 
-1. builds the IXI synthetic validation set (medood-synth's recipe: all 8 IXI T1 scans, their
-   DLMUSE brain masks, the five FPI outlier kinds + one normal copy each, seed 0);
-2. scores every built-in detector on it (thresholds calibrated on the set's normal cases);
-3. scores every built-in detector on MS patients 07 and 19 (Lesjak et al.), T1 and FLAIR,
-   against their consensus lesion masks, inside the brain (the images are brain-extracted);
-4. writes docs/baselines.md; the full reports (report.md, plots, per-case CSV) stay in the work
-   folder.
+1. builds a synthetic test set from the two IXI subjects held out of brain-t1-unet's training
+   (IXI039, IXI048; medood-synth's recipe: DLMUSE brain masks, the five FPI outlier kinds
+   twice + one normal copy each, seed 1 -- the checkpoint was chosen on seed 0);
+2. scores every detector (the shipped model and the baselines) on it, with thresholds
+   calibrated on the set's normal cases;
+3. scores every detector on MS patients 07 and 19 (Lesjak et al.), T1 and FLAIR, against
+   their consensus lesion masks, inside the brain (the images are brain-extracted);
+4. writes docs/baselines.md and the shipped model's test metrics into its card; the full
+   reports (report.md, plots, per-case CSV) stay in the work folder.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medood.detectors import DETECTORS, get_detector
+from napari_medood.detectors import available_models, get_detector
 from napari_medood.evaluation import DetectorPredictions, EvalOptions, evaluate
 from napari_medood.evaluation.report import write_report
 from napari_medood.io import read_volume, write_nifti
@@ -45,9 +47,15 @@ def ms_cohort(shared: Path, work: Path, modality: str) -> Path:
         if not mask.exists():
             volume = read_volume(image)
             write_nifti(volume.with_data((volume.data > 0).astype(np.uint8)), mask, "labels")
-        rows.append({"Name": f"{patient}_{modality}", "Path": str(image),
-                     "Label": str(shared / "open-ms-lesjak-mni" / patient / LESIONS),
-                     "Mask": str(mask), "Anomalous": "1"})
+        rows.append(
+            {
+                "Name": f"{patient}_{modality}",
+                "Path": str(image),
+                "Label": str(shared / "open-ms-lesjak-mni" / patient / LESIONS),
+                "Mask": str(mask),
+                "Anomalous": "1",
+            }
+        )
     table = folder / "cohort.csv"
     with open(table, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -68,18 +76,27 @@ def main() -> None:
     shared, work = args.shared, args.work
     work.mkdir(parents=True, exist_ok=True)
 
-    synthetic = work / "ixi-synthetic"
+    synthetic = work / "ixi-held-out-synthetic"
     ixi = discover_cases(shared / "ixi-t1-2mm" / "t1", masks=shared / "ixi-t1-2mm" / "dlmuse")
-    build_validation_set(ixi, synthetic, ValidationSetConfig(seed=0))
+    held_out = [c for c in ixi if c.name.startswith(("IXI039", "IXI048"))]
+    build_validation_set(held_out, synthetic, ValidationSetConfig(seed=1, repeats=2))
     datasets = [
-        ("ixi-synthetic", "IXI T1 2 mm, synthetic outliers (48 cases: 8 scans x 5 kinds + 8 "
-                          "normal)", discover_cases(synthetic)),
+        (
+            "ixi-held-out",
+            "IXI T1 2 mm, held-out subjects, synthetic outliers (22 cases: 2 "
+            "scans x 5 kinds x 2 + 2 normal)",
+            discover_cases(synthetic),
+        ),
         ("ms-t1", "MS patients 07 + 19, T1 1 mm", discover_cases(ms_cohort(shared, work, "T1"))),
-        ("ms-flair", "MS patients 07 + 19, FLAIR 1 mm",
-         discover_cases(ms_cohort(shared, work, "FLAIR"))),
+        (
+            "ms-flair",
+            "MS patients 07 + 19, FLAIR 1 mm",
+            discover_cases(ms_cohort(shared, work, "FLAIR")),
+        ),
     ]
+    card_metrics: dict = {}
     lines = [
-        "# Baselines on the shared data",
+        "# Detectors and baselines on the shared data",
         "",
         "Produced by `python tools/make_baseline_table.py` (see its docstring). Voxel metrics",
         "count every voxel inside the brain mask; AP is MOOD's pixel AP (all voxels of all",
@@ -90,14 +107,28 @@ def main() -> None:
         "",
     ]
     for key, title, cases in datasets:
-        lines += [f"## {title}", "",
-                  "| detector | pixel AP | AUROC | AUPRC/vol | best Dice | threshold | "
-                  "Dice @5 % FPR | sample AUROC |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name in DETECTORS:
+        lines += [
+            f"## {title}",
+            "",
+            "| detector | pixel AP | AUROC | AUPRC/vol | best Dice | threshold | "
+            "Dice @5 % FPR | sample AUROC |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name in available_models():
             out = work / "reports" / f"{key}_{name}"
-            result = evaluate(cases, DetectorPredictions(get_detector(name)),
-                              options=EvalOptions(bootstrap=0))
+            result = evaluate(
+                cases,
+                DetectorPredictions(get_detector(name, device="cpu")),
+                options=EvalOptions(bootstrap=0),
+            )
+            card_metrics.setdefault(name, {})[key] = {
+                "pixel_ap": result.pixel.get("ap"),
+                "pixel_auroc": result.pixel.get("auroc"),
+                "auprc_per_volume": result.pixel.get("auprc_per_volume_mean"),
+                "best_dice": result.pixel.get("dice", {}).get("sweep", {}).get("dice_mean"),
+                "sample_auroc": result.sample.get("auroc"),
+                "cases": len(cases),
+            }
             write_report(result, out, f"{name} on {title}")
             pixel, sample = result.pixel, result.sample
             dice = pixel.get("dice", {})
@@ -106,12 +137,41 @@ def main() -> None:
                 f"{fmt(pixel.get('auprc_per_volume_mean'))} | "
                 f"{fmt(dice.get('sweep', {}).get('dice_mean'))} | "
                 f"{fmt(dice.get('sweep', {}).get('threshold'))} | "
-                f"{fmt(dice.get('fpr5%', {}).get('dice_mean'))} | {fmt(sample.get('auroc'))} |")
+                f"{fmt(dice.get('fpr5%', {}).get('dice_mean'))} | {fmt(sample.get('auroc'))} |"
+            )
             print(lines[-1], flush=True)
         lines.append("")
     target = REPO / "docs" / "baselines.md"
     target.write_text("\n".join(lines))
     print(f"wrote {target}")
+    write_card_metrics(card_metrics)
+
+
+def write_card_metrics(metrics: dict) -> None:
+    """Put each shipped model's test numbers, next to the baselines', into its card."""
+    import json
+
+    from napari_medood.models.checkpoint import CARD_NAME, bundled_models
+
+    baselines = {name: values for name, values in metrics.items() if name not in bundled_models()}
+    for name, folder in bundled_models().items():
+        if name not in metrics:
+            continue
+        card_path = folder / CARD_NAME
+        card = json.loads(card_path.read_text())
+        card.setdefault("metrics", {})["test"] = {
+            "command": "python tools/make_baseline_table.py",
+            "sets": {
+                "ixi-held-out": "synthetic FPI outliers on IXI039/IXI048 (held out of "
+                "training), seed 1",
+                "ms-t1": "MS patients 07, 19 (Lesjak et al.), T1, consensus lesions",
+                "ms-flair": "same patients, FLAIR",
+            },
+            "model": metrics[name],
+            "baselines": baselines,
+        }
+        card_path.write_text(json.dumps(card, indent=1) + "\n")
+        print(f"updated {card_path}")
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ def main() -> None:
     panels = []
     playground = Playground(image, (2.0, 2.0, 2.0), mask, ("S", "P", "L"))
     for kind, seed in (("cuboid", 3), ("sphere", 1), ("brush", 5), ("lesion", 8)):
-        settings = AnomalySettings(kind=kind, size_mm=56, alpha=0.9, kernel_size=3, seed=seed,
-                                   texture="scan")
+        settings = AnomalySettings(
+            kind=kind, size_mm=56, alpha=0.9, kernel_size=3, seed=seed, texture="scan"
+        )
         placement = playground.preview(settings, (64, 52, 58))
         result = np.array(image, np.float32)
         result[placement.region] = placement.values
@@ -45,8 +46,15 @@ def main() -> None:
         label[placement.region] = placement.label
         panels.append((f"training: {kind}", result, label))
     for seed, kind in enumerate(OUTLIER_KINDS):
-        result, label, _ = make_outlier(image, kind, 100 + seed, foreground=mask,
-                                        edges="hard", reflect_axis=2, centre=(64, 52, 58))
+        result, label, _ = make_outlier(
+            image,
+            kind,
+            100 + seed,
+            foreground=mask,
+            edges="hard",
+            reflect_axis=2,
+            centre=(64, 52, 58),
+        )
         panels.append((f"validation: {kind.replace('_', ' ')}", result, label))
 
     fig, axes = plt.subplots(2, 5, figsize=(15, 6.6))

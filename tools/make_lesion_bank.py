@@ -22,29 +22,38 @@ SEED = 20261122
 
 def subset(bank: LesionShapeBank, count: int, rng: np.random.Generator) -> LesionShapeBank:
     keep = np.sort(rng.choice(len(bank), size=min(count, len(bank)), replace=False))
-    return LesionShapeBank([bank.masks[i] for i in keep], bank.spacings[keep],
-                           [bank.sources[i] for i in keep])
+    return LesionShapeBank(
+        [bank.masks[i] for i in keep], bank.spacings[keep], [bank.sources[i] for i in keep]
+    )
 
 
 def main(shared: Path) -> None:
     rng = np.random.default_rng(SEED)
     stroke = LesionShapeBank.from_mask_files(
         sorted((shared / "soop-stroke-lesion-masks" / "lesions").glob("*.nii.gz")),
-        min_voxels=500, max_voxels=250_000, max_extent=128,
+        min_voxels=500,
+        max_voxels=250_000,
+        max_extent=128,
     )
     ms = LesionShapeBank.from_mask_files(
         sorted((shared / "open-ms-lesjak-mni" / "lesion-masks").glob("*.nii.gz")),
-        min_voxels=50, max_extent=128,
+        min_voxels=50,
+        max_extent=128,
     )
     print(f"found {len(stroke)} stroke and {len(ms)} MS lesions")
     stroke, ms = subset(stroke, 400, rng), subset(ms, 200, rng)
-    bank = LesionShapeBank(stroke.masks + ms.masks, np.vstack([stroke.spacings, ms.spacings]),
-                           stroke.sources + ms.sources)
+    bank = LesionShapeBank(
+        stroke.masks + ms.masks,
+        np.vstack([stroke.spacings, ms.spacings]),
+        stroke.sources + ms.sources,
+    )
     digest = bank.save(DEFAULT_BANK)
     counts = bank.voxel_counts()
-    print(f"wrote {DEFAULT_BANK} ({DEFAULT_BANK.stat().st_size / 1e6:.2f} MB): {len(bank)} "
-          f"lesions, voxels median {int(np.median(counts))} (min {counts.min()}, "
-          f"max {counts.max()})")
+    print(
+        f"wrote {DEFAULT_BANK} ({DEFAULT_BANK.stat().st_size / 1e6:.2f} MB): {len(bank)} "
+        f"lesions, voxels median {int(np.median(counts))} (min {counts.min()}, "
+        f"max {counts.max()})"
+    )
     print(f"sha256 {digest}")
 
 

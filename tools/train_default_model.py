@@ -46,11 +46,15 @@ def main() -> None:
             writer.writerow([case.image.resolve(), case.mask.resolve()])
     valset = args.out / "valset"
     build_validation_set(held_out, valset, ValidationSetConfig(seed=0))
-    config = load_config(REPO / "configs" / "brain-t1-unet.yaml",
-                         [f"train={table}", f"val={valset}", f"out={args.out / 'run'}",
-                          *args.set])
-    print(f"training on {[c.name for c in train]}, validating on {len(held_out)} held-out "
-          f"subjects ({valset})", flush=True)
+    config = load_config(
+        REPO / "configs" / "brain-t1-unet.yaml",
+        [f"train={table}", f"val={valset}", f"out={args.out / 'run'}", *args.set],
+    )
+    print(
+        f"training on {[c.name for c in train]}, validating on {len(held_out)} held-out "
+        f"subjects ({valset})",
+        flush=True,
+    )
     bar = tqdm(total=config.steps, unit="step", file=sys.stdout, mininterval=10)
 
     def progress(done: int, total: int, message: str) -> None:
@@ -60,8 +64,11 @@ def main() -> None:
 
     result = train_unet(config, progress)
     bar.close()
-    print(f"done: {result.last_step} steps in {result.seconds:.0f} s; best validation pixel AP "
-          f"{result.best_ap}; checkpoint {result.best}", flush=True)
+    print(
+        f"done: {result.last_step} steps in {result.seconds:.0f} s; best validation pixel AP "
+        f"{result.best_ap}; checkpoint {result.best}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -367,8 +367,14 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--detector",
         metavar="NAME",
-        help="run this detector on the set's scans (maps and scores are kept "
-        "in REPORT/predictions)",
+        help="run this detector (a name from medood-predict --list-models, or checkpoint "
+        "folders) on the set's scans (maps and scores are kept in REPORT/predictions)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where checkpoint models run",
     )
     parser.add_argument(
         "--masks",

@@ -6,8 +6,9 @@ same wherever it matters. Three things make it cheaper:
 
 - a window holding no foreground voxel is never run: it cannot change a foreground voxel;
 - windows run in batches (``batch_size``);
-- blending happens in place on the CPU in float32, so device memory holds one batch only and
-  host memory stays at about three copies of the volume, whatever the number of windows.
+- blending happens in place in float32 where the windows are computed (two volume-sized sums
+  on the GPU, or numpy arrays on the CPU), so memory follows the volume size, whatever the
+  number of windows, and only the final map crosses from the GPU.
 
 The predictor gets a float32 tensor ``(B, 1, *roi)`` on ``device`` and returns per-voxel
 values of the same shape (probabilities). Cancellation is checked before every batch.
@@ -123,23 +124,43 @@ def sliding_window_predict(
     starts = window_starts(image.shape, roi, overlap)
     slices = [tuple(slice(s, s + r) for s, r in zip(start, roi, strict=True)) for start in starts]
     kept = slices if foreground is None else [s for s in slices if foreground[s].any()]
-    weights = importance_map(roi, blend)
-    total = np.zeros(image.shape, np.float32)
-    norm = np.zeros(image.shape, np.float32)
     batches = [kept[i : i + batch_size] for i in range(0, len(kept), batch_size)]
+    weights_np = importance_map(roi, blend)
+    # Blend where the windows come out: on a GPU the sums stay there (two float32 volumes)
+    # and only the final map crosses to the host; on the CPU they are numpy arrays.
+    on_device = not str(device).startswith("cpu")
+    if on_device:
+        try:
+            total = torch.zeros(image.shape, dtype=torch.float32, device=device)
+            norm = torch.zeros(image.shape, dtype=torch.float32, device=device)
+            weights = torch.from_numpy(weights_np).to(device)
+        except torch.cuda.OutOfMemoryError:
+            on_device = False
+    if not on_device:
+        total = np.zeros(image.shape, np.float32)
+        norm = np.zeros(image.shape, np.float32)
+        weights = weights_np
     report(progress, 0, len(kept), "windows")
     done = 0
     with torch.inference_mode():
         for batch in batches:
             check_cancelled(cancelled)
             stacked = torch.from_numpy(np.stack([image[s] for s in batch])[:, None]).to(device)
-            output = predictor(stacked)
-            values = output.detach().float().cpu().numpy()[:, 0]
-            for window, value in zip(batch, values, strict=True):
+            output = predictor(stacked).detach().float()[:, 0]
+            if on_device and output.device != total.device:  # the predictor moved (OOM)
+                total, norm, weights = total.cpu().numpy(), norm.cpu().numpy(), weights_np
+                on_device = False
+            if not on_device:
+                output = output.cpu().numpy()
+            for window, value in zip(batch, output, strict=True):
                 total[window] += value * weights
                 norm[window] += weights
             done += len(batch)
             report(progress, done, len(kept), "windows")
-    blended = np.divide(total, norm, out=np.zeros_like(total), where=norm > 0)
+    if on_device:
+        total = torch.where(norm > 0, total / torch.where(norm > 0, norm, 1), 0).cpu().numpy()
+        blended = total
+    else:
+        blended = np.divide(total, norm, out=np.zeros_like(total), where=norm > 0)
     stats = {"windows": len(slices), "windows_run": len(kept), "batches": len(batches)}
     return np.ascontiguousarray(blended[inner]).reshape(original_shape), stats
