@@ -30,7 +30,9 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     assert widget.mask_combo.current_layer() is mask  # the brain mask was picked for the scan
     widget.run_button.click()
     assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
+    assert widget._napari_progress is not None  # napari's progress bar runs too
     wait(qtbot, widget)
+    assert widget._napari_progress is None
     assert widget.last_error is None, widget.last_error
     layer = widget.map_layer
     assert layer in viewer.layers and layer.colormap.name == "inferno"

@@ -227,6 +227,10 @@ class DetectWidget(QWidget):
         self._model = model
         self.status.setText(f"running {model}...")
         self.progress_bar.setRange(0, 0)  # busy until the first report
+        from napari.utils import progress
+
+        # napari's own bar too (activity dock), closed when the worker finishes
+        self._napari_progress = progress(total=0, desc=f"Detect anomalies: {model}")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._worker = create_worker(
@@ -254,9 +258,18 @@ class DetectWidget(QWidget):
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
         self.status.setText(f"{self._model}: {message} {done}/{total}")
+        bar = getattr(self, "_napari_progress", None)
+        if bar is not None:
+            bar.total = max(total, 1)
+            bar.n = done
+            bar.refresh()
 
     def _finished(self) -> None:
         self._worker = None
+        bar = getattr(self, "_napari_progress", None)
+        if bar is not None:
+            bar.close()
+            self._napari_progress = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if self.progress_bar.maximum() == 0:
