@@ -50,6 +50,16 @@ class Detector(Protocol):
         ...
 
 
+def foreground_of(volume: Volume, mask: np.ndarray | None) -> np.ndarray:
+    """The mask a detector works in: the given one (checked against the scan's grid), else
+    an Otsu head/body mask of the scan."""
+    from napari_medood.preprocessing.masks import check_mask, mask_from_threshold
+
+    if mask is None:
+        return mask_from_threshold(volume.data, "otsu")
+    return check_mask(mask, volume.grid, volume.source)
+
+
 def topk_mean(anomaly_map: np.ndarray, k: int = 100, mask: np.ndarray | None = None) -> float:
     """Sample score: the mean of the ``k`` highest voxels (inside ``mask`` if given)."""
     values = np.asarray(

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
-from napari_medood.detectors.base import AnomalyResult, topk_mean
+from napari_medood.detectors.base import AnomalyResult, foreground_of, topk_mean
 from napari_medood.io.volume import Volume
 from napari_medood.preprocessing.intensity import percentile_bounds, percentile_in_mask
-from napari_medood.preprocessing.masks import check_mask, mask_from_threshold
 
 
 def squash(value: float) -> float:
@@ -54,10 +53,7 @@ class IntensityDetector:
         cancelled: CancelledPredicate | None = None,
     ) -> AnomalyResult:
         report(progress, 0, 2, "masking")
-        if mask is None:
-            mask = mask_from_threshold(volume.data, "otsu")
-        else:
-            mask = check_mask(mask, volume.grid, volume.source)
+        mask = foreground_of(volume, mask)
         check_cancelled(cancelled)
         report(progress, 1, 2, "normalising")
         low, high = percentile_bounds(volume.data, mask, self.lower, self.upper)
@@ -99,10 +95,7 @@ class MedianResidualDetector:
         from napari_medood.preprocessing.crop import foreground_box, paste
 
         report(progress, 0, 3, "masking")
-        if mask is None:
-            mask = mask_from_threshold(volume.data, "otsu")
-        else:
-            mask = check_mask(mask, volume.grid, volume.source)
+        mask = foreground_of(volume, mask)
         check_cancelled(cancelled)
         values = percentile_in_mask(volume.data, mask)
         size = [max(1, int(round(self.size_mm / s)) // 2 * 2 + 1) for s in volume.spacing]

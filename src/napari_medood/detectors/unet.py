@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
-from napari_medood.detectors.base import AnomalyResult, sample_scores
+from napari_medood.detectors.base import AnomalyResult, foreground_of, sample_scores
 from napari_medood.errors import MedoodError, look_up_option
 from napari_medood.io.volume import Grid, Volume
 
@@ -191,14 +191,10 @@ class UNetDetector:
     ) -> AnomalyResult:
         from napari_medood.inference.sliding_window import sliding_window_predict
         from napari_medood.preprocessing.intensity import normalise
-        from napari_medood.preprocessing.masks import check_mask, mask_from_threshold
 
         preprocessing = self.card["preprocessing"]
         inference = self.card.get("inference", {})
-        if mask is None:
-            mask = mask_from_threshold(volume.data, "otsu")
-        else:
-            mask = check_mask(mask, volume.grid, volume.source)
+        mask = foreground_of(volume, mask)
         check_cancelled(cancelled)
         image, model_mask, ras_grid, model_grid = to_model_space(
             volume, mask, preprocessing.get("spacing")

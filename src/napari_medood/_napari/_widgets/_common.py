@@ -62,6 +62,27 @@ class LayerComboBox(QComboBox):
         return layer if layer is not None and layer in self._viewer.layers else None
 
 
+def placement_of(layer: Any) -> dict[str, Any]:
+    """The keywords that put a new layer exactly where ``layer`` is shown."""
+    placement = {
+        key: getattr(layer, key)
+        for key in ("scale", "translate", "rotate", "shear", "units", "axis_labels")
+    }
+    placement["affine"] = layer.affine.affine_matrix
+    return placement
+
+
+def pick_matching_mask(mask_combo: LayerComboBox, image: Any) -> None:
+    """Select the first Labels layer of the same shape as ``image`` (a brain mask, most
+    likely); the combo's first item must be its "no mask" entry."""
+    if image is None:
+        return
+    for index, layer in enumerate(mask_combo.layers()):
+        if layer.data.shape == image.data.shape:
+            mask_combo.setCurrentIndex(index + 1)
+            return
+
+
 def progress_generator(function, *args, cancel_event=None, **kwargs):
     """Run ``function(*args, progress=..., cancelled=..., **kwargs)`` in a helper thread and
     yield its ``(done, total, message)`` progress reports; return its result.

@@ -29,21 +29,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medood._napari._widgets._common import LayerComboBox, progress_generator
+from napari_medood._napari._widgets._common import (
+    LayerComboBox,
+    pick_matching_mask,
+    placement_of,
+    progress_generator,
+)
 
 if TYPE_CHECKING:
     import napari
 
 BROWSE = "__browse__"
-
-
-def _transform_of(layer) -> dict[str, Any]:
-    placement = {
-        key: getattr(layer, key)
-        for key in ("scale", "translate", "rotate", "shear", "units", "axis_labels")
-    }
-    placement["affine"] = layer.affine.affine_matrix
-    return placement
 
 
 class DetectWidget(QWidget):
@@ -146,13 +142,7 @@ class DetectWidget(QWidget):
                 self.device_combo.addItem("mps", "mps")
 
     def _pick_matching_mask(self, *args: Any) -> None:
-        image = self.image_combo.current_layer()
-        if image is None:
-            return
-        for index, layer in enumerate(self.mask_combo.layers()):
-            if layer.data.shape == image.data.shape:
-                self.mask_combo.setCurrentIndex(index + 1)
-                return
+        pick_matching_mask(self.mask_combo, self.image_combo.current_layer())
 
     def _model_changed(self, *args: Any) -> None:
         from napari_medood.models.checkpoint import read_card, resolve_model
@@ -319,7 +309,7 @@ class DetectWidget(QWidget):
             opacity=0.8,
             metadata={**metadata, **kwargs["metadata"]},
         )
-        kwargs.update(_transform_of(source))  # exactly over the scan, as it is shown
+        kwargs.update(placement_of(source))  # exactly over the scan, as it is shown
         if self.replace_check.isChecked() and self.map_layer in self.viewer.layers:
             self.viewer.layers.remove(self.map_layer)
             if self.threshold_layer in self.viewer.layers:
@@ -356,6 +346,6 @@ class DetectWidget(QWidget):
                 name=f"{layer.name} > threshold",
                 opacity=0.5,
                 metadata=dict(layer.metadata),
-                **_transform_of(layer),
+                **placement_of(layer),
             )
         self.threshold_layer.name = f"{self._source.name} anomalies > {self.threshold:.2f}"

@@ -9,7 +9,7 @@ a Labels layer of the voxels at or above the threshold, placed over the map.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medood._napari._widgets._common import LayerComboBox
+from napari_medood._napari._widgets._common import LayerComboBox, placement_of
 from napari_medood.evaluation.metrics import CaseCounts, best_dice_sweep
 
 if TYPE_CHECKING:
@@ -271,11 +271,7 @@ class EvaluateWidget(QWidget):
         ):
             existing.data = data
         else:
-            placement: dict[str, Any] = {
-                key: getattr(layer, key)
-                for key in ("scale", "translate", "rotate", "shear", "units", "axis_labels")
-            }
-            placement["affine"] = layer.affine.affine_matrix
+            placement = placement_of(layer)
             self._threshold_layer = self.viewer.add_labels(
                 data,
                 name=f"{layer.name} >= threshold",

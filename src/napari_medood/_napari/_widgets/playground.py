@@ -30,7 +30,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medood._napari._layers import DISPLAY_AXCODES, METADATA_KEY
-from napari_medood._napari._widgets._common import LayerComboBox
+from napari_medood._napari._widgets._common import (
+    LayerComboBox,
+    pick_matching_mask,
+    placement_of,
+)
 from napari_medood.synth.playground import TEXTURE_LABELS, AnomalySettings, Placement, Playground
 
 if TYPE_CHECKING:
@@ -154,13 +158,7 @@ class PlaygroundWidget(QWidget):
         )
 
     def _pick_matching_mask(self) -> None:
-        source = self.source_combo.current_layer()
-        if source is None:
-            return
-        for index, layer in enumerate(self.mask_combo.layers()):
-            if layer.data.shape == source.data.shape:
-                self.mask_combo.setCurrentIndex(index + 1)  # item 0 is "voxels > 0"
-                return
+        pick_matching_mask(self.mask_combo, self.source_combo.current_layer())
 
     def _update_enabled(self, *args: Any) -> None:
         busy = self._worker is not None
@@ -295,11 +293,7 @@ class PlaygroundWidget(QWidget):
         ]
         if len(alive) == 2:
             return self._image_layer, self._labels_layer
-        placement = {
-            key: getattr(source, key)
-            for key in ("scale", "translate", "rotate", "shear", "units", "axis_labels")
-        }
-        placement["affine"] = source.affine.affine_matrix
+        placement = placement_of(source)
         metadata = dict(source.metadata)
         metadata["medood_playground"] = {"source_layer": source.name}
         self._image_layer = self.viewer.add_image(
