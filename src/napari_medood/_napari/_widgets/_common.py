@@ -72,6 +72,22 @@ def placement_of(layer: Any) -> dict[str, Any]:
     return placement
 
 
+def show_labels(
+    viewer: Any, existing: Any, data: Any, like: Any, name: str, opacity: float = 0.5
+) -> Any:
+    """Put ``data`` into ``existing`` (a Labels layer still in the viewer, same shape), or
+    into a new Labels layer placed exactly over ``like``; returns the layer, renamed."""
+    if existing is not None and existing in viewer.layers and existing.data.shape == data.shape:
+        existing.data = data
+        layer = existing
+    else:
+        layer = viewer.add_labels(
+            data, name=name, opacity=opacity, metadata=dict(like.metadata), **placement_of(like)
+        )
+    layer.name = name
+    return layer
+
+
 def pick_matching_mask(mask_combo: LayerComboBox, image: Any) -> None:
     """Select the first Labels layer of the same shape as ``image`` (a brain mask, most
     likely); the combo's first item must be its "no mask" entry."""

@@ -34,6 +34,7 @@ from napari_medood._napari._widgets._common import (
     pick_matching_mask,
     placement_of,
     progress_generator,
+    show_labels,
 )
 
 if TYPE_CHECKING:
@@ -338,14 +339,10 @@ class DetectWidget(QWidget):
         if layer is None or layer not in self.viewer.layers:
             return
         flagged = (np.asarray(layer.data) > self.threshold).astype(np.uint8)
-        if self.threshold_layer is not None and self.threshold_layer in self.viewer.layers:
-            self.threshold_layer.data = flagged
-        else:
-            self.threshold_layer = self.viewer.add_labels(
-                flagged,
-                name=f"{layer.name} > threshold",
-                opacity=0.5,
-                metadata=dict(layer.metadata),
-                **placement_of(layer),
-            )
-        self.threshold_layer.name = f"{self._source.name} anomalies > {self.threshold:.2f}"
+        self.threshold_layer = show_labels(
+            self.viewer,
+            self.threshold_layer,
+            flagged,
+            layer,
+            f"{self._source.name} anomalies > {self.threshold:.2f}",
+        )

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medood._napari._widgets._common import LayerComboBox, placement_of
+from napari_medood._napari._widgets._common import LayerComboBox, show_labels
 from napari_medood.evaluation.metrics import CaseCounts, best_dice_sweep
 
 if TYPE_CHECKING:
@@ -262,21 +262,11 @@ class EvaluateWidget(QWidget):
         flagged = bins >= threshold_bin(self.threshold)
         if self._mask is not None:
             flagged &= self._mask
-        data = flagged.astype(np.uint8)
-        existing = self._threshold_layer
-        if (
-            existing is not None
-            and existing in self.viewer.layers
-            and existing.data.shape == (data.shape)
-        ):
-            existing.data = data
-        else:
-            placement = placement_of(layer)
-            self._threshold_layer = self.viewer.add_labels(
-                data,
-                name=f"{layer.name} >= threshold",
-                opacity=0.6,
-                metadata=dict(layer.metadata),
-                **placement,
-            )
-        self._threshold_layer.name = f"{layer.name} >= {self.threshold:.3f}"
+        self._threshold_layer = show_labels(
+            self.viewer,
+            self._threshold_layer,
+            flagged.astype(np.uint8),
+            layer,
+            f"{layer.name} >= {self.threshold:.3f}",
+            opacity=0.6,
+        )
