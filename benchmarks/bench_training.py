@@ -62,10 +62,11 @@ def data_rate(patch: int, workers: int, samples: int) -> float:
     from torch.utils.data import DataLoader
 
     from napari_medood.io.cohort import discover_cases
+    from napari_medood.preprocessing.model_space import ModelSpace
     from napari_medood.training.data import SyntheticAnomalyPatches, prepare_scans
 
     ixi = shared_dir() / "ixi-t1-2mm"
-    scans = prepare_scans(discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:6], (2, 2, 2))
+    scans = prepare_scans(discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:6], ModelSpace())
     dataset = SyntheticAnomalyPatches(scans, (patch,) * 3, samples, seed=0)
     loader = DataLoader(dataset, batch_size=1, num_workers=workers)
     start = time.perf_counter()

@@ -11,21 +11,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_medood"
-CORE = [
-    "io",
-    "preprocessing",
-    "synth",
-    "detectors",
-    "evaluation",
-    "inference",
-    "models",
-    "training",
-    "errors.py",
-    "_progress.py",
-    "distributed.py",
-    "cli.py",
-    "__init__.py",
-]
+#: everything but the napari face is core
+CORE = sorted(
+    p.name
+    for p in PACKAGE.iterdir()
+    if p.name != "_napari"
+    and not p.name.startswith(".")
+    and (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))
+)
 GUI_MODULES = {
     "napari",
     "qtpy",
@@ -79,7 +72,8 @@ def test_importing_the_core_loads_no_torch_monai_or_qt():
         "import napari_medood, napari_medood.io, napari_medood.preprocessing, "
         "napari_medood.synth, napari_medood.synth.playground, napari_medood.synth.dataset, "
         "napari_medood.detectors, napari_medood.cli, napari_medood.evaluation, "
-        "napari_medood.evaluation.report, napari_medood.inference.batch, napari_medood.distributed"
+        "napari_medood.evaluation.report, napari_medood.batch, napari_medood.distributed, napari_medood.registry, "
+        "napari_medood.device, napari_medood.training.registry"
     )
     for heavy in [*HEAVY_MODULES, "napari", "qtpy", "PyQt6"]:
         assert heavy not in loaded, f"importing the core loaded {heavy}"
@@ -115,3 +109,23 @@ def test_import_linter_contracts_hold():
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Contracts: 2 kept, 0 broken" in run.stdout
+    assert "The core has an order" in run.stdout  # the layers contract ran
+
+
+def test_the_layers_contract_catches_an_upward_import(tmp_path):
+    """A copy of the package where io imports detectors breaks the layers contract."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "src", tmp_path / "src")
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")
+    offending = tmp_path / "src" / "napari_medood" / "io" / "formats.py"
+    offending.write_text(offending.read_text() + "\nfrom napari_medood.detectors import base\n")
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    run = subprocess.run(
+        [lint, "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode != 0
+    assert "napari_medood.io.formats -> napari_medood.detectors.base" in run.stdout

@@ -30,7 +30,7 @@ def valset(tmp_path_factory):
     assert (
         synth_main(
             [
-                "--masks",
+                "--mask",
                 str(dlmuse),
                 "--kinds",
                 "shift,uniform_noise",
@@ -49,7 +49,7 @@ def test_eval_runs_a_detector_and_writes_the_report(valset, tmp_path, capsys):
     report = tmp_path / "report"
     code = eval_main(
         [
-            "--detector",
+            "--model",
             "intensity",
             "--participants",
             str(shared("ixi-t1-2mm", "participants.csv")),
@@ -141,11 +141,11 @@ def test_eval_with_separate_healthy_scans_for_calibration(valset, tmp_path):
     assert (
         eval_main(
             [
-                "--detector",
+                "--model",
                 "median-residual",
                 "--healthy",
                 str(healthy),
-                "--healthy-masks",
+                "--healthy-mask",
                 str(dlmuse),
                 "--bootstrap",
                 "0",
@@ -164,7 +164,7 @@ def test_eval_with_separate_healthy_scans_for_calibration(valset, tmp_path):
 def test_eval_errors_are_clear(valset, tmp_path, capsys):
     assert eval_main([str(valset)]) == 2
     assert "give a predictions folder and a labelled set" in capsys.readouterr().err
-    assert eval_main(["--detector", "intensity", str(tmp_path / "none"), "-o", str(tmp_path)]) == 2
+    assert eval_main(["--model", "intensity", str(tmp_path / "none"), "-o", str(tmp_path)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 
 

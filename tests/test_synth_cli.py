@@ -33,7 +33,7 @@ def digest_tree(root: Path) -> dict[str, str]:
 def test_synth_builds_a_labelled_set_from_ixi(ixi_dirs, tmp_path):
     t1, dlmuse = ixi_dirs
     out = tmp_path / "valset"
-    assert synth_main(["--masks", str(dlmuse), "--seed", "5", str(t1), str(out)]) == 0
+    assert synth_main(["--mask", str(dlmuse), "--seed", "5", str(t1), str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     scans = sorted(t1.glob("*.nii.gz"))
     assert len(manifest["cases"]) == len(scans) * (len(OUTLIER_KINDS) + 1)
@@ -71,7 +71,7 @@ def test_same_seed_same_set_and_resume(ixi_dirs, tmp_path):
     scans.mkdir()
     for scan in sorted(t1.glob("*.nii.gz"))[:2]:
         shutil.copy(scan, scans / scan.name)
-    args = ["--masks", str(dlmuse), "--kinds", "shift,uniform_noise", "--seed", "9"]
+    args = ["--mask", str(dlmuse), "--kinds", "shift,uniform_noise", "--seed", "9"]
     assert synth_main([*args, str(scans), str(tmp_path / "a")]) == 0
     assert synth_main([*args, str(scans), str(tmp_path / "b")]) == 0
     assert digest_tree(tmp_path / "a") == digest_tree(tmp_path / "b")

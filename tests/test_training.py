@@ -35,7 +35,7 @@ def data(tmp_path_factory):
     assert (
         synth_main(
             [
-                "--masks",
+                "--mask",
                 str(dlmuse),
                 "--kinds",
                 "uniform_noise",

@@ -37,6 +37,7 @@ def sample():
 def tiny_card(spacing=(2.0, 2.0, 2.0), roi=(32, 32, 32), features=(4, 8, 16)) -> dict:
     return {
         "name": "tiny",
+        "detector": "unet3d",
         "architecture": {"type": "UNet3DDeepSup", "features": list(features)},
         "preprocessing": {
             "spacing": list(spacing),
@@ -167,16 +168,38 @@ def test_a_constant_model_gives_a_constant_map_on_the_input_grid(sample, tmp_pat
 
 
 def test_model_space_round_trip_is_exact_at_the_model_spacing(sample):
-    from napari_medood.detectors.unet import to_input_grid, to_model_space
+    from napari_medood.preprocessing.model_space import ModelSpace
 
     image, brain = sample
-    ras, mask, ras_grid, model_grid = to_model_space(image, brain, (2.0, 2.0, 2.0))
-    assert "".join(model_grid.axcodes) == "RAS" and model_grid is ras_grid
-    np.testing.assert_array_equal(to_input_grid(ras, image, ras_grid, model_grid), image.data)
-    ras, mask, ras_grid, model_grid = to_model_space(image, brain, (1.0, 1.0, 1.0))
-    assert model_grid.shape == (180, 240, 240)
-    back = to_input_grid(ras.astype(np.float32), image, ras_grid, model_grid)
-    np.testing.assert_allclose(back, image.data, rtol=1e-4, atol=1e-2)
+    raw = {"method": "minmax"}
+    everywhere = np.ones(image.shape, bool)
+    space = ModelSpace((2.0, 2.0, 2.0), raw, zero_outside_mask=False)
+    prepared = space.prepare(image, everywhere)
+    assert "".join(prepared.model_grid.axcodes) == "RAS"
+    assert prepared.model_grid is prepared.ras_grid
+    low, high = image.data.min(), image.data.max()
+    back = space.to_input_grid(prepared.image * (high - low) + low, prepared)
+    np.testing.assert_allclose(back, image.data, rtol=1e-5, atol=1e-3)
+    fine = ModelSpace((1.0, 1.0, 1.0), raw, zero_outside_mask=False)
+    prepared = fine.prepare(image, everywhere)
+    assert prepared.model_grid.shape == (180, 240, 240)
+    back = fine.to_input_grid(prepared.image * (high - low) + low, prepared)
+    np.testing.assert_allclose(back, image.data, rtol=1e-4, atol=1e-2 * (high - low))
+
+
+def test_the_card_preprocessing_is_the_model_space_training_applies(sample):
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.preprocessing.model_space import ModelSpace
+    from napari_medood.training.config import UNetTrainConfig
+    from napari_medood.training.unet import model_card, model_space
+
+    config = UNetTrainConfig(train="x", spacing=[1.5, 1.5, 1.5])
+    card = model_card(config, (8, 16), {}, {})
+    assert ModelSpace.from_card(card["preprocessing"]) == model_space(config)
+    assert card["detector"] == "unet3d" and card["preprocessing"]["roi"] == [96, 96, 96]
+    shipped = Checkpoint.open("brain-t1-unet")
+    assert shipped.family == "unet3d"
+    assert ModelSpace.from_card(shipped.card["preprocessing"]) == ModelSpace((2.0, 2.0, 2.0))
 
 
 def test_an_ensemble_of_two_identical_checkpoints_equals_one(sample, tmp_path):

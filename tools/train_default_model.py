@@ -66,7 +66,7 @@ def main() -> None:
     bar.close()
     print(
         f"done: {result.last_step} steps in {result.seconds:.0f} s; best validation pixel AP "
-        f"{result.best_ap}; checkpoint {result.best}",
+        f"{result.best_metric}; checkpoint {result.best}",
         flush=True,
     )
 

@@ -1,25 +1,31 @@
-"""Detectors: one protocol, its implementations, and the names users can pick.
+"""Detectors: one interface, the families behind it, and the names users can pick.
 
-A name is a built-in baseline (``intensity``, ``inverted-intensity``, ``median-residual``), a
-model shipped in ``models/`` (``brain-t1-unet``), a checkpoint folder, or several of the last
-two separated by commas (an ensemble whose probabilities are averaged).
+A name is a checkpoint-free detector (``intensity``, ``inverted-intensity``,
+``median-residual``), a model shipped in ``models/`` (``brain-t1-unet``), a checkpoint
+folder, or several of the last two separated by commas (an ensemble). A checkpoint's card
+names its family (``"detector": "unet3d"``), and :func:`get_detector` builds the detector
+through that family's factory (``napari_medood.registry``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from napari_medood.detectors.base import (
+    MAP,
+    OUTPUT_KINDS,
+    SCORE,
+    AnomalyResult,
+    BaseDetector,
+    Detector,
+    DetectorOptions,
+    DetectorOutput,
+    ScoreInfo,
+    sample_scores,
+    topk_mean,
+)
+from napari_medood.errors import MedoodError, look_up_option
+from napari_medood.registry import NAMED_DETECTORS, register_detector
 
-from napari_medood.detectors.base import AnomalyResult, Detector, sample_scores, topk_mean
-from napari_medood.errors import look_up_option
-
-#: Name -> (factory, one-line description) of the detectors that need no checkpoint.
-DETECTORS: dict[str, tuple[Callable[[], Detector], str]] = {}
 PREFERRED_DEFAULT = "brain-t1-unet"
-
-
-def register_detector(name: str, factory: Callable[[], Detector], description: str) -> None:
-    """Make a detector available to the CLI and the napari widgets under ``name``."""
-    DETECTORS[name] = (factory, description)
 
 
 def available_models() -> dict[str, str]:
@@ -30,7 +36,7 @@ def available_models() -> dict[str, str]:
         name: read_card(folder).get("description", "shipped model")
         for name, folder in bundled_models().items()
     }
-    names.update({name: description for name, (_, description) in DETECTORS.items()})
+    names.update({name: entry.description for name, entry in NAMED_DETECTORS.items()})
     return names
 
 
@@ -41,55 +47,51 @@ def default_model() -> str:
     return PREFERRED_DEFAULT if PREFERRED_DEFAULT in bundled_models() else "intensity"
 
 
-def get_detector(
-    name: str, device: str = "auto", overlap: float | None = None, batch_size: int | None = None
-) -> Detector:
-    """Build the detector called ``name`` (see the module docstring); the options apply to
-    checkpoint-based detectors."""
+def get_detector(name: str, options: DetectorOptions | None = None, **option_values) -> Detector:
+    """Build the detector called ``name`` (see the module docstring) with ``options`` (or
+    the same given as keywords: ``device``, ``overlap``, ``batch_size``)."""
     from pathlib import Path
 
-    from napari_medood.models.checkpoint import bundled_models
+    from napari_medood.models.checkpoint import Checkpoint, bundled_models
+    from napari_medood.registry import get_family, resolve
 
-    if name in DETECTORS:
-        return DETECTORS[name][0]()
+    options = options or DetectorOptions(**option_values)
+    if name in NAMED_DETECTORS:
+        return resolve(NAMED_DETECTORS[name].factory)(options)
     parts = [part.strip() for part in str(name).split(",") if part.strip()]
     shipped = bundled_models()
-    if parts and all(part in shipped or Path(part).exists() for part in parts):
-        from napari_medood.detectors.unet import UNetDetector
-
-        return UNetDetector(parts, device=device, overlap=overlap, batch_size=batch_size)
-    look_up_option(str(name), [*shipped, *DETECTORS], "detector (or checkpoint path)")
-    raise AssertionError("unreachable")
-
-
-def _register_builtins() -> None:
-    from napari_medood.detectors.baselines import IntensityDetector, MedianResidualDetector
-
-    register_detector(
-        "intensity",
-        IntensityDetector,
-        "baseline: bright voxels are abnormal (percentile-normalised intensity in the mask)",
-    )
-    register_detector(
-        "inverted-intensity",
-        lambda: IntensityDetector(invert=True),
-        "baseline: dark voxels are abnormal (1 - normalised intensity in the mask)",
-    )
-    register_detector(
-        "median-residual",
-        MedianResidualDetector,
-        "baseline: voxels unlike their 5 mm neighbourhood (|x - local median|)",
-    )
+    if not parts or not all(part in shipped or Path(part).exists() for part in parts):
+        try:
+            look_up_option(str(name), [*shipped, *NAMED_DETECTORS], "detector (or checkpoint path)")
+        except ValueError as exc:
+            raise MedoodError(str(exc)) from None
+    checkpoints = [Checkpoint.open(part) for part in parts]
+    families = {c.family for c in checkpoints}
+    if len(families) > 1:
+        listed = ", ".join(f"{c.name} ({c.family})" for c in checkpoints)
+        raise MedoodError(f"an ensemble needs checkpoints of one family; got {listed}")
+    family = get_family(checkpoints[0].family, str(checkpoints[0].folder / "card.json"))
+    return resolve(family.detector)(checkpoints, options)
 
 
-_register_builtins()
+def describe_outputs(detector: Detector) -> str:
+    """``"map + score"``, ``"map"`` or ``"score"``."""
+    return " + ".join(kind for kind in OUTPUT_KINDS if kind in detector.outputs)
+
 
 __all__ = [
-    "DETECTORS",
+    "MAP",
+    "OUTPUT_KINDS",
+    "SCORE",
     "AnomalyResult",
+    "BaseDetector",
     "Detector",
+    "DetectorOptions",
+    "DetectorOutput",
+    "ScoreInfo",
     "available_models",
     "default_model",
+    "describe_outputs",
     "get_detector",
     "register_detector",
     "sample_scores",

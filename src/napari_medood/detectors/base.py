@@ -1,20 +1,73 @@
-"""What every detector is and returns.
+"""What every detector is, declares and returns.
 
 A detector takes one :class:`~napari_medood.io.Volume` (and optionally a brain/foreground
 mask on its grid) and returns an :class:`AnomalyResult`: an anomaly map on the input's own
-grid with values in [0, 1], a sample-level score, or both. The CLI, the napari widgets and
-the evaluation code call only this interface.
+grid with values in [0, 1], a sample-level score, or both, as its ``outputs`` declare. Its
+``score_info`` says what the score means. The CLI, the napari panels and the evaluation call
+only this interface.
+
+:class:`BaseDetector` writes the part every ``predict`` shares once: the scan is checked
+(too small, constant, oblique, unlike what the model's card expects), the mask is checked
+or made, cancellation is honoured, the map is clipped to [0, 1], zeroed outside the mask
+and wrapped into a Volume on the input grid. A family only writes :meth:`BaseDetector.run`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from napari_medood._progress import CancelledPredicate, ProgressCallback
+from napari_medood._progress import CancelledPredicate, ProgressCallback, Stages, check_cancelled
+from napari_medood.errors import MedoodError, PreprocessingError, VolumeError
 from napari_medood.io.volume import Volume
+
+MAP = "map"
+SCORE = "score"
+OUTPUT_KINDS = (MAP, SCORE)
+
+
+@dataclass(frozen=True)
+class ScoreInfo:
+    """What a detector's sample score means.
+
+    Attributes:
+        description: how it is computed, in a few words.
+        low, high: its range.
+        higher_is_abnormal: its direction (MOOD: higher = more abnormal).
+    """
+
+    description: str
+    low: float = 0.0
+    high: float = 1.0
+    higher_is_abnormal: bool = True
+
+    def describe(self) -> str:
+        direction = "higher = more abnormal" if self.higher_is_abnormal else "lower = more abnormal"
+        return f"{self.description} ({direction}, {self.low:g} to {self.high:g})"
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    """Options a user can set for any detector; each family uses those that apply to it.
+
+    Attributes:
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        overlap: sliding-window overlap (None: the card's).
+        batch_size: windows or slices per forward pass (None: the family's default).
+    """
+
+    device: str = "auto"
+    overlap: float | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise MedoodError(f"overlap must be within [0, 1), got {self.overlap}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise MedoodError(f"batch size must be at least 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,11 +77,24 @@ class AnomalyResult:
     Attributes:
         anomaly_map: per-voxel abnormality in [0, 1] on the input's grid (None for
             image-level-only detectors).
-        score: sample-level abnormality (higher = more abnormal), or None.
-        extras: named by-products (reconstructions, residuals, ...), each a Volume or array.
+        score: sample-level abnormality (see the detector's ``score_info``), or None.
+        extras: named by-products (other scores, reconstructions, window counts, ...).
+        notes: what the user should know about this scan (oblique, unlike the training
+            scans, ...), one sentence each.
     """
 
     anomaly_map: Volume | None = None
+    score: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class DetectorOutput:
+    """What :meth:`BaseDetector.run` returns: a map on the input grid (unclipped), a score,
+    by-products."""
+
+    values: np.ndarray | None = None
     score: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -38,6 +104,8 @@ class Detector(Protocol):
     """The interface every anomaly detector implements."""
 
     name: str
+    outputs: tuple[str, ...]
+    score_info: ScoreInfo
 
     def predict(
         self,
@@ -48,6 +116,61 @@ class Detector(Protocol):
     ) -> AnomalyResult:
         """Score ``volume``; ``mask`` (bool, on the volume's grid) limits where anomalies count."""
         ...
+
+
+class BaseDetector:
+    """The shared ``predict``; subclasses set the class attributes and write :meth:`run`.
+
+    Attributes:
+        outputs: ``("map", "score")``, ``("map",)`` or ``("score",)``.
+        score_info: what the score means.
+        stages: the named stages :meth:`run` reports progress in, in order.
+        card: the checkpoint card (None for detectors without one); its ``expects`` entry is
+            what scans are compared with before they are read.
+    """
+
+    name: str = "detector"
+    outputs: ClassVar[tuple[str, ...]] = (MAP, SCORE)
+    score_info: ClassVar[ScoreInfo] = ScoreInfo("mean of the 100 highest voxels")
+    stages: ClassVar[tuple[str, ...]] = ("computing",)
+    card: Mapping[str, Any] | None = None
+
+    def run(
+        self, volume: Volume, mask: np.ndarray, stages: Stages, cancelled: CancelledPredicate | None
+    ) -> DetectorOutput:
+        raise NotImplementedError
+
+    def predict(
+        self,
+        volume: Volume,
+        mask: np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+        cancelled: CancelledPredicate | None = None,
+    ) -> AnomalyResult:
+        from napari_medood.detectors.compatibility import check_scan, scan_notes
+
+        check_scan(volume)
+        given = mask is not None
+        mask = foreground_of(volume, mask)
+        notes = scan_notes(volume, mask, given, self.card)
+        check_cancelled(cancelled)
+        try:
+            output = self.run(volume, mask, Stages(progress, self.stages), cancelled)
+        except PreprocessingError as exc:  # name the file, not only the problem
+            raise VolumeError(volume.source, str(exc)) from exc
+        anomaly_map = None
+        if MAP in self.outputs:
+            if output.values is None:
+                raise MedoodError(f"the {self.name} detector declares a map but returned none")
+            values = np.clip(np.asarray(output.values, dtype=np.float32), 0.0, 1.0)
+            values[~mask] = 0.0
+            anomaly_map = Volume(values, volume.affine, volume.source, {"detector": self.name})
+        score = None
+        if SCORE in self.outputs:
+            if output.score is None:
+                raise MedoodError(f"the {self.name} detector declares a score but returned none")
+            score = float(output.score)
+        return AnomalyResult(anomaly_map, score, dict(output.extras), tuple(notes))
 
 
 def foreground_of(volume: Volume, mask: np.ndarray | None) -> np.ndarray:
@@ -71,9 +194,10 @@ def topk_mean(anomaly_map: np.ndarray, k: int = 100, mask: np.ndarray | None = N
     return float(np.partition(values, values.size - k)[values.size - k :].mean())
 
 
-def fpi_slice_score(anomaly_map: np.ndarray, axis: int = 2) -> float:
-    """FPI's sample score: per-slice mean along ``axis``, smoothed by a Savitzky-Golay filter
-    (window 10 % of the slices, odd, order 3), then the mean of the top quartile."""
+def fpi_slice_score(anomaly_map: np.ndarray, axis: int) -> float:
+    """FPI's sample score: per-slice mean along ``axis`` (the axial axis of the scan),
+    smoothed by a Savitzky-Golay filter (window 10 % of the slices, odd, order 3), then the
+    mean of the top quartile."""
     from scipy.signal import savgol_filter
 
     means = np.asarray(anomaly_map, dtype=np.float64).mean(
@@ -87,13 +211,16 @@ def fpi_slice_score(anomaly_map: np.ndarray, axis: int = 2) -> float:
 
 
 def sample_scores(
-    anomaly_map: np.ndarray, mask: np.ndarray | None = None, k: int = 100
+    anomaly_map: np.ndarray, affine: np.ndarray, mask: np.ndarray | None = None, k: int = 100
 ) -> dict[str, float]:
-    """The sample scores of methods.md R13 for a map in [0, 1]: ``topk_mean`` (mean of the k
-    highest voxels), ``mean_in_mask`` (cDDPM/MHD) and ``fpi_slices`` (FPI)."""
+    """The sample scores of methods.md R13 for a map in [0, 1] with its ``affine``:
+    ``topk_mean`` (mean of the k highest voxels), ``mean_in_mask`` (cDDPM/MHD) and
+    ``fpi_slices`` (FPI, over axial slices)."""
+    from napari_medood.preprocessing.model_space import axial_axis
+
     inside = anomaly_map[mask] if mask is not None else anomaly_map.ravel()
     return {
         "topk_mean": topk_mean(anomaly_map, k, mask),
         "mean_in_mask": float(inside.mean()) if inside.size else 0.0,
-        "fpi_slices": fpi_slice_score(anomaly_map),
+        "fpi_slices": fpi_slice_score(anomaly_map, axial_axis(affine)),
     }

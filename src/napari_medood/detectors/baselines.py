@@ -9,13 +9,22 @@ normalised by the 1st-99th percentiles inside the mask, and maps are zero outsid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
-from napari_medood.detectors.base import AnomalyResult, foreground_of, topk_mean
+from napari_medood._progress import CancelledPredicate, Stages, check_cancelled
+from napari_medood.detectors.base import (
+    BaseDetector,
+    DetectorOptions,
+    DetectorOutput,
+    ScoreInfo,
+    topk_mean,
+)
 from napari_medood.io.volume import Volume
 from napari_medood.preprocessing.intensity import percentile_bounds, percentile_in_mask
+
+BASELINE_SCORE = ScoreInfo("mean of the 100 highest unclipped voxels, squashed by x / (1 + x)")
 
 
 def squash(value: float) -> float:
@@ -27,7 +36,7 @@ def squash(value: float) -> float:
 
 
 @dataclass
-class IntensityDetector:
+class IntensityDetector(BaseDetector):
     """Anomaly map = normalised intensity (or 1 minus it) inside the foreground mask.
 
     Attributes:
@@ -40,37 +49,37 @@ class IntensityDetector:
     lower: float = 1.0
     upper: float = 99.0
     top_k: int = 100
+    score_info: ClassVar[ScoreInfo] = BASELINE_SCORE
+    stages: ClassVar[tuple[str, ...]] = ("normalising",)
+
+    @classmethod
+    def from_options(cls, options: DetectorOptions | None = None) -> IntensityDetector:
+        return cls()
 
     @property
     def name(self) -> str:
         return "inverted-intensity" if self.invert else "intensity"
 
-    def predict(
-        self,
-        volume: Volume,
-        mask: np.ndarray | None = None,
-        progress: ProgressCallback | None = None,
-        cancelled: CancelledPredicate | None = None,
-    ) -> AnomalyResult:
-        report(progress, 0, 2, "masking")
-        mask = foreground_of(volume, mask)
-        check_cancelled(cancelled)
-        report(progress, 1, 2, "normalising")
+    def run(
+        self, volume: Volume, mask: np.ndarray, stages: Stages, cancelled: CancelledPredicate | None
+    ) -> DetectorOutput:
+        stages.report("normalising")
         low, high = percentile_bounds(volume.data, mask, self.lower, self.upper)
         raw = (volume.data.astype(np.float32) - np.float32(low)) / np.float32(high - low)
         if self.invert:
             raw = 1.0 - raw
-        values = np.clip(raw, 0.0, 1.0)
-        values[~mask] = 0.0
-        report(progress, 2, 2, "done")
-        return AnomalyResult(
-            anomaly_map=Volume(values, volume.affine, volume.source, {"detector": self.name}),
-            score=squash(topk_mean(raw, self.top_k, mask)),
-        )
+        return DetectorOutput(raw, squash(topk_mean(raw, self.top_k, mask)))
 
 
 @dataclass
-class MedianResidualDetector:
+class InvertedIntensityDetector(IntensityDetector):
+    """Anomaly map = 1 - normalised intensity: dark voxels are abnormal."""
+
+    invert: bool = True
+
+
+@dataclass
+class MedianResidualDetector(BaseDetector):
     """Anomaly map = |x - median(x over a ``size_mm`` cube)|, scaled so the 99.9th
     percentile inside the mask maps to 1 and clipped to [0, 1].
 
@@ -82,36 +91,29 @@ class MedianResidualDetector:
     size_mm: float = 5.0
     top_k: int = 100
     name: str = "median-residual"
+    score_info: ClassVar[ScoreInfo] = BASELINE_SCORE
+    stages: ClassVar[tuple[str, ...]] = ("median filter", "scaling")
 
-    def predict(
-        self,
-        volume: Volume,
-        mask: np.ndarray | None = None,
-        progress: ProgressCallback | None = None,
-        cancelled: CancelledPredicate | None = None,
-    ) -> AnomalyResult:
+    @classmethod
+    def from_options(cls, options: DetectorOptions | None = None) -> MedianResidualDetector:
+        return cls()
+
+    def run(
+        self, volume: Volume, mask: np.ndarray, stages: Stages, cancelled: CancelledPredicate | None
+    ) -> DetectorOutput:
         from scipy import ndimage
 
         from napari_medood.preprocessing.crop import foreground_box, paste
 
-        report(progress, 0, 3, "masking")
-        mask = foreground_of(volume, mask)
-        check_cancelled(cancelled)
         values = percentile_in_mask(volume.data, mask)
         size = [max(1, int(round(self.size_mm / s)) // 2 * 2 + 1) for s in volume.spacing]
         box = foreground_box(mask, margin=max(size))  # the filter only runs over the brain
-        report(progress, 1, 3, "median filter")
+        stages.report("median filter")
         local = values[box.slices]
         residual = np.abs(local - ndimage.median_filter(local, size=size, mode="nearest"))
         residual = paste(residual, box)
         check_cancelled(cancelled)
-        report(progress, 2, 3, "scaling")
+        stages.report("scaling")
         scale = float(np.percentile(residual[mask], 99.9)) or 1.0
         raw = residual / np.float32(scale)
-        anomaly = np.clip(raw, 0.0, 1.0).astype(np.float32)
-        anomaly[~mask] = 0.0
-        report(progress, 3, 3, "done")
-        return AnomalyResult(
-            anomaly_map=Volume(anomaly, volume.affine, volume.source, {"detector": self.name}),
-            score=squash(topk_mean(raw, self.top_k, mask)),
-        )
+        return DetectorOutput(raw, squash(topk_mean(raw, self.top_k, mask)))

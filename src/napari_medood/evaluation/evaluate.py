@@ -70,6 +70,7 @@ class CaseResult:
     dice: dict[str, float] = field(default_factory=dict)
     fpr: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     counts: CaseCounts | None = field(default=None, repr=False)
@@ -79,7 +80,7 @@ class CaseResult:
         row = {
             key: value
             for key, value in asdict(self).items()
-            if key not in ("counts", "dice", "fpr", "notes", "info")
+            if key not in ("counts", "dice", "fpr", "notes", "problems", "info")
         }
         row.update({f"dice@{k}": v for k, v in self.dice.items()})
         row.update({f"fpr@{k}": v for k, v in self.fpr.items()})
@@ -131,7 +132,7 @@ def _case_arrays(case: Case, prediction: Prediction, use_masks: bool, pixel: boo
         )
     )
     if anomaly_map is not None and shape is not None and anomaly_map.shape != shape:
-        prediction.notes.append(
+        prediction.problem(
             f"map of shape {anomaly_map.shape} on a label of shape {shape}: counted as zeros"
         )
         anomaly_map = None
@@ -171,6 +172,7 @@ def score_cases(
             prediction = predict(case)
             label, mask, anomaly_map = _case_arrays(case, prediction, options.use_masks, pixel)
             result.notes.extend(prediction.notes)
+            result.problems.extend(prediction.problems)
             result.score = prediction.score
             if label is not None:
                 inside = label if mask is None else np.where(mask, label, 0)
@@ -310,6 +312,11 @@ def evaluate(
         "subsampling": "none: every voxel is counted (float16 histograms, as MOOD reads maps)",
         "failed": [
             {"case": r.name, "error": r.error} for r in results + healthy_results if r.error
+        ],
+        "prediction_problems": [
+            {"case": r.name, "problems": list(r.problems)}
+            for r in results + healthy_results
+            if r.problems and not r.error
         ],
         "sweep": [float(options.sweep[0]), float(options.sweep[-1]), len(options.sweep)],
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed},

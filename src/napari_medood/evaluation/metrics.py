@@ -93,9 +93,6 @@ class VoxelHistogram:
         self.neg += neg
         return CaseCounts.from_dense(pos, neg)
 
-    def merge(self, other: VoxelHistogram) -> VoxelHistogram:
-        return VoxelHistogram(self.pos + other.pos, self.neg + other.neg)
-
     @property
     def n_pos(self) -> int:
         return int(self.pos.sum())

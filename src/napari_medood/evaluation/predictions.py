@@ -1,8 +1,14 @@
-"""Where predictions come from: files in a folder (MOOD naming), or a detector run on the fly."""
+"""Where predictions come from: files in a folder (MOOD naming), or a detector run on the fly.
+
+A prediction that cannot be used as it is (a missing, empty, truncated or unreadable map, a
+map with NaN voxels, an unreadable score) is counted as MOOD's evaluator counts it (zeros,
+or a score of 0) and noted, so that reports say how many cases were affected and which.
+"""
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,23 +16,29 @@ import numpy as np
 
 from napari_medood.errors import MedoodError
 from napari_medood.io.cohort import Case
-from napari_medood.io.discovery import output_name
+from napari_medood.io.mood import output_name, read_score
 
 
 @dataclass
 class Prediction:
     """A case's anomaly map (None: none given) and sample score, with notes on how they were
-    read (missing files, wrong shapes)."""
+    read (missing files, wrong shapes, NaN voxels). ``problems`` are the notes that changed
+    what is scored; ``notes`` also holds the detector's remarks on the scan."""
 
     anomaly_map: np.ndarray | None = None
     score: float | None = None
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+        self.notes.append(text)
 
 
 class FolderPredictions:
     """``<case file name>`` maps and ``<case file name>.txt`` scores, as ``medood-predict``
     and MOOD write them. A missing or unreadable file counts as zeros (MOOD's rule) and is
-    noted."""
+    noted as a problem."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -36,6 +48,11 @@ class FolderPredictions:
         self.has_maps = any(
             p for p in self.folder.iterdir() if p.name.endswith((".nii.gz", ".nii"))
         )
+        if not (self.has_scores or self.has_maps):
+            raise MedoodError(
+                f"{self.folder}: holds no predictions (<case>.nii.gz maps or <case>.nii.gz.txt "
+                "scores, as medood-predict writes them)"
+            )
 
     def __call__(self, case: Case) -> Prediction:
         from napari_medood.errors import VolumeError
@@ -47,47 +64,46 @@ class FolderPredictions:
         if self.has_maps:
             if map_path.exists():
                 try:
-                    prediction.anomaly_map = read_volume(map_path, nonfinite="zero").data
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        prediction.anomaly_map = read_volume(map_path, nonfinite="zero").data
+                    for warning in caught:
+                        text = str(warning.message).removeprefix(f"{map_path}: ")
+                        prediction.problem(f"map {map_path.name}: {text}")
                 except VolumeError as exc:
-                    prediction.notes.append(f"unreadable map counted as zeros ({exc.problem})")
+                    prediction.problem(
+                        f"unreadable map {map_path.name} counted as zeros ({exc.problem})"
+                    )
             else:
-                prediction.notes.append(f"missing map {map_path.name} counted as zeros")
+                prediction.problem(f"missing map {map_path.name} counted as zeros")
         if self.has_scores:
             score_path = self.folder / f"{name}.txt"
             try:
-                prediction.score = float(score_path.read_text().strip())
+                prediction.score = read_score(score_path)
             except (OSError, ValueError):
                 prediction.score = 0.0
-                prediction.notes.append(
-                    f"missing or unreadable score {score_path.name} counted as 0"
-                )
+                what = "missing" if not score_path.exists() else "unreadable"
+                prediction.problem(f"{what} score {score_path.name} counted as 0")
         return prediction
 
 
 class DetectorPredictions:
     """Run a detector on each case's scan (with its brain mask when the case has one);
-    optionally also write the maps and scores to ``save_to`` with MOOD names."""
+    optionally also write the maps and scores to ``save_to`` with MOOD names (the same
+    reading and writing as ``medood-predict``)."""
 
     def __init__(self, detector, save_to: str | os.PathLike | None = None):
         self.detector = detector
         self.save_to = Path(save_to) if save_to is not None else None
-        self.has_maps = True
-        self.has_scores = True
+        outputs = tuple(getattr(detector, "outputs", ("map", "score")))
+        self.has_maps = "map" in outputs
+        self.has_scores = "score" in outputs
 
     def __call__(self, case: Case) -> Prediction:
-        from napari_medood.io.atomic import write_text_atomic
-        from napari_medood.io.readers import read_volume
-        from napari_medood.io.writers import write_nifti
-        from napari_medood.preprocessing.masks import load_mask
+        from napari_medood.batch import predict_case, write_result
 
-        volume = read_volume(case.image)
-        mask = load_mask(case.mask, volume.grid) if case.mask is not None else None
-        result = self.detector.predict(volume, mask)
+        result = predict_case(case, self.detector)
         if self.save_to is not None:
-            name = output_name(case.image)
-            if result.anomaly_map is not None:
-                write_nifti(result.anomaly_map, self.save_to / name)
-            if result.score is not None:
-                write_text_atomic(self.save_to / f"{name}.txt", f"{result.score:.6f}\n")
+            write_result(result, self.save_to, case.image, ("pixel", "sample"))
         anomaly_map = None if result.anomaly_map is None else result.anomaly_map.data
-        return Prediction(anomaly_map, result.score)
+        return Prediction(anomaly_map, result.score, list(result.notes))

@@ -212,6 +212,15 @@ def markdown(
             f"- **failed cases: {len(settings['failed'])}**: "
             + "; ".join(f"{f['case']} ({f['error']})" for f in settings["failed"][:10])
         )
+    problems = settings.get("prediction_problems", [])
+    if problems:
+        lines.append(
+            f"- **cases with unusable predictions: {len(problems)}** (scored as MOOD's "
+            "evaluator scores them: a missing or unreadable map as zeros, an unreadable "
+            "score as 0): "
+            + "; ".join(f"{p['case']} ({', '.join(p['problems'])})" for p in problems[:20])
+            + (f"; and {len(problems) - 20} more (see cases.csv)" if len(problems) > 20 else "")
+        )
     lines += ["", "## Voxel level", ""]
     if "ap" in pixel:
         lines += [

@@ -1,1 +1,2 @@
-"""Running detectors over scans: batch prediction over cohorts (sharded, resumable)."""
+"""Inferers: running a network over a volume (sliding windows now; slice-wise beside it for 2D
+models)."""

@@ -249,3 +249,43 @@ def _from_bids(root: Path, suffix: str) -> list[Case]:
         label = _uad_label(image)
         cases.append(Case(name, image, mask, {}, label, label is not None))
     return cases
+
+
+def discover_labels(
+    source: str | os.PathLike, masks: str | os.PathLike | None = None
+) -> list[Case]:
+    """The labelled cases of an evaluation set: a MOOD layout, a CSV, a BIDS dataset, or a
+    plain folder of labels as MOOD's own evaluator takes it (``<case>.nii.gz`` label maps
+    named like the predicted maps, and/or ``<case>.nii.gz.txt`` sample labels)."""
+    source = Path(source)
+    if source.is_dir() and not is_mood_layout(source) and not is_bids(source):
+        return _from_label_folder(source, masks)
+    return discover_cases(source, masks=masks)
+
+
+def _from_label_folder(folder: Path, masks: str | os.PathLike | None) -> list[Case]:
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    maps = [p for p in files if volume_suffix(p)]
+    flags = {p.name[: -len(".txt")]: p for p in files if p.name.endswith(".txt")}
+    names = [p.name for p in maps] or sorted(flags)
+    if not names:
+        raise VolumeError(
+            folder,
+            "holds no labels: expected a MOOD layout (pixel/label, sample/label), a CSV with "
+            "Path and Label columns, a BIDS dataset, or a folder of <case>.nii.gz label maps "
+            "and/or <case>.nii.gz.txt sample labels named like the predictions",
+        )
+    cases = []
+    for name in names:
+        label = folder / name if (folder / name).is_file() else None
+        anomalous = None
+        if name in flags:
+            try:
+                anomalous = float(flags[name].read_text().strip()) >= 0.5
+            except ValueError as exc:
+                raise VolumeError(
+                    flags[name], "a sample label must hold one number (0 or 1)"
+                ) from exc
+        mask = find_mask(masks, folder / name) if masks is not None else None
+        cases.append(Case(strip_volume_suffix(name), folder / name, mask, {}, label, anomalous))
+    return cases

@@ -9,7 +9,6 @@ from napari_medood.errors import UnsupportedFormatError, VolumeNotFoundError
 from napari_medood.io.formats import (
     SUPPORTED_DESCRIPTION,
     is_dicom_folder,
-    strip_volume_suffix,
     volume_format,
     volume_suffix,
 )
@@ -49,12 +48,3 @@ def find_volumes(path: str | os.PathLike) -> list[Path]:
             path, f"this folder holds no volumes ({SUPPORTED_DESCRIPTION})"
         )
     return cases
-
-
-def output_name(case: str | os.PathLike) -> str:
-    """File name of a case's output map: the input's own name for NIfTI (MOOD convention),
-    ``<name>.nii.gz`` for other formats and DICOM folders."""
-    case = Path(case)
-    if volume_suffix(case) in (".nii.gz", ".nii"):
-        return case.name
-    return strip_volume_suffix(case.name) + ".nii.gz"

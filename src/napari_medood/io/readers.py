@@ -298,9 +298,11 @@ def _read_dicom(folder: Path, max_bytes: int | None) -> Volume:
             folder, f"the DICOM series cannot be read ({_itk_message(exc)})"
         ) from exc
     _check_shape(folder, tuple(image.GetSize()))
-    return _volume_from_sitk(
-        image, folder, {"format": "dicom", "dicom_series_uid": uid, "dicom_files": len(files)}
-    )
+    meta = {"format": "dicom", "dicom_series_uid": uid, "dicom_files": len(files)}
+    for tag, key in (("0008|0060", "modality"), ("0008|103e", "series_description")):
+        if first.HasMetaDataKey(tag):
+            meta[key] = first.GetMetaData(tag).strip()
+    return _volume_from_sitk(image, folder, meta)
 
 
 # -------------------------------------------------------------------------------- helpers

@@ -19,6 +19,8 @@ class UNetTrainConfig:
             BIDS column); val: a labelled validation set (MOOD layout, e.g. from medood-synth)
             scored by pixel AP every ``val_interval`` steps to keep the best checkpoint.
         spacing: model voxel size (mm); patch: training patch and inference window (voxels).
+        modality, contrast: what the training scans are (``MR``, ``T1w``); written into the
+            card so that scans of another kind are flagged before their map is read.
     Anomalies:
         p_anomaly: share of patches that get one; fpi_fraction: share of those that are FPI-style
         outliers (noise, deformation, shift, reflection) rather than foreign patches;
@@ -57,6 +59,8 @@ class UNetTrainConfig:
     device: str = "auto"
     tensorboard: bool = False
     data_licence: str = ""
+    modality: str = "MR"
+    contrast: str = "T1w"
 
     def validate(self) -> UNetTrainConfig:
         if not self.train:
@@ -65,6 +69,9 @@ class UNetTrainConfig:
             raise MedoodError("steps and batch_size must be >= 1")
         if not 0 <= self.p_anomaly <= 1 or not 0 <= self.fpi_fraction <= 1:
             raise MedoodError("p_anomaly and fpi_fraction must be within [0, 1]")
+        from napari_medood.device import check_device_name
+
+        self.device = check_device_name(self.device)
         if len(self.spacing) != 3 or len(self.patch) != 3:
             raise MedoodError("spacing and patch need three values")
         from napari_medood.models.unet import PRESETS
@@ -91,10 +98,13 @@ def _coerce(value: str) -> Any:
 
 
 def load_config(
-    path: str | os.PathLike | None = None, overrides: list[str] | None = None
-) -> UNetTrainConfig:
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    config_class: type = UNetTrainConfig,
+):
     """The configuration in ``path`` (YAML), then each ``key=value`` override (values are
-    YAML: ``steps=500``, ``spacing=[1,1,1]``); unknown keys are refused by name."""
+    YAML: ``steps=500``, ``spacing=[1,1,1]``), as a ``config_class``; unknown keys are
+    refused by name."""
     import yaml
 
     values: dict[str, Any] = {}
@@ -114,7 +124,7 @@ def load_config(
             raise MedoodError(f"override {item!r} is not key=value")
         key, text = item.split("=", 1)
         values[key.strip().replace("-", "_")] = _coerce(text)
-    known = {f.name for f in fields(UNetTrainConfig)}
+    known = {f.name for f in fields(config_class)}
     unknown = sorted(set(values) - known)
     if unknown:
         import difflib
@@ -125,5 +135,6 @@ def load_config(
             else u
             for u in unknown
         ]
-        raise MedoodError(f"unknown configuration keys: {', '.join(hints)}")
-    return UNetTrainConfig(**values).validate()
+        where = f"{path}: " if path is not None else ""
+        raise MedoodError(f"{where}unknown configuration keys: {', '.join(hints)}")
+    return config_class(**values).validate()

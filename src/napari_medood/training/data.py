@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_medood.io.cohort import Case
+from napari_medood.preprocessing.model_space import ModelSpace
+from napari_medood.preprocessing.profile import ScanProfile
 
 
 @dataclass
@@ -17,14 +19,15 @@ class ModelSpaceScan:
     name: str
     image: np.ndarray  # float32
     mask: np.ndarray  # bool
+    profile: ScanProfile | None = None
 
 
-def prepare_scans(cases: Sequence[Case], spacing: Sequence[float]) -> list[ModelSpaceScan]:
-    """Read, reorient, resample, normalise (1st-99th percentile in the brain) and mask."""
-    from napari_medood.detectors.unet import to_model_space
+def prepare_scans(cases: Sequence[Case], space: ModelSpace) -> list[ModelSpaceScan]:
+    """Read each normal scan and put it into ``space`` (the model space that the card will
+    describe): RAS, the model's spacing, normalised and masked."""
     from napari_medood.io.readers import read_volume
-    from napari_medood.preprocessing.intensity import normalise
     from napari_medood.preprocessing.masks import load_mask, mask_from_threshold
+    from napari_medood.preprocessing.profile import scan_profile
 
     scans = []
     for case in cases:
@@ -34,11 +37,31 @@ def prepare_scans(cases: Sequence[Case], spacing: Sequence[float]) -> list[Model
             if case.mask is not None
             else mask_from_threshold(volume.data, "otsu")
         )
-        image, model_mask, _, _ = to_model_space(volume, mask, spacing)
-        image = normalise(image, "percentile", model_mask)
-        image[~model_mask] = 0.0
-        scans.append(ModelSpaceScan(case.name, image.astype(np.float32), model_mask))
+        prepared = space.prepare(volume, mask)
+        profile = scan_profile(volume, mask, brain_mask=case.mask is not None)
+        scans.append(ModelSpaceScan(case.name, prepared.image, prepared.mask, profile))
     return scans
+
+
+def expected_scans(
+    scans: Sequence[ModelSpaceScan], space: ModelSpace, modality: str, contrast: str
+) -> dict:
+    """The card's ``expects`` entry: what the training scans were like, for the checks a
+    detector makes before it reads a scan (``detectors.compatibility``)."""
+    profiles = [scan.profile for scan in scans if scan.profile is not None]
+
+    def span(values):
+        values = [v for v in values if v is not None]
+        return [round(min(values), 3), round(max(values), 3)] if values else None
+
+    return {
+        "modality": modality,
+        "contrast": contrast,
+        "spacing_mm": list(space.spacing) if space.spacing is not None else None,
+        "foreground_ml": span(p.foreground_ml for p in profiles),
+        "deep_to_superficial": span(p.deep_to_superficial for p in profiles),
+        "scans": len(profiles),
+    }
 
 
 def random_patch(scan: ModelSpaceScan, size: Sequence[int], rng: np.random.Generator):

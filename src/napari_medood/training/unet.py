@@ -15,32 +15,24 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
 from napari_medood.errors import MedoodError
+from napari_medood.preprocessing.model_space import ModelSpace
 from napari_medood.training.config import UNetTrainConfig
+from napari_medood.training.registry import Trainer, TrainResult
+
+FAMILY = "unet3d"
 
 TRAIN_LOG_FIELDS = ("step", "loss", "lr", "seconds", "samples_per_second")
-
-
-@dataclass
-class TrainResult:
-    best: Path | None
-    best_ap: float | None
-    last_step: int
-    seconds: float
 
 
 def _setup_distributed(config: UNetTrainConfig):
     """``(rank, world, device)``; opens the process group under torchrun."""
     import torch
 
-    from napari_medood.detectors.unet import choose_device
+    from napari_medood.device import choose_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -50,19 +42,33 @@ def _setup_distributed(config: UNetTrainConfig):
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        # under torchrun each process takes the GPU of its local rank; alone, the one asked for
+        index = local_rank if world > 1 or device == "cuda" else int(device.split(":")[1])
+        torch.cuda.set_device(index)
+        device = f"cuda:{index}"
     return rank, world, device
 
 
+def model_space(config: UNetTrainConfig) -> ModelSpace:
+    """The model space of a run: what training applies and the card describes."""
+    return ModelSpace(spacing=tuple(float(s) for s in config.spacing))
+
+
 def model_card(
-    config: UNetTrainConfig, features, metrics: dict, training: dict, ds_heads: int | None = None
+    config: UNetTrainConfig,
+    features,
+    metrics: dict,
+    training: dict,
+    ds_heads: int | None = None,
+    expects: dict | None = None,
 ) -> dict:
-    """The card written beside the weights (preprocessing is what the detector replays)."""
+    """The card written beside the weights: its ``preprocessing`` is the model space that
+    training applied, which the detector replays."""
     return {
         "name": config.name,
+        "detector": FAMILY,
         "description": config.description,
         "method": "self-supervised 3D U-Net on synthetic anomalies (MOOD 2022 winner, mood22)",
         "architecture": {
@@ -73,15 +79,10 @@ def model_card(
             "convs_per_stage": 2,
             "ds_heads": ds_heads or min(4, len(features) - 1),
         },
-        "preprocessing": {
-            "orientation": "RAS (stored axes transposed/flipped, no resampling)",
-            "spacing": list(config.spacing),
-            "normalisation": {"method": "percentile", "lower": 1.0, "upper": 99.0},
-            "mask": "brain mask (given, else an Otsu head mask); intensities set to 0 outside",
-            "zero_outside_mask": True,
-            "roi": list(config.patch),
-        },
+        "preprocessing": {**model_space(config).to_card(), "roi": list(config.patch)},
         "inference": {"overlap": 0.5, "blend": "gaussian", "sample_score": "mean of top 100"},
+        "outputs": ["map", "score"],
+        "expects": expects or {},
         "training": training,
         "metrics": metrics,
     }
@@ -97,25 +98,17 @@ def _write_row(path: Path, row: dict, fields: tuple[str, ...]) -> None:
 
 
 def validate(model, card: dict, cases, device: str) -> dict:
-    """Pixel AP (MOOD, all brain voxels pooled) and sample AUROC of ``model`` on ``cases``."""
+    """Pixel AP (MOOD, all brain voxels pooled) and sample AUROC of ``model`` on ``cases``,
+    predicted and scored exactly as ``medood-eval`` does."""
     from napari_medood.detectors.unet import UNetDetector
-    from napari_medood.evaluation import EvalOptions, evaluate
-    from napari_medood.evaluation.predictions import Prediction
+    from napari_medood.evaluation import DetectorPredictions, EvalOptions, evaluate
 
     was_training = model.training
     model.eval()
     detector = UNetDetector.from_models([model], [card], device=device)
-
-    def predict(case):
-        from napari_medood.io.readers import read_volume
-        from napari_medood.preprocessing.masks import load_mask
-
-        volume = read_volume(case.image)
-        mask = load_mask(case.mask, volume.grid) if case.mask is not None else None
-        result = detector.predict(volume, mask)
-        return Prediction(result.anomaly_map.data, result.score)
-
-    result = evaluate(cases, predict, options=EvalOptions(bootstrap=0, fprs=()))
+    result = evaluate(
+        cases, DetectorPredictions(detector), options=EvalOptions(bootstrap=0, fprs=())
+    )
     if was_training:
         model.train()
     failed = result.settings["failed"]
@@ -141,7 +134,12 @@ def train_unet(
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.checkpoint import save_checkpoint
     from napari_medood.models.unet import PRESETS, UNet3DDeepSup, deep_supervision_loss
-    from napari_medood.training.data import OffsetSampler, SyntheticAnomalyPatches, prepare_scans
+    from napari_medood.training.data import (
+        OffsetSampler,
+        SyntheticAnomalyPatches,
+        expected_scans,
+        prepare_scans,
+    )
 
     config.validate()
     rank, world, device = _setup_distributed(config)
@@ -194,7 +192,9 @@ def train_unet(
     module = getattr(model, "module", model)
 
     train_cases = discover_cases(config.train, masks=config.masks)
-    scans = prepare_scans(train_cases, config.spacing)
+    space = model_space(config)
+    scans = prepare_scans(train_cases, space)
+    expects = expected_scans(scans, space, config.modality, config.contrast)
     val_cases = discover_cases(config.val) if config.val else []
     length = config.steps * config.batch_size * world
     dataset = SyntheticAnomalyPatches(
@@ -247,7 +247,9 @@ def train_unet(
     }
 
     def save_last(step: int, seconds: float) -> None:
-        card = model_card(config, features, {}, {**training_info, "steps_done": step})
+        card = model_card(
+            config, features, {}, {**training_info, "steps_done": step}, expects=expects
+        )
         save_checkpoint(module, last_dir, card)
         temp = last_dir / "state.pt.part"
         torch.save(
@@ -302,7 +304,7 @@ def train_unet(
                 seconds = elapsed_before + time.perf_counter() - started
                 if is_main:
                     if val_cases:
-                        card = model_card(config, features, {}, training_info)
+                        card = model_card(config, features, {}, training_info, expects=expects)
                         metrics = validate(module, card, val_cases, device)
                         _write_row(
                             out / "val_log.csv",
@@ -324,6 +326,7 @@ def train_unet(
                                         "steps_done": step,
                                         "seconds": round(seconds, 1),
                                     },
+                                    expects=expects,
                                 ),
                             )
                     save_last(step, seconds)
@@ -348,6 +351,7 @@ def train_unet(
                 features,
                 {},
                 {**training_info, "steps_done": step, "seconds": round(seconds, 1)},
+                expects=expects,
             ),
         )
     if world > 1:
@@ -355,19 +359,14 @@ def train_unet(
 
         dist.barrier()
         dist.destroy_process_group()
-    return TrainResult(best_dir if best_dir.exists() else None, best_ap, step, seconds)
+    return TrainResult(best_dir if best_dir.exists() else None, best_ap, "pixel AP", step, seconds)
 
 
-def summarize_log(path: Path) -> dict[str, Any]:
-    """First and last loss and the mean throughput of a train_log.csv."""
-    with open(path) as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return {}
-    losses = [float(r["loss"]) for r in rows]
-    rates = [float(r["samples_per_second"]) for r in rows[1:]] or [0.0]
-    return {
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
-        "samples_per_second": float(np.mean(rates)),
-    }
+TRAINER = Trainer(
+    config=UNetTrainConfig,
+    run=train_unet,
+    description="the self-supervised 3D U-Net of the MOOD 2022 winner, on synthetic anomalies "
+    "(foreign patches in random and real-lesion shapes, FPI-style outliers), with validation "
+    "AP on a labelled synthetic set",
+    example_config="configs/brain-t1-unet.yaml",
+)

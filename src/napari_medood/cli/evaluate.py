@@ -1,0 +1,198 @@
+"""``medood-eval``: score maps and sample scores against ground truth, or run a model and score
+it in one go."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from napari_medood.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    add_device_option,
+    add_mask_option,
+    add_model_option,
+    make_parser,
+    run_command,
+    say,
+)
+from napari_medood.errors import MedoodError
+
+PROG = "medood-eval"
+EPILOG = """\
+sets (LABELS): a MOOD-layout folder (pixel/data, pixel/label, sample/label, as medood-synth
+writes), a CSV with a Path column (and Label, Mask, Anomalous columns), a BIDS dataset
+(UAD-IMAG labels: <prefix>_seg-anomaly_mask.nii.gz beside <prefix>_T1w.nii.gz), or, with a
+predictions folder, a plain folder of label maps named like the maps (<case>.nii.gz) and/or
+sample labels (<case>.nii.gz.txt), as MOOD's own evaluator takes them.
+
+predictions: <case file name> maps and <case file name>.txt scores (MOOD); a missing or
+unreadable file counts as zeros, as in MOOD's evaluator, and is reported by name.
+
+writes REPORT/metrics.json, REPORT/cases.csv, REPORT/report.md and PNG plots.
+
+examples:
+  medood-eval predictions/ valset/ -o report/
+  medood-eval predictions/ labels/ -o report/
+  medood-eval --model intensity valset/ -o report/
+  medood-eval --model intensity --healthy ixi_t1/ --healthy-mask ixi_masks/ ms.csv -o r/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(
+        PROG,
+        "Score anomaly maps and sample scores against ground truth: MOOD pixel and sample AP, "
+        "AUROC, AUPRC, Dice at the best threshold and at thresholds calibrated on healthy "
+        "scans, OOD metrics with bootstrap intervals, bias tables; or run a model and score "
+        "it in one go.",
+        EPILOG,
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="PREDICTIONS LABELS",
+        help="a predictions folder and a labelled set (with --model: the labelled set only)",
+    )
+    parser.add_argument("-o", "--out", metavar="REPORT", help="folder for the report")
+    add_model_option(
+        parser,
+        "; it runs on the set's scans and its maps and scores are kept in REPORT/predictions",
+    )
+    add_device_option(parser)
+    add_mask_option(parser, what="the set")
+    parser.add_argument(
+        "--healthy",
+        metavar="SCANS",
+        help="healthy scans to calibrate thresholds on (default: the set's normal cases)",
+    )
+    add_mask_option(parser, "--healthy-mask", what="the --healthy scans")
+    parser.add_argument(
+        "--healthy-predictions",
+        metavar="DIR",
+        help="maps of the healthy scans (when not running a model)",
+    )
+    parser.add_argument(
+        "--participants",
+        metavar="TABLE",
+        action="append",
+        default=[],
+        help="participants CSV/TSV with age, sex, site (repeatable)",
+    )
+    parser.add_argument(
+        "--fprs",
+        default="0.01,0.05,0.1",
+        help="voxel false-positive rates for calibrated thresholds",
+    )
+    parser.add_argument(
+        "--all-voxels",
+        action="store_true",
+        help="count every voxel even where a brain mask is given (MOOD)",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for sample-level intervals"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--title", default="napari-medood evaluation", help="report title")
+    return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from napari_medood.batch import check_output_folder
+    from napari_medood.detectors import DetectorOptions, get_detector
+    from napari_medood.evaluation import DetectorPredictions, EvalOptions, FolderPredictions
+    from napari_medood.evaluation import evaluate as run_evaluation
+    from napari_medood.evaluation.bias import bias_tables
+    from napari_medood.evaluation.participants import read_participants
+    from napari_medood.evaluation.report import write_report
+    from napari_medood.io.cohort import discover_cases, discover_labels
+
+    expected = 1 if args.model else 2
+    if len(args.inputs) != expected or not args.out:
+        what = "a labelled set" if args.model else "a predictions folder and a labelled set"
+        raise MedoodError(f"give {what} and -o REPORT (see --help)")
+    out = check_output_folder(args.out)
+    if args.model:
+        detector = get_detector(args.model, DetectorOptions(args.device))
+        predict = DetectorPredictions(detector, out / "predictions")
+        labels = args.inputs[0]
+        cases = discover_cases(labels, masks=args.mask)
+    else:
+        predict = FolderPredictions(args.inputs[0])
+        labels = args.inputs[1]
+        cases = discover_labels(labels, masks=args.mask)
+    healthy, healthy_predict = [], None
+    if args.healthy:
+        healthy = discover_cases(args.healthy, masks=args.healthy_mask)
+        if args.model:
+            healthy_predict = DetectorPredictions(detector, out / "predictions_healthy")
+        elif args.healthy_predictions:
+            healthy_predict = FolderPredictions(args.healthy_predictions)
+        else:
+            raise MedoodError("--healthy needs --healthy-predictions (or --model)")
+    fprs = tuple(float(f) for f in args.fprs.split(",") if f.strip())
+    options = EvalOptions(
+        fprs=fprs, bootstrap=args.bootstrap, seed=args.seed, use_masks=not args.all_voxels
+    )
+    participants: dict = {}
+    for table in args.participants:
+        participants.update(read_participants(table))
+    with tqdm(
+        total=len(cases) + len(healthy), desc="evaluating", unit="case", file=sys.stderr
+    ) as bar:
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.n = done
+            bar.set_postfix_str(message[-30:], refresh=False)
+            bar.refresh()
+
+        result = run_evaluation(
+            cases, predict, healthy, healthy_predict, options, participants, progress
+        )
+    dice_key = (
+        "fpr5%"
+        if "fpr5%" in result.pixel.get("dice", {})
+        else ("sweep" if result.pixel.get("dice") else None)
+    )
+    fpr_key = next(iter(result.calibration.get("thresholds", {})), None)
+    bias = bias_tables(result.cases, dice_key, "fpr5%" if fpr_key else None)
+    written = write_report(result, out, args.title, bias, np.asarray(options.sweep))
+    pixel, sample = result.pixel, result.sample
+    parts = []
+    if pixel.get("ap") is not None:
+        parts.append(f"pixel AP {pixel['ap']:.3f}")
+    if pixel.get("dice"):
+        parts.append(f"best Dice {pixel['dice']['sweep']['dice_mean']:.3f}")
+    if sample.get("auroc") is not None:
+        parts.append(f"sample AUROC {sample['auroc']:.3f}")
+    failed = result.settings["failed"]
+    problems = result.settings["prediction_problems"]
+    scored = ", ".join(parts) or (
+        "nothing scored: no case had both a prediction and a label (LABELS must be a MOOD "
+        "layout, a CSV with Label/Anomalous columns, a BIDS dataset with UAD-IMAG labels, or "
+        "a folder of label maps named like the predictions; see --help)"
+    )
+    unusable = f", {len(problems)} with unusable predictions" if problems else ""
+    say(PROG, f"{scored}; {len(failed)} failed{unusable} -> {written['markdown']}")
+    for failure in failed:
+        say(PROG, f"failed: {failure['case']}: {failure['error']}")
+    if problems:
+        say(
+            PROG,
+            f"{len(problems)} of {len(result.cases)} cases were scored with predictions counted "
+            "as MOOD's evaluator counts them (missing or unreadable maps as zeros, unreadable "
+            "scores as 0):",
+        )
+        for entry in problems:
+            say(PROG, f"  {entry['case']}: {'; '.join(entry['problems'])}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``medood-eval``."""
+    return run_command(PROG, build_parser(), _eval, argv)

@@ -1,0 +1,183 @@
+"""``medood-predict``: an anomaly map or a sample score per scan, MOOD-style, at any scale."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from napari_medood.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    add_device_option,
+    add_mask_option,
+    add_model_option,
+    make_parser,
+    run_command,
+    say,
+)
+from napari_medood.errors import MedoodError
+
+PROG = "medood-predict"
+EPILOG = """\
+at scale: under torchrun each rank takes its share of the cases (one output per case, written
+atomically); --part-id/--num-parts does the same for scheduler arrays. Finished cases are
+skipped (an output that does not load is redone), so an interrupted run resumes; a failing
+case is reported and the others go on; the exit status is 2 if any case failed.
+  torchrun --nproc_per_node 4 $(which medood-predict) scans/ maps/
+  medood-predict --part-id $SLURM_ARRAY_TASK_ID --num-parts 100 cohort.csv maps/
+
+outputs (MOOD conventions):
+  --task pixel   OUTPUT/<input name>      anomaly map on the input's grid and affine, in [0, 1]
+                                          (non-NIfTI inputs: <name>.nii.gz)
+  --task sample  OUTPUT/<input name>.txt  one number: the sample's abnormality score
+
+examples:
+  medood-predict scan.nii.gz out/
+  medood-predict --model intensity --mask brain_mask.nii.gz scan.nii.gz out/
+  medood-predict --task sample --mask masks/ scans/ scores/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from napari_medood.io.formats import SUPPORTED_DESCRIPTION
+
+    parser = make_parser(
+        PROG,
+        "Detect anomalies in 3D scans and write an anomaly map or a score per scan.\n\n"
+        f"INPUT is one scan, one DICOM series folder, a folder of scans ({SUPPORTED_DESCRIPTION}), "
+        "a CSV with a Path column, or a BIDS dataset.",
+        EPILOG,
+    )
+    parser.add_argument("input", metavar="INPUT", nargs="?", help="scan file or folder")
+    parser.add_argument("output", metavar="OUTPUT", nargs="?", help="folder for the results")
+    add_model_option(parser, "; default: brain-t1-unet")
+    add_device_option(parser)
+    parser.add_argument(
+        "--overlap", type=float, default=None, help="sliding-window overlap (default: the card's)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="windows per forward pass (default: 1 on the CPU, 8 on a GPU)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("pixel", "sample"),
+        default="pixel",
+        help="what to write: a voxel-wise map or a sample score",
+    )
+    add_mask_option(parser)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute cases whose output already exists (default: skip them)",
+    )
+    parser.add_argument(
+        "--part-id",
+        type=int,
+        metavar="K",
+        help="with --num-parts: do only part K (0-based) of the cases, e.g. $SLURM_ARRAY_TASK_ID",
+    )
+    parser.add_argument(
+        "--num-parts", type=int, metavar="N", help="split the cases into N parts (K, K+N, ...)"
+    )
+    parser.add_argument("--verbose", action="store_true", help="print each case written")
+    parser.add_argument("--list-models", action="store_true", help="list the detectors and exit")
+    return parser
+
+
+def _list_models() -> int:
+    from napari_medood.detectors import available_models, default_model
+
+    default = default_model()
+    for name, description in available_models().items():
+        print(f"{name}{' (default)' if name == default else ''}: {description}")
+    return EXIT_OK
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.list_models:
+        return _list_models()
+    if args.input is None or args.output is None:
+        raise MedoodError("give an INPUT scan or folder and an OUTPUT folder (see --help)")
+
+    from tqdm import tqdm
+
+    from napari_medood.batch import (
+        check_output_folder,
+        check_task,
+        plan,
+        predict_cases,
+        remove_partial_writes,
+    )
+    from napari_medood.detectors import DetectorOptions, default_model, get_detector
+    from napari_medood.distributed import finish, gather, shard_from
+    from napari_medood.io.cohort import discover_cases
+
+    options = DetectorOptions(args.device, args.overlap, args.batch_size)
+    detector = get_detector(args.model or default_model(), options)
+    check_task(detector, args.task)  # a score-only detector cannot write maps: say so now
+    cases = discover_cases(args.input)
+    mask_arg = Path(args.mask) if args.mask else None
+    if mask_arg is not None and mask_arg.is_file() and len(cases) > 1:
+        raise MedoodError(
+            f"{mask_arg}: one mask file for {len(cases)} scans; pass a folder "
+            "with one mask per scan"
+        )
+    out_dir = check_output_folder(args.output)
+    shard = shard_from(args.part_id, args.num_parts)
+    prefix = f"{PROG}[{shard.label}]" if shard.world > 1 else PROG
+    try:
+        # shard the full, sorted case list: the same case always goes to the same part,
+        # whatever was finished before
+        work = plan(shard.take(cases), out_dir, args.task, args.overwrite)
+        if work.done:
+            say(
+                prefix,
+                f"{len(work.done)} of {len(work.todo) + len(work.done)} cases already have "
+                f"outputs in {out_dir}; skipped (use --overwrite to recompute)",
+            )
+        for case, problem in work.redo:
+            say(prefix, f"redoing {case.name}: its output {problem}")
+        remove_partial_writes(out_dir, work.todo, args.task)
+        bar = tqdm(
+            total=len(work.todo),
+            desc=f"{detector.name} ({args.task}) {shard.label}".strip(),
+            unit="scan",
+            disable=not work.todo,
+            file=sys.stderr,
+        )
+
+        def on_case(case, error, notes) -> None:
+            bar.update()
+            for note in notes:
+                tqdm.write(f"{prefix}: note: {case.name}: {note}", file=sys.stderr)
+            if error is not None:
+                tqdm.write(f"{prefix}: failed: {case.name}: {error}", file=sys.stderr)
+            elif args.verbose:
+                tqdm.write(f"{prefix}: wrote {case.name}", file=sys.stderr)
+
+        summary = predict_cases(work.todo, detector, out_dir, args.task, mask_arg, on_case=on_case)
+        bar.close()
+        everyone = gather((len(summary.written), len(work.done), summary.failed), shard)
+    finally:
+        finish(shard)
+    written = sum(w for w, _, _ in everyone)
+    skipped = sum(s for _, s, _ in everyone)
+    failed = [f for _, _, fs in everyone for f in fs]
+    if shard.rank == 0 or not shard.process_group:
+        scope = "" if shard.process_group or shard.world == 1 else f" ({shard.label})"
+        names = f": {', '.join(name for name, _ in failed)}" if failed else ""
+        say(
+            PROG,
+            f"{written} written, {skipped} skipped, {len(failed)} failed{names}{scope} -> {out_dir}",
+        )
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``medood-predict``."""
+    return run_command(PROG, build_parser(), _predict, argv)

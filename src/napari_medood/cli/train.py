@@ -1,0 +1,96 @@
+"""``medood-train METHOD``: train a detector family; each family brings its own trainer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from napari_medood.cli._common import EXIT_INTERRUPTED, EXIT_OK, make_parser, run_command, say
+from napari_medood.errors import MedoodError
+
+PROG = "medood-train"
+EPILOG = """\
+the configuration is YAML (see configs/); --set overrides any key:
+  medood-train unet --config configs/brain-t1-unet.yaml --set steps=200 --set device=cpu
+
+OUT/best holds the best checkpoint by validation (model.safetensors + card.json, usable with
+medood-predict --model OUT/best); OUT/last and OUT/state.pt let an interrupted run resume:
+run the same command again. Logs: OUT/train_log.csv, OUT/val_log.csv.
+
+several GPUs or machines (DDP), the same command under torchrun:
+  torchrun --nproc_per_node 4 $(which medood-train) unet --config cfg.yaml
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from napari_medood.training.registry import trainers
+
+    families = trainers()
+    methods = "; ".join(f"{method}: {family.description}" for method, family in families.items())
+    parser = make_parser(
+        PROG, f"Train a detector on normal (healthy) scans. METHOD is one of: {methods}.", EPILOG
+    )
+    parser.add_argument(
+        "method", nargs="?", metavar="METHOD", help=f"what to train: {', '.join(families)}"
+    )
+    parser.add_argument("--config", metavar="YAML", help="training configuration")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a configuration key"
+    )
+    parser.add_argument("--out", metavar="DIR", help="run folder (overrides the config's out)")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from napari_medood.training.registry import get_trainer, trainers
+
+    if args.method is None:
+        raise MedoodError(f"give the method to train: {', '.join(trainers())} (see --help)")
+    trainer = get_trainer(args.method)
+    from tqdm import tqdm
+
+    from napari_medood.training.config import load_config
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"out={args.out}")
+    config = load_config(args.config, overrides, trainer.config)
+    rank = int(os.environ.get("RANK", "0"))
+    bar = tqdm(
+        total=config.steps,
+        desc=f"training {config.name}",
+        unit="step",
+        file=sys.stderr,
+        disable=rank != 0,
+    )
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.n = done
+        bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+
+    try:
+        result = trainer.run(config, progress)
+    except KeyboardInterrupt:
+        bar.close()
+        say(PROG, f"interrupted; run the same command to resume from {config.out}")
+        return EXIT_INTERRUPTED
+    bar.close()
+    if rank == 0:
+        best = (
+            f"best validation {result.metric} {result.best_metric:.4f}"
+            if result.best_metric is not None
+            else "no validation set"
+        )
+        say(
+            PROG,
+            f"{result.last_step} steps in {result.seconds:.0f} s, {best}; checkpoint: {result.best}",
+        )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``medood-train``."""
+    return run_command(PROG, build_parser(), _train, argv)
