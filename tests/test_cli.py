@@ -167,3 +167,67 @@ def test_one_mask_file_for_several_scans_is_refused(ixi_t1, ixi_parcellation, tm
     assert predict_main(["--mask", str(ixi_parcellation), str(scans), str(tmp_path / "o")]) == 2
     assert "one mask file for 2 scans" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_resumed_run_redoes_outputs_that_do_not_load(ixi_t1, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz", "d.nii.gz"):
+        shutil.copy(ixi_t1, scans / name)
+    out = tmp_path / "maps"
+    assert predict_main(["--model", "intensity", str(scans), str(out)]) == 0
+    good = (out / "c.nii.gz").read_bytes()
+    (out / "a.nii.gz").write_bytes(b"")  # zero bytes
+    (out / "b.nii.gz").write_bytes(good[: len(good) // 3])  # truncated
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)), out / "d.nii.gz")
+    capsys.readouterr()
+    assert predict_main(["--model", "intensity", str(scans), str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "redoing a: its output a.nii.gz empty file" in err
+    assert "redoing b: its output b.nii.gz does not load" in err
+    assert "redoing d: its output d.nii.gz has shape (4, 5, 6), the input (120, 120, 90)" in err
+    assert "3 written, 1 skipped, 0 failed" in err
+    for name in ("a", "b", "d"):
+        assert (out / f"{name}.nii.gz").read_bytes() == good
+    # sample scores: an empty or unreadable score file is redone too
+    scores = tmp_path / "scores"
+    assert predict_main(["--model", "intensity", "--task", "sample", str(scans), str(scores)]) == 0
+    (scores / "a.nii.gz.txt").write_text("")
+    (scores / "b.nii.gz.txt").write_text("oops\n")
+    capsys.readouterr()
+    assert predict_main(["--model", "intensity", "--task", "sample", str(scans), str(scores)]) == 0
+    assert "2 written, 2 skipped, 0 failed" in capsys.readouterr().err
+    assert float((scores / "b.nii.gz.txt").read_text()) == float(
+        (scores / "c.nii.gz.txt").read_text()
+    )
+
+
+def test_an_unwritable_output_folder_is_named_before_any_case(ixi_t1, tmp_path, capsys):
+    import toy_family
+
+    toy_family.register()
+    try:
+        toy_family.write_checkpoint(tmp_path / "toy")
+        toy_family.ToyScoreDetector.runs = 0
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a folder")
+        out = blocker / "scores"
+        code = predict_main(
+            ["--task", "sample", "--model", str(tmp_path / "toy"), str(ixi_t1), str(out)]
+        )
+        assert code == 2
+        assert f"{out}: cannot write into this output folder" in capsys.readouterr().err
+        assert toy_family.ToyScoreDetector.runs == 0
+    finally:
+        toy_family.unregister()
+
+
+def test_scan_notes_are_printed_per_case(ms_t1, tmp_path, capsys):
+    flair = ms_t1.parent / ms_t1.name.replace("T1_", "FLAIR_")
+    assert (
+        predict_main(["--model", "brain-t1-unet", "--device", "cpu", str(flair), str(tmp_path)])
+        == 0
+    )
+    err = capsys.readouterr().err
+    case = flair.name.removesuffix(".nii.gz")
+    assert f"note: {case}: the name or header says FLAIR; brain-t1-unet was trained on T1w" in err

@@ -238,3 +238,94 @@ def test_lmdb_slice_cache_round_trip(tmp_path, ixi_t1):
 
     with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
         load_slice(pickle.dumps(Exploit()))
+
+
+def test_unusable_predictions_are_counted_as_mood_does_and_named(valset, tmp_path, capsys):
+    import warnings
+
+    predictions = tmp_path / "predictions"
+    data = str(valset / "pixel" / "data")
+    assert predict_main(["--model", "intensity", data, str(predictions)]) == 0
+    assert predict_main(["--model", "intensity", "--task", "sample", data, str(predictions)]) == 0
+    maps = sorted(predictions.glob("*.nii.gz"))
+    truncated, misshapen, missing, with_nan, bad_score = maps[:5]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    source = nib.load(misshapen)
+    nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.float32), source.affine), misshapen)
+    missing.unlink()
+    image = nib.load(with_nan)
+    values = image.get_fdata(dtype=np.float32)
+    values[0, 0, :5] = np.nan
+    nib.save(nib.Nifti1Image(values, image.affine), with_nan)
+    (predictions / f"{bad_score.name}.txt").write_text("n/a\n")
+    report = tmp_path / "report"
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw Python warning may escape
+        code = eval_main(["--bootstrap", "0", str(predictions), str(valset), "-o", str(report)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "0 failed, 5 with unusable predictions" in err
+    assert (
+        "5 of 9 cases were scored with predictions counted as MOOD's evaluator counts them" in err
+    )
+    expected = {
+        truncated: "unreadable map",
+        misshapen: "map of shape (10, 10, 10)",
+        missing: "missing map",
+        with_nan: "replaced 5 NaN and 0 infinite voxels out of",
+        bad_score: "unreadable score",
+    }
+    lines = err.splitlines()
+    for path, problem in expected.items():
+        case = path.name.removesuffix(".nii.gz")
+        [line] = [line for line in lines if line.startswith(f"medood-eval:   {case}:")]
+        assert problem in line
+    assert "Warning" not in err  # the NaN map is one line, not a warning with its source line
+    text = (report / "report.md").read_text()
+    assert "**cases with unusable predictions: 5**" in text
+    for path in expected:
+        assert path.name.removesuffix(".nii.gz") in text
+
+
+def test_a_plain_folder_of_labels_is_taken_as_moods_evaluator_takes_it(valset, tmp_path, capsys):
+    predictions = tmp_path / "predictions"
+    data = str(valset / "pixel" / "data")
+    assert predict_main(["--model", "intensity", data, str(predictions)]) == 0
+    assert predict_main(["--model", "intensity", "--task", "sample", data, str(predictions)]) == 0
+    labels = tmp_path / "labels"
+    shutil.copytree(valset / "pixel" / "label", labels)
+    for flag in (valset / "sample" / "label").iterdir():
+        shutil.copy(flag, labels / flag.name)
+    mood, plain = tmp_path / "mood", tmp_path / "plain"
+    assert (
+        eval_main(
+            ["--all-voxels", "--bootstrap", "0", str(predictions), str(valset), "-o", str(mood)]
+        )
+        == 0
+    )
+    assert (
+        eval_main(
+            ["--all-voxels", "--bootstrap", "0", str(predictions), str(labels), "-o", str(plain)]
+        )
+        == 0
+    )
+    expected = json.loads((mood / "metrics.json").read_text())
+    got = json.loads((plain / "metrics.json").read_text())
+    assert got["pixel"]["ap"] == pytest.approx(expected["pixel"]["ap"], abs=1e-12)
+    assert got["sample"]["auroc"] == pytest.approx(expected["sample"]["auroc"])
+    assert got["sample"]["cases"] == 9
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert eval_main([str(predictions), str(empty), "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: holds no labels: expected a MOOD layout" in err
+    assert "a folder of <case>.nii.gz label maps" in err
+
+
+def test_an_unwritable_report_folder_is_named_before_any_case(valset, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert eval_main(["--model", "intensity", str(valset), "-o", str(blocker / "report")]) == 2
+    assert f"{blocker / 'report'}: cannot write into this output folder" in capsys.readouterr().err

@@ -26,7 +26,8 @@ from typing import Any
 
 from napari_medood.errors import MedoodError, look_up_option
 
-Reference = str | Callable[..., Any]
+#: ``"package.module:attribute"``, or the object itself
+Reference = str | Callable[..., Any] | Any
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ def trainable_families() -> dict[str, Family]:
 
 
 def resolve(reference: Reference) -> Any:
-    """The object a ``"package.module:attribute.path"`` reference names (or the callable)."""
-    if callable(reference):
+    """The object a ``"package.module:attribute.path"`` reference names (or the object)."""
+    if not isinstance(reference, str):
         return reference
     module_name, _, attribute = str(reference).partition(":")
     target: Any = importlib.import_module(module_name)
