@@ -199,3 +199,30 @@ def test_widget_reports_bad_input_without_changing_anything(
     widget.load_lesion_masks([ms_lesions])
     wait_idle(qtbot, widget)
     assert widget.lesion_bank is not None and len(widget.lesion_bank) > 5
+
+
+@pytest.mark.gui
+def test_the_view_goes_to_each_new_anomaly(playground_widget, qtbot):
+    from napari_medood._napari._roles import GROUND_TRUTH, SCAN, role_of
+
+    viewer, widget, scan, mask = playground_widget
+    widget.seed_spin.setValue(4)
+    widget.random_button.click()
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    world = scan.data_to_world(np.asarray(widget.pending.centre, dtype=float))
+    assert viewer.dims.point[0] == pytest.approx(world[0], abs=scan.scale[0])
+    from napari_medood._napari._widgets._common import camera_of
+
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], world[1:], atol=1.0)
+    # the new layers say what they are: a scan, and its ground truth (drawn green)
+    assert role_of(widget._image_layer) == SCAN and role_of(widget._labels_layer) == GROUND_TRUTH
+    green = widget._labels_layer.colormap.map(np.array([1]))[0, :3]
+    assert green[1] > max(green[0], green[2])
+    # the source stays chosen although a newer scan appeared
+    assert widget.source_combo.current_layer() is scan
+    widget.go_check.setChecked(False)
+    viewer.dims.set_point(0, float(scan.translate[0]))
+    widget.random_button.click()
+    wait_idle(qtbot, widget)
+    assert viewer.dims.point[0] == pytest.approx(scan.translate[0])

@@ -44,7 +44,12 @@ class ToyScoreDetector(BaseDetector):
 
 def register() -> None:
     register_family(
-        Family(NAME, "toy: mean brain intensity vs training", ToyScoreDetector.from_checkpoints),
+        Family(
+            NAME,
+            "toy: mean brain intensity vs training",
+            ToyScoreDetector.from_checkpoints,
+            outputs=("score",),
+        ),
         replace=True,
     )
 

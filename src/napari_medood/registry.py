@@ -42,6 +42,9 @@ class Family:
         trainer: the family's :class:`~napari_medood.training.registry.Trainer` (None: the
             family is not trained by ``medood-train``).
         train_name: the ``medood-train`` method name (default: the family's name).
+        outputs: what its detectors give, ``("map", "score")``, ``("map",)`` or
+            ``("score",)``, for listings made before a checkpoint is loaded (the detector
+            itself declares the same).
     """
 
     name: str
@@ -50,6 +53,7 @@ class Family:
     architectures: Mapping[str, Reference] = field(default_factory=dict)
     trainer: Reference | None = None
     train_name: str | None = None
+    outputs: tuple[str, ...] = ("map", "score")
 
     @property
     def method(self) -> str:

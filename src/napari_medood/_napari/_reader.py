@@ -29,6 +29,28 @@ def looks_like_labels(volume: Volume) -> bool:
     return volume.source is not None and bool(_LABEL_NAME.search(volume.source.name))
 
 
+def layer_style(volume: Volume, kind: str) -> dict[str, Any]:
+    """The role a file's layer plays (``_roles``), and how it is drawn: scans grey, lesion
+    masks (ground truth) green."""
+    from napari_medood._napari._roles import (
+        ANOMALY_MAP,
+        GROUND_TRUTH,
+        label_colormap,
+        role_from_name,
+    )
+
+    name = volume.source.name if volume.source is not None else ""
+    if kind == "image":
+        role = role_from_name(name, is_labels=False)
+        colormap = "inferno" if role == ANOMALY_MAP else "gray"
+        return {"colormap": colormap, "metadata": {"medood_role": role}}
+    role = role_from_name(name, is_labels=True)
+    style: dict[str, Any] = {"metadata": {"medood_role": role} if role else {}}
+    if role == GROUND_TRUTH:
+        style["colormap"] = label_colormap(GROUND_TRUTH)
+    return style
+
+
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
     """Return a reader for ``path`` if napari-medood can read it, else None (never raises)."""
     paths = path if isinstance(path, list) else [path]
@@ -63,8 +85,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
             try:
                 volume = read_volume(one, nonfinite="zero")
                 kind = "labels" if looks_like_labels(volume) else "image"
-                extra = {} if kind == "labels" else {"colormap": "gray"}
-                layers.append(volume_to_layer_data(volume, kind, **extra))
+                layers.append(volume_to_layer_data(volume, kind, **layer_style(volume, kind)))
             except VolumeError as exc:
                 show_error(str(exc))
         for warning in caught:

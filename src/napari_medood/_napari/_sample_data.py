@@ -22,6 +22,7 @@ def sample_path(name: str = SAMPLE_T1):
 def make_sample_brain() -> list[tuple[Any, dict, str]]:
     """The IXI048 T1 scan and its brain mask (hidden), in millimetre world coordinates."""
     from napari_medood._napari._layers import volume_to_layer_data
+    from napari_medood._napari._roles import BRAIN_MASK, SCAN, with_role
     from napari_medood.io.readers import read_volume
 
     provenance = {"attribution": ATTRIBUTION}
@@ -29,7 +30,11 @@ def make_sample_brain() -> list[tuple[Any, dict, str]]:
     mask = read_volume(sample_path(SAMPLE_BRAIN_MASK))
     return [
         volume_to_layer_data(
-            image, "image", name="IXI048 T1 (2 mm)", colormap="gray", metadata=provenance
+            image,
+            "image",
+            name="IXI048 T1 (2 mm)",
+            colormap="gray",
+            metadata=with_role(provenance, SCAN),
         ),
         volume_to_layer_data(
             mask,
@@ -37,6 +42,6 @@ def make_sample_brain() -> list[tuple[Any, dict, str]]:
             name="IXI048 brain mask",
             visible=False,
             opacity=0.4,
-            metadata=provenance,
+            metadata=with_role(provenance, BRAIN_MASK),
         ),
     ]

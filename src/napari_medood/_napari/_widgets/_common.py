@@ -1,10 +1,17 @@
-"""Pieces shared by the dock widgets."""
+"""Pieces shared by the dock widgets: role-aware layer pickers, compact scrolling panels,
+elided labels, moving the view to a voxel, and the generator that runs core work off the GUI
+thread with progress and cancel."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QComboBox, QWidget
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+
+from napari_medood._napari._roles import DERIVED_KEY, role_of
 
 if TYPE_CHECKING:
     import napari
@@ -13,7 +20,13 @@ if TYPE_CHECKING:
 class LayerComboBox(QComboBox):
     """The viewer's layers of some types, following additions, removals and renames.
 
-    With ``none_label`` the first item stands for "no layer" (``current_layer()`` is None).
+    Args:
+        roles: roles this picker is for (``_roles``), best first: the default choice is the
+            newest layer with the first of them that fits ``like`` (same shape).
+        exclude: roles never listed (a lesion mask is never a brain mask).
+        none_label: a first item that stands for "no layer" (``current_layer()`` is None);
+            it is the default when no layer has one of ``roles``.
+        like: a callable giving the layer whose shape the choice must match.
     """
 
     def __init__(
@@ -22,44 +35,166 @@ class LayerComboBox(QComboBox):
         layer_types: tuple[type, ...],
         parent: QWidget | None = None,
         none_label: str | None = None,
+        roles: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        like: Callable[[], Any] | None = None,
     ):
         super().__init__(parent)
         self._viewer = viewer
         self._types = layer_types
         self._none_label = none_label
+        self._roles = tuple(roles)
+        self._exclude = tuple(exclude)
+        self._like = like
+        self._chosen_by_user = False
+        self._choosing = False
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.currentIndexChanged.connect(self._user_chose)
         viewer.layers.events.inserted.connect(self.refresh)
         viewer.layers.events.removed.connect(self.refresh)
         viewer.layers.events.moved.connect(self.refresh)
         self.refresh()
 
     def layers(self) -> list[Any]:
-        return [layer for layer in self._viewer.layers if isinstance(layer, self._types)]
+        return [
+            layer
+            for layer in self._viewer.layers
+            if isinstance(layer, self._types) and role_of(layer) not in self._exclude
+        ]
+
+    def _user_chose(self, index: int) -> None:
+        # a choice made outside refresh/choose_default (by the user, or by code on their
+        # behalf) is kept while its layer exists
+        if not self._choosing:
+            self._chosen_by_user = True
+
+    def default_layer(self) -> Any | None:
+        """The layer this picker would choose: the newest with the best role that fits."""
+        layers = self.layers()
+        like = self._like() if self._like is not None else None
+        fits = [
+            layer for layer in layers if like is None or np.shape(layer.data) == np.shape(like.data)
+        ]
+        for role in self._roles:
+            matching = [layer for layer in fits if role_of(layer) == role]
+            if matching:
+                return matching[-1]
+        if self._none_label is not None:
+            return None
+        return (fits or layers or [None])[-1]
+
+    def keep_current(self) -> None:
+        """Hold the current choice while layers come and go (as if the user had made it)."""
+        self._chosen_by_user = self.current_layer() is not None
+
+    def choose_default(self) -> None:
+        """Select :meth:`default_layer` (after the layer it must match changed)."""
+        layer = self.default_layer()
+        index = self.findData(layer) if layer is not None else (0 if self._none_label else -1)
+        self._choosing = True
+        try:
+            if index != self.currentIndex():
+                self.setCurrentIndex(index)
+        finally:
+            self._choosing = False
+        self._chosen_by_user = False
 
     def refresh(self, event: Any = None) -> None:
-        previous = self.currentData()  # may be a layer that was just removed
         current = self.current_layer()
         layers = self.layers()
         self.blockSignals(True)
+        previous = self.currentData()
         self.clear()
         if self._none_label is not None:
             self.addItem(self._none_label, None)
         for layer in layers:
             self.addItem(layer.name, layer)
+            self.setItemData(self.count() - 1, layer.name, Qt.ItemDataRole.ToolTipRole)
             # napari's event emitters hold bound methods weakly: no leak either way
             layer.events.name.connect(self.refresh)
-        if current not in layers and self._none_label is None:
-            # default: the newest layer of the first type (a scan before its labels)
-            preferred = [layer for layer in layers if isinstance(layer, self._types[0])]
-            current = (preferred or layers or [None])[-1]
-        index = self.findData(current) if current is not None else (0 if self._none_label else -1)
+        keep = current in layers and (self._chosen_by_user or current is self.default_layer())
+        if current not in layers:
+            self._chosen_by_user = False
+        target = current if keep else self.default_layer()
+        index = self.findData(target) if target is not None else (0 if self._none_label else -1)
         self.setCurrentIndex(index)
         self.blockSignals(False)
         if self.currentData() is not previous:
-            self.currentIndexChanged.emit(self.currentIndex())
+            self._choosing = True
+            try:
+                self.currentIndexChanged.emit(self.currentIndex())
+            finally:
+                self._choosing = False
 
     def current_layer(self) -> Any | None:
         layer = self.currentData()
         return layer if layer is not None and layer in self._viewer.layers else None
+
+
+class Panel(QWidget):
+    """A dock panel whose content scrolls: docked panels then never force the window taller
+    than the screen, whatever else is docked beside them."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.body = QWidget()
+        self.body.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(self.body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setMinimumHeight(120)
+
+
+class ElidedLabel(QLabel):
+    """One line that never widens its panel: long text ends in "..." and the whole text is
+    its tooltip (file paths, model descriptions)."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None):
+        super().__init__(parent)
+        self._full = ""
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(40)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+        self._full = str(text)
+        self.setToolTip(self._full)
+        self._elide()
+
+    def full_text(self) -> str:
+        return self._full
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        metrics = self.fontMetrics()
+        width = max(self.width(), 40)
+        shown = metrics.elidedText(self._full, Qt.TextElideMode.ElideMiddle, width)
+        super().setText(shown)
+
+
+def wrapping_label(text: str = "") -> QLabel:
+    """A label that wraps onto several lines and can be selected and copied."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+def unwrap(layer: Any) -> Any:
+    """The layer itself behind napari's plugin proxy (``viewer.add_*`` hands plugins a proxy;
+    the viewer's layer list and its events give the layer itself), so identity holds."""
+    return getattr(layer, "__wrapped__", layer)
 
 
 def placement_of(layer: Any) -> dict[str, Any]:
@@ -73,7 +208,14 @@ def placement_of(layer: Any) -> dict[str, Any]:
 
 
 def show_labels(
-    viewer: Any, existing: Any, data: Any, like: Any, name: str, opacity: float = 0.5
+    viewer: Any,
+    existing: Any,
+    data: Any,
+    like: Any,
+    name: str,
+    metadata: dict,
+    colormap: Any = None,
+    opacity: float = 0.5,
 ) -> Any:
     """Put ``data`` into ``existing`` (a Labels layer still in the viewer, same shape), or
     into a new Labels layer placed exactly over ``like``; returns the layer, renamed."""
@@ -81,22 +223,39 @@ def show_labels(
         existing.data = data
         layer = existing
     else:
-        layer = viewer.add_labels(
-            data, name=name, opacity=opacity, metadata=dict(like.metadata), **placement_of(like)
+        extra = {} if colormap is None else {"colormap": colormap}
+        layer = unwrap(
+            viewer.add_labels(
+                data, name=name, opacity=opacity, metadata=metadata, **extra, **placement_of(like)
+            )
         )
     layer.name = name
     return layer
 
 
-def pick_matching_mask(mask_combo: LayerComboBox, image: Any) -> None:
-    """Select the first Labels layer of the same shape as ``image`` (a brain mask, most
-    likely); the combo's first item must be its "no mask" entry."""
-    if image is None:
-        return
-    for index, layer in enumerate(mask_combo.layers()):
-        if layer.data.shape == image.data.shape:
-            mask_combo.setCurrentIndex(index + 1)
-            return
+def remove_derived(viewer: Any, layer: Any) -> None:
+    """Remove the layers made from ``layer`` (its threshold layers)."""
+    key = str(layer.unique_id)
+    for other in [x for x in viewer.layers if x.metadata.get(DERIVED_KEY) == key]:
+        viewer.layers.remove(other)
+
+
+def go_to_voxel(viewer: Any, layer: Any, voxel: Sequence[float]) -> None:
+    """Show the slice through ``voxel`` (data coordinates of ``layer``) and centre the view
+    on it."""
+    world = np.asarray(layer.data_to_world(np.asarray(voxel, dtype=float)), dtype=float)
+    displayed = list(viewer.dims.displayed)
+    for axis in range(min(viewer.dims.ndim, world.size)):
+        if axis not in displayed:
+            viewer.dims.set_point(axis, float(world[axis]))
+    centre = [float(world[axis]) for axis in displayed]
+    camera_of(viewer).center = tuple(centre)
+
+
+def camera_of(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
 
 
 def progress_generator(function, *args, cancel_event=None, **kwargs):

@@ -1,24 +1,28 @@
-"""The "Detect anomalies" dock widget: run a detector on a scan and look at where it fires.
+"""The "Detect anomalies" panel: run a detector on a scan and go to where it fires.
 
-Choose the scan (an Image layer), its brain mask (optional), the model (a shipped one, a
-baseline, or a checkpoint folder), the device and the window overlap; Run works off the GUI
-thread with a progress bar and a Cancel button. The result is an anomaly-map layer over the
-scan (inferno colormap, additive blending), its sample score (shown and kept in the layer's
-metadata), and a threshold slider that makes a Labels layer of the flagged voxels.
+Choose the scan and its brain mask (picked by role: never a lesion mask), the model (a
+shipped one, a baseline, or a checkpoint folder) and where it runs. Run works off the GUI
+thread in honest stages (reading the layers, the detector's own stages, preparing the
+result layers) with a progress bar and a Cancel button. The panel draws what the detector
+returns: an anomaly-map layer over the scan (inferno, additive, with a colour bar) and/or
+its sample score. "Go to peak" takes the view to the map's highest voxel; the threshold
+slider makes an orange Labels layer of the flagged voxels and says their volume in ml. What
+the user should know about the scan (another contrast than the model's, no brain mask, an
+oblique scan) is shown before the result. A second run replaces only the result of the same
+scan with the same model.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -29,24 +33,58 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_medood._napari._roles import (
+    ANOMALY_MAP,
+    BRAIN_MASK,
+    GROUND_TRUTH,
+    SCAN,
+    THRESHOLD,
+    label_colormap,
+    role_of,
+    with_role,
+)
 from napari_medood._napari._widgets._common import (
     LayerComboBox,
-    pick_matching_mask,
+    Panel,
+    go_to_voxel,
     placement_of,
     progress_generator,
+    remove_derived,
     show_labels,
+    wrapping_label,
 )
 
 if TYPE_CHECKING:
     import napari
 
-BROWSE = "__browse__"
+DETECTION_KEY = "medood_detection"
+READING, PREPARING = "reading the layers", "preparing the result layers"
+STEP_PAUSE_MS = 30
 
 
-class DetectWidget(QWidget):
-    """Dock widget over the detectors (``napari_medood.detectors``)."""
+@dataclass
+class DetectionOutcome:
+    """What the worker hands to the GUI thread: the result and layer data ready to add."""
+
+    result: Any
+    detector_name: str
+    outputs: tuple[str, ...]
+    score_text: str
+    map_layer: Any = None  # a napari Image layer, built off the GUI thread, not yet added
+    flagged: np.ndarray | None = None  # the voxels above the threshold, on the layer's grid
+    peak: tuple[int, int, int] | None = None
+
+
+def layer_state(layer: Any) -> dict[str, Any]:
+    """What ``layer_data_to_volume`` needs of a layer, read on the GUI thread (no copy)."""
+    return {**placement_of(layer), "metadata": dict(layer.metadata)}
+
+
+class DetectWidget(Panel):
+    """Dock panel over the detectors (``napari_medood.detectors``)."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox
         from napari.layers import Image, Labels
 
         super().__init__(parent)
@@ -56,26 +94,54 @@ class DetectWidget(QWidget):
         self.threshold_layer = None
         self.last_result = None
         self.last_error: str | None = None
+        self.notes: tuple[str, ...] = ()
         self._worker = None
         self._cancel = threading.Event()
+        self._source = None
+        self._model = ""
+        self._napari_progress = None
+        self._checkpoints: list[str] = []
+        self._pending_steps = 0
 
-        self.image_combo = LayerComboBox(napari_viewer, (Image,), self)
-        self.mask_combo = LayerComboBox(napari_viewer, (Labels,), self, none_label="Otsu head mask")
-        self.model_combo = QComboBox()
-        self.card_label = QLabel("")
-        self.card_label.setWordWrap(True)
-        self.device_combo = QComboBox()
-        self.overlap_spin = QDoubleSpinBox(minimum=0.0, maximum=0.9, value=0.5, singleStep=0.05)
-        self.replace_check = QCheckBox("replace the previous result", checked=True)
+        self.image_combo = LayerComboBox(
+            napari_viewer, (Image,), self, roles=(SCAN,), exclude=(ANOMALY_MAP,)
+        )
+        self.mask_combo = LayerComboBox(
+            napari_viewer,
+            (Labels,),
+            self,
+            none_label="none: Otsu head mask",
+            roles=(BRAIN_MASK,),
+            exclude=(GROUND_TRUTH, THRESHOLD),
+            like=self.image_combo.current_layer,
+        )
+        # magicgui builds the value widgets of the run options
+        self.model_choice = ComboBox(label="Model", choices=self._model_choices())
+        self.checkpoint_edit = FileEdit(label="Checkpoint", mode="d")
+        self.checkpoint_edit.tooltip = "add a checkpoint folder (card.json + model.safetensors)"
+        self.device_choice = ComboBox(label="Device", choices=self._device_choices())
+        self.overlap_spin = FloatSpinBox(
+            label="Window overlap", min=0.0, max=0.9, step=0.05, value=0.5
+        )
+        self.options = Container(
+            widgets=[self.model_choice, self.checkpoint_edit, self.device_choice, self.overlap_spin]
+        )
+        self.options.margins = (0, 0, 0, 0)
+        self.card_label = wrapping_label()
+        self.notes_label = wrapping_label()
+        self.notes_label.setStyleSheet("color: #ffb347;")
+        self.notes_label.hide()
+        self.replace_check = QCheckBox("replace this scan's result from this model", checked=True)
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = wrapping_label()
+        self.peak_button = QPushButton("Go to peak")
+        self.peak_button.setToolTip("show the slice through the map's highest voxel")
+        self.peak_button.setEnabled(False)
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, 100)
         self.slider.setValue(50)
@@ -83,150 +149,156 @@ class DetectWidget(QWidget):
         self.threshold_label = QLabel("threshold 0.50")
 
         form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Scan", self.image_combo)
         form.addRow("Brain mask", self.mask_combo)
-        form.addRow("Model", self.model_combo)
-        form.addRow("", self.card_label)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Window overlap", self.overlap_spin)
-        form.addRow("", self.replace_check)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         threshold = QHBoxLayout()
         threshold.addWidget(self.slider, 1)
         threshold.addWidget(self.threshold_label)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
+        layout.addWidget(self.options.native)
+        layout.addWidget(self.card_label)
+        layout.addWidget(self.replace_check)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
+        layout.addWidget(self.notes_label)
+        layout.addWidget(self.peak_button)
         layout.addWidget(QLabel("Flag voxels above"))
         layout.addLayout(threshold)
         layout.addStretch(1)
 
-        self._fill_models()
-        self._fill_devices()
-        self.model_combo.currentIndexChanged.connect(self._model_changed)
-        self.image_combo.currentIndexChanged.connect(self._pick_matching_mask)
+        from napari_medood.detectors import default_model
+
+        self.model_choice.value = default_model()
+        self.model_choice.changed.connect(self._model_changed)
+        self.checkpoint_edit.changed.connect(lambda value: self.add_checkpoint(value))
+        self.image_combo.currentIndexChanged.connect(self._scan_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.peak_button.clicked.connect(self.go_to_peak)
         self.slider.valueChanged.connect(self._threshold_changed)
-        self._pick_matching_mask()
+        napari_viewer.layers.events.removed.connect(self._layer_removed)
+        self._scan_changed()
         self._model_changed()
 
     # ------------------------------------------------------------------------- choices
-    def _fill_models(self) -> None:
-        from napari_medood.detectors import available_models, default_model
+    @staticmethod
+    def _model_choices(extra: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        from napari_medood.detectors import available_models
 
-        default = default_model()
-        for name, description in available_models().items():
-            self.model_combo.addItem(name, name)
-            self.model_combo.setItemData(
-                self.model_combo.count() - 1, description, Qt.ItemDataRole.ToolTipRole
-            )
-        self.model_combo.addItem("Browse for a checkpoint...", BROWSE)
-        self.model_combo.setCurrentIndex(self.model_combo.findData(default))
+        return [(name, name) for name in available_models()] + [(p, p) for p in extra]
 
-    def _fill_devices(self) -> None:
-        import importlib.util
+    @staticmethod
+    def _device_choices() -> list[tuple[str, str]]:
+        from napari_medood.device import available_devices
 
-        self.device_combo.addItem("auto", "auto")
-        self.device_combo.addItem("cpu", "cpu")
-        if importlib.util.find_spec("torch") is not None:
-            import torch
+        return available_devices()
 
-            if torch.cuda.is_available():
-                self.device_combo.addItem(f"cuda ({torch.cuda.get_device_name()})", "cuda")
-            mps = getattr(torch.backends, "mps", None)
-            if mps is not None and mps.is_available():
-                self.device_combo.addItem("mps", "mps")
+    @property
+    def device_combo(self):
+        return self.device_choice
 
-    def _pick_matching_mask(self, *args: Any) -> None:
-        pick_matching_mask(self.mask_combo, self.image_combo.current_layer())
+    def _scan_changed(self, *args: Any) -> None:
+        self.mask_combo.choose_default()
 
     def _model_changed(self, *args: Any) -> None:
         from napari_medood.models.checkpoint import read_card, resolve_model
+        from napari_medood.registry import FAMILIES, NAMED_DETECTORS
 
-        if self.model_combo.currentData() == BROWSE:
-            folder = QFileDialog.getExistingDirectory(self, "Checkpoint folder (card.json)")
-            if folder:
-                self.add_checkpoint(folder)
-            else:
-                self.model_combo.setCurrentIndex(0)
+        name = self.model_choice.value
+        if name in NAMED_DETECTORS:
+            self.card_label.setText(f"{NAMED_DETECTORS[name].description}. No training, no card.")
             return
-        name = self.model_combo.currentData()
         try:
             card = read_card(resolve_model(name))
-        except (ValueError, OSError):
-            self.card_label.setText("baseline: no training, no card")
+        except (ValueError, OSError) as exc:
+            self.card_label.setText(f"Cannot read this checkpoint: {exc}")
             return
         validation = card.get("metrics", {}).get("validation", {})
         ap = validation.get("pixel_ap")
-        self.card_label.setText(
-            f"{card.get('description', '')}\nspacing {card['preprocessing'].get('spacing')} mm"
-            + (f", validation pixel AP {ap:.3f}" if ap is not None else "")
-            + (f", trained on {card['training'].get('device')}" if card.get("training") else "")
-        )
+        expects = card.get("expects", {})
+        family = FAMILIES.get(card["detector"])
+        outputs = family.outputs if family is not None else ("unknown family",)
+        parts = [
+            str(card.get("description", card.get("name", ""))),
+            f"gives: {' + '.join(outputs)}",
+        ]
+        if expects.get("contrast"):
+            parts.append(f"for {expects.get('modality', '')} {expects['contrast']} scans".strip())
+        spacing = card.get("preprocessing", {}).get("spacing")
+        if spacing:
+            parts.append(f"works at {spacing[0]:g} mm")
+        if ap is not None:
+            parts.append(f"validation pixel AP {ap:.3f}")
+        if card.get("training", {}).get("device"):
+            parts.append(f"trained on {card['training']['device']}")
+        self.card_label.setText("; ".join(parts) + ".")
 
-    def add_checkpoint(self, folder: str) -> None:
+    def add_checkpoint(self, folder: str | Path) -> None:
         """Offer a checkpoint folder in the model list and select it."""
-        index = self.model_combo.findData(str(folder))
-        if index < 0:
-            self.model_combo.insertItem(self.model_combo.count() - 1, str(folder), str(folder))
-            index = self.model_combo.findData(str(folder))
-        self.model_combo.setCurrentIndex(index)
+        folder = str(folder)
+        if not folder or folder == ".":
+            return
+        if folder not in self._checkpoints:
+            self._checkpoints.append(folder)
+            self.model_choice.choices = self._model_choices(tuple(self._checkpoints))
+        self.model_choice.value = folder
 
     # ---------------------------------------------------------------------------- run
     def run(self) -> None:
         """Start the detector on the chosen scan, off the GUI thread."""
         from napari.qt.threading import create_worker
-
-        from napari_medood._napari._widgets.inspector import layer_volume
-        from napari_medood.detectors import get_detector
+        from napari.utils import progress
 
         if self._worker is not None:
             return
         source = self.image_combo.current_layer()
-        try:
-            if source is None:
-                raise ValueError("open a scan first (File > Open, or File > Open Sample)")
-            volume = layer_volume(source)
-            mask_layer = self.mask_combo.current_layer()
-            mask = None
-            if mask_layer is not None:
-                mask_volume = layer_volume(mask_layer)
-                if mask_volume.shape != volume.shape:
-                    raise ValueError(
-                        f"the mask '{mask_layer.name}' has shape "
-                        f"{mask_layer.data.shape}, the scan {source.data.shape}"
-                    )
-                mask = mask_volume.data > 0
-            model = self.model_combo.currentData()
-            device = self.device_combo.currentData()
-            overlap = self.overlap_spin.value()
-        except ValueError as exc:
-            self._fail(exc)
+        mask_layer = self.mask_combo.current_layer()
+        if source is None:
+            self._fail(ValueError("open a scan first (File > Open, or File > Open Sample)"))
             return
-
-        def detect(progress, cancelled):
-            detector = get_detector(model, device=device, overlap=overlap)
-            return detector.predict(volume, mask, progress=progress, cancelled=cancelled)
-
+        if mask_layer is not None and np.shape(mask_layer.data) != np.shape(source.data):
+            self._fail(
+                ValueError(
+                    f"the mask '{mask_layer.name}' has shape {np.shape(mask_layer.data)}, "
+                    f"the scan {np.shape(source.data)}"
+                )
+            )
+            return
+        # only references and small state are taken here: the volumes are built in the worker
+        job = {
+            "data": source.data,
+            "state": layer_state(source),
+            "mask_data": None if mask_layer is None else mask_layer.data,
+            "mask_state": None if mask_layer is None else layer_state(mask_layer),
+            "model": self.model_choice.value,
+            "device": self.device_choice.value,
+            "overlap": float(self.overlap_spin.value),
+            "name": f"{source.name} anomaly ({self.model_choice.value})",
+            "source_layer": source.name,
+            "source_id": str(source.unique_id),
+            "threshold": self.threshold,
+        }
         self._cancel = threading.Event()
         self._source = source
-        self._model = model
-        self.status.setText(f"running {model}...")
-        self.progress_bar.setRange(0, 0)  # busy until the first report
-        from napari.utils import progress
-
+        self._model = job["model"]
+        self.notes = ()
+        self.notes_label.hide()
+        self.status.setText(f"{self._model}: starting...")
+        self.progress_bar.setRange(0, 0)  # busy until the first count
         # napari's own bar too (activity dock), closed when the worker finishes
-        self._napari_progress = progress(total=0, desc=f"Detect anomalies: {model}")
+        self._napari_progress = progress(total=0, desc=f"Detect anomalies: {self._model}")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._worker = create_worker(
             progress_generator,
-            detect,
+            detect_job,
+            job,
             cancel_event=self._cancel,
             _connect={
                 "yielded": self._progress,
@@ -238,7 +310,7 @@ class DetectWidget(QWidget):
         )
 
     def cancel(self) -> None:
-        """Stop the running detector after its current window."""
+        """Stop the running detector at its next check (after the current window)."""
         if self._worker is not None:
             self._cancel.set()
             self._worker.quit()
@@ -246,29 +318,38 @@ class DetectWidget(QWidget):
 
     def _progress(self, report: tuple[int, int, str]) -> None:
         done, total, message = report
-        self.progress_bar.setRange(0, max(total, 1))
-        self.progress_bar.setValue(done)
-        self.status.setText(f"{self._model}: {message} {done}/{total}")
-        bar = getattr(self, "_napari_progress", None)
+        if total > 0:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(done)
+            text = f"{message}: {done}/{total}"
+        else:
+            self.progress_bar.setRange(0, 0)
+            text = message
+        self.status.setText(f"{self._model}: {text}")
+        bar = self._napari_progress
         if bar is not None:
-            bar.total = max(total, 1)
+            bar.total = max(total, 0)
             bar.n = done
-            bar.refresh()
+            bar.set_description(f"Detect anomalies: {message}")
+
+    def _reset_progress(self) -> None:
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
 
     def _finished(self) -> None:
         self._worker = None
-        bar = getattr(self, "_napari_progress", None)
-        if bar is not None:
-            bar.close()
+        if self._napari_progress is not None:
+            self._napari_progress.close()
             self._napari_progress = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if self.progress_bar.maximum() == 0:
-            self.progress_bar.setRange(0, 1)
+            self._reset_progress()
 
     def _aborted(self) -> None:
         self.status.setText("Cancelled: no result was added.")
         self.last_error = "cancelled"
+        self._reset_progress()
 
     def _fail(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
@@ -279,30 +360,223 @@ class DetectWidget(QWidget):
             self._aborted()
             return
         self.last_error = str(exc)
+        self._reset_progress()
         self.status.setText(f"Could not run the detector: {exc}")
         show_error(f"Detect anomalies: {exc}")
 
-    def _show(self, result) -> None:
-        from napari_medood._napari._layers import volume_to_layer_data
+    def _show(self, outcome: DetectionOutcome | None) -> None:
+        from napari.utils.notifications import show_warning
 
-        if result is None:  # quit before the end
+        if outcome is None:  # quit before the end
             return
+        result = outcome.result
         self.last_result = result
         self.last_error = None
+        self.notes = tuple(result.notes)
+        if self.notes:
+            self.notes_label.setText("Before you read this result:\n- " + "\n- ".join(self.notes))
+            self.notes_label.show()
+            show_warning(f"Detect anomalies ({outcome.detector_name}): " + " ".join(self.notes))
         source = self._source
-        score = result.score
-        metadata = {
-            **source.metadata,
-            "medood_detection": {
-                "model": self._model,
-                "score": score,
-                "scores": result.extras.get("scores", {}),
-                "source_layer": source.name,
-            },
-        }
-        data, kwargs, _ = volume_to_layer_data(
-            result.anomaly_map, "image", name=f"{source.name} anomaly ({self._model})"
+        self.status.setText(outcome.score_text)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1)
+        if outcome.map_layer is None or source not in self.viewer.layers:
+            if self.replace_check.isChecked():
+                self.remove_results(source, self._model)
+            self.map_layer = None
+            self.peak_button.setEnabled(False)
+            self.slider.setEnabled(False)
+            return
+        self._peak = outcome.peak
+        # Each step that makes napari build a visual runs in its own turn of the event
+        # loop, so that the window keeps responding while the result appears.
+        previous = self.find_result(source, self._model) if self.replace_check.isChecked() else None
+        self._run_steps(
+            [
+                lambda: self._place_map(outcome, source, previous),
+                self._show_colorbar,
+                lambda: self._show_flagged_volume(outcome.flagged),
+            ]
         )
+
+    def _run_steps(self, steps: list) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._pending_steps = len(steps)
+        if not steps:
+            return
+        first, rest = steps[0], steps[1:]
+        try:
+            first()
+        finally:
+            self._pending_steps = len(rest)
+        if rest:  # a pause lets the window draw and answer between the steps
+            QTimer.singleShot(STEP_PAUSE_MS, lambda: self._run_steps(rest))
+
+    @property
+    def busy(self) -> bool:
+        """A run, or the showing of its result, is under way."""
+        return self._worker is not None or self._pending_steps > 0
+
+    def _place_map(self, outcome: DetectionOutcome, source: Any, previous: Any) -> None:
+        layer = outcome.map_layer
+        if previous is not None and previous.data.shape == layer.data.shape:
+            # the same scan and model again: the existing layer takes the new map
+            previous.data = layer.data
+            previous.metadata = layer.metadata
+            previous.name = layer.name
+            self.map_layer = previous
+            threshold = [
+                x
+                for x in self.viewer.layers
+                if x.metadata.get("medood_derived_from") == str(previous.unique_id)
+            ]
+            self.threshold_layer = threshold[0] if threshold else None
+        else:
+            if previous is not None:
+                self.viewer.layers.remove(previous)
+            self.viewer.layers.append(layer)
+            self.map_layer = layer
+            self.threshold_layer = None
+        self.peak_button.setEnabled(outcome.peak is not None)
+        self.slider.setEnabled(True)
+
+    def _show_colorbar(self) -> None:
+        if self.map_layer is not None and self.map_layer in self.viewer.layers:
+            self.map_layer.colorbar.visible = True
+
+    def find_result(self, source: Any, model: str) -> Any | None:
+        """The map layer of ``model``'s result on ``source``, if there is one."""
+        key = str(source.unique_id)
+        found = [
+            layer
+            for layer in self.viewer.layers
+            if role_of(layer) == ANOMALY_MAP
+            and layer.metadata.get(DETECTION_KEY, {}).get("source_id") == key
+            and layer.metadata.get(DETECTION_KEY, {}).get("model") == model
+        ]
+        return found[-1] if found else None
+
+    def remove_results(self, source: Any, model: str) -> int:
+        """Remove the results of ``model`` on ``source`` (their maps and threshold layers)."""
+        key = str(source.unique_id)
+        old = [
+            layer
+            for layer in self.viewer.layers
+            if role_of(layer) == ANOMALY_MAP
+            and layer.metadata.get(DETECTION_KEY, {}).get("source_id") == key
+            and layer.metadata.get(DETECTION_KEY, {}).get("model") == model
+        ]
+        for layer in old:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)  # its threshold layers go with it
+        return len(old)
+
+    def _layer_removed(self, event: Any) -> None:
+        layer = event.value
+        if role_of(layer) == ANOMALY_MAP:
+            remove_derived(self.viewer, layer)
+        if layer is self.map_layer:
+            self.map_layer = None
+            self.threshold_layer = None
+            self.slider.setEnabled(False)
+            self.peak_button.setEnabled(False)
+
+    def go_to_peak(self) -> None:
+        """Show the slice through the map's highest voxel, centred."""
+        if self.map_layer is None or getattr(self, "_peak", None) is None:
+            return
+        go_to_voxel(self.viewer, self.map_layer, self._peak)
+        self.map_layer.visible = True
+
+    # ----------------------------------------------------------------------- threshold
+    @property
+    def threshold(self) -> float:
+        return self.slider.value() / 100.0
+
+    def _show_flagged_volume(self, flagged: np.ndarray | None) -> None:
+        """The volume above the threshold, before any Labels layer is made."""
+        layer = self.map_layer
+        if layer is None or flagged is None:
+            return
+        if self.threshold_layer is not None and self.threshold_layer in self.viewer.layers:
+            self._threshold_changed(self.slider.value())  # a re-run: the layer follows
+            return
+        self.threshold_label.setText(
+            f"threshold {self.threshold:.2f}: {self._millilitres(flagged, layer):.1f} ml"
+        )
+
+    @staticmethod
+    def _millilitres(flagged: np.ndarray, layer: Any) -> float:
+        return float(np.count_nonzero(flagged)) * float(np.prod(np.abs(layer.scale))) / 1000
+
+    def _threshold_changed(self, value: int) -> None:
+        """Moving the slider makes (or updates) the Labels layer of the flagged voxels."""
+        self.threshold_label.setText(f"threshold {value / 100:.2f}")
+        layer = self.map_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        flagged = (np.asarray(layer.data) > self.threshold).astype(np.uint8)
+        millilitres = self._millilitres(flagged, layer)
+        self.threshold_label.setText(f"threshold {value / 100:.2f}: {millilitres:.1f} ml")
+        source_name = layer.metadata.get(DETECTION_KEY, {}).get("source_layer", layer.name)
+        self.threshold_layer = show_labels(
+            self.viewer,
+            self.threshold_layer,
+            flagged,
+            layer,
+            f"{source_name} anomalies > {self.threshold:.2f}",
+            with_role(layer.metadata, THRESHOLD, derived_from=layer.unique_id),
+            colormap=label_colormap(THRESHOLD),
+        )
+
+
+def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
+    """The whole run, off the GUI thread: layers to volumes, the detector, layer data back."""
+    from napari_medood._napari._layers import layer_data_to_volume, volume_to_layer_data
+    from napari_medood._progress import Stages, check_cancelled
+    from napari_medood.detectors import get_detector
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(0, 0, message)
+
+    say(READING)
+    volume = layer_data_to_volume(np.asarray(job["data"]), job["state"])
+    mask = None
+    if job["mask_data"] is not None:
+        mask = layer_data_to_volume(np.asarray(job["mask_data"]), job["mask_state"]).data > 0
+    check_cancelled(cancelled)
+    say(f"loading {job['model']}")
+    detector = get_detector(job["model"], device=job["device"], overlap=job["overlap"])
+    result = detector.predict(volume, mask, progress=progress, cancelled=cancelled)
+    check_cancelled(cancelled)
+    Stages(progress, ()).report(PREPARING)
+    info = detector.score_info
+    score_text = (
+        "No sample score."
+        if result.score is None
+        else f"Sample score {result.score:.3f}: {info.describe()}."
+    )
+    outcome = DetectionOutcome(result, detector.name, tuple(detector.outputs), score_text)
+    if result.anomaly_map is not None:
+        state_metadata = job["state"]["metadata"]
+        metadata = with_role(
+            {
+                **state_metadata,
+                DETECTION_KEY: {
+                    "model": job["model"],
+                    "score": result.score,
+                    "scores": result.extras.get("scores", {}),
+                    "source_layer": job["source_layer"],
+                    "source_id": job["source_id"],
+                    "notes": list(result.notes),
+                },
+            },
+            ANOMALY_MAP,
+        )
+        data, kwargs, _ = volume_to_layer_data(result.anomaly_map, "image", name=job["name"])
         kwargs.update(
             colormap="inferno",
             blending="additive",
@@ -310,39 +584,14 @@ class DetectWidget(QWidget):
             opacity=0.8,
             metadata={**metadata, **kwargs["metadata"]},
         )
-        kwargs.update(placement_of(source))  # exactly over the scan, as it is shown
-        if self.replace_check.isChecked() and self.map_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.map_layer)
-            if self.threshold_layer in self.viewer.layers:
-                self.viewer.layers.remove(self.threshold_layer)
-            self.threshold_layer = None
-        self.map_layer = self.viewer.add_image(data, **kwargs)
-        self.slider.setEnabled(True)
-        text = "-" if score is None else f"{score:.3f}"
-        self.status.setText(
-            f"Sample score {text} (mean of the 100 highest voxels); "
-            f"{result.extras.get('windows', {}).get('windows_run', '')} windows "
-            f"on {result.extras.get('device', 'cpu')}."
-        )
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(1)
-        self._threshold_changed(self.slider.value())
+        from napari.layers import Image
 
-    # ----------------------------------------------------------------------- threshold
-    @property
-    def threshold(self) -> float:
-        return self.slider.value() / 100.0
-
-    def _threshold_changed(self, value: int) -> None:
-        self.threshold_label.setText(f"threshold {value / 100:.2f}")
-        layer = self.map_layer
-        if layer is None or layer not in self.viewer.layers:
-            return
-        flagged = (np.asarray(layer.data) > self.threshold).astype(np.uint8)
-        self.threshold_layer = show_labels(
-            self.viewer,
-            self.threshold_layer,
-            flagged,
-            layer,
-            f"{self._source.name} anomalies > {self.threshold:.2f}",
-        )
+        # exactly over the scan, as it is shown
+        kwargs.update({k: v for k, v in job["state"].items() if k != "metadata"})
+        outcome.map_layer = Image(data, **kwargs)
+        outcome.flagged = (data > job["threshold"]).astype(np.uint8)
+        outcome.peak = tuple(int(v) for v in np.unravel_index(int(np.argmax(data)), data.shape))
+        windows = result.extras.get("windows", {}).get("windows_run")
+        where = f" {windows} windows on {result.extras.get('device')}." if windows else ""
+        outcome.score_text += where
+    return outcome

@@ -1,10 +1,13 @@
-"""The "Evaluate" dock widget: how good is an anomaly map against a ground-truth label layer?
+"""The "Evaluate" panel: how good is an anomaly map against a ground-truth label layer?
 
 Pick the anomaly map (an Image layer with values in [0, 1]), the ground truth (a Labels layer,
-any label > 0 is abnormal) and optionally a brain mask; Compute counts the voxels once (off the
-GUI thread, with the MOOD challenge's semantics) and shows AP and AUROC, the precision-recall
-curve, and Dice, precision and recall at the threshold of the slider. Moving the slider updates
-a Labels layer of the voxels at or above the threshold, placed over the map.
+any label > 0 is abnormal) and optionally a brain mask; each picker starts at the layer with
+that role (threshold layers are never offered as ground truth, lesion masks never as brain
+masks). Compute counts the voxels once (off the GUI thread, with the MOOD challenge's
+semantics) and shows AP and AUROC, the precision-recall curve, and Dice, precision and recall
+at the threshold of the slider. Moving the slider updates an orange Labels layer of the voxels
+at or above the threshold, over the map (ground truth shows in green). When one of its layers
+is removed the panel clears its numbers and its threshold layer.
 """
 
 from __future__ import annotations
@@ -17,14 +20,26 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QPushButton,
     QSlider,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_medood._napari._widgets._common import LayerComboBox, show_labels
+from napari_medood._napari._roles import (
+    ANOMALY_MAP,
+    BRAIN_MASK,
+    GROUND_TRUTH,
+    THRESHOLD,
+    label_colormap,
+    with_role,
+)
+from napari_medood._napari._widgets._common import (
+    LayerComboBox,
+    Panel,
+    show_labels,
+    wrapping_label,
+)
 from napari_medood.evaluation.metrics import CaseCounts, best_dice_sweep
 
 if TYPE_CHECKING:
@@ -41,7 +56,7 @@ def _compute_counts(
     return VoxelHistogram().add(anomaly_map, truth > 0, mask)
 
 
-class EvaluateWidget(QWidget):
+class EvaluateWidget(Panel):
     """Dock widget: voxel metrics of an anomaly map against a label layer, with a live threshold."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
@@ -57,9 +72,25 @@ class EvaluateWidget(QWidget):
         self._map_layer = None
         self._mask = None
 
-        self.map_combo = LayerComboBox(napari_viewer, (Image,), self)
-        self.truth_combo = LayerComboBox(napari_viewer, (Labels,), self)
-        self.mask_combo = LayerComboBox(napari_viewer, (Labels,), self, none_label="all voxels")
+        self.map_combo = LayerComboBox(napari_viewer, (Image,), self, roles=(ANOMALY_MAP,))
+        self.truth_combo = LayerComboBox(
+            napari_viewer,
+            (Labels,),
+            self,
+            none_label="choose the ground truth",
+            roles=(GROUND_TRUTH,),
+            exclude=(THRESHOLD, BRAIN_MASK),
+            like=self.map_combo.current_layer,
+        )
+        self.mask_combo = LayerComboBox(
+            napari_viewer,
+            (Labels,),
+            self,
+            none_label="all voxels",
+            roles=(BRAIN_MASK,),
+            exclude=(THRESHOLD, GROUND_TRUTH),
+            like=self.map_combo.current_layer,
+        )
         self.compute_button = QPushButton("Compute")
         self.best_button = QPushButton("Best Dice")
         self.best_button.setEnabled(False)
@@ -69,9 +100,7 @@ class EvaluateWidget(QWidget):
         self.threshold_spin = QDoubleSpinBox(
             minimum=0.0, maximum=1.0, value=0.5, singleStep=0.01, decimals=3
         )
-        self.metrics_label = QLabel("Choose a map and its ground truth, then Compute.")
-        self.metrics_label.setWordWrap(True)
-        self.metrics_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.metrics_label = wrapping_label("Choose a map and its ground truth, then Compute.")
 
         form = QFormLayout()
         form.addRow("Anomaly map", self.map_combo)
@@ -84,7 +113,7 @@ class EvaluateWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.compute_button)
         buttons.addWidget(self.best_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.metrics_label)
@@ -100,6 +129,36 @@ class EvaluateWidget(QWidget):
         self.best_button.clicked.connect(self.use_best_dice)
         self.slider.valueChanged.connect(lambda v: self.threshold_spin.setValue(v / SLIDER_STEPS))
         self.threshold_spin.valueChanged.connect(self._threshold_changed)
+        self.map_combo.currentIndexChanged.connect(self._map_changed)
+        napari_viewer.layers.events.removed.connect(self._layer_removed)
+        self._layers_used: tuple = ()
+
+    def _map_changed(self, *args) -> None:
+        self.truth_combo.choose_default()
+        self.mask_combo.choose_default()
+
+    def _layer_removed(self, event) -> None:
+        """A layer the numbers came from is gone: clear them and the threshold layer."""
+        layer = event.value
+        if layer is self._threshold_layer:
+            self._threshold_layer = None
+            return
+        if self.counts is None or not any(layer is used for used in self._layers_used):
+            return
+        self.clear(f"'{layer.name}' was removed; choose the layers and Compute again.")
+
+    def clear(self, message: str = "Choose a map and its ground truth, then Compute.") -> None:
+        """Forget the computed numbers and remove the panel's threshold layer."""
+        self.counts = None
+        self._map_layer = None
+        self._mask = None
+        self._layers_used = ()
+        self.best_button.setEnabled(False)
+        if self._threshold_layer is not None and self._threshold_layer in self.viewer.layers:
+            self.viewer.layers.remove(self._threshold_layer)
+        self._threshold_layer = None
+        self.metrics_label.setText(message)
+        self._draw_curve()
 
     # ---------------------------------------------------------------------------- plot
     def _make_plot(self):
@@ -170,6 +229,7 @@ class EvaluateWidget(QWidget):
             self._fail(exc)
             return
         self._map_layer, self._mask = map_layer, mask
+        self._layers_used = tuple(x for x in (map_layer, truth_layer, mask_layer) if x is not None)
         self.metrics_label.setText("computing...")
         self.compute_button.setEnabled(False)
         self._worker = create_worker(
@@ -268,5 +328,7 @@ class EvaluateWidget(QWidget):
             flagged.astype(np.uint8),
             layer,
             f"{layer.name} >= {self.threshold:.3f}",
+            with_role(layer.metadata, THRESHOLD, derived_from=layer.unique_id),
+            colormap=label_colormap(THRESHOLD),
             opacity=0.6,
         )

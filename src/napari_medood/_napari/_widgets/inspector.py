@@ -1,8 +1,8 @@
-"""The "Anomaly inspector" dock widget: the plugin's home panel.
+"""The "Anomaly inspector" panel: where the chosen scan sits in the world.
 
-It follows the scan chosen in its layer list and shows where that scan sits in the world
-(voxels, spacing, orientation, field of view) and its intensities. The detection, playground
-and evaluation panels are added to its tabs as they are built.
+It follows the scan chosen in its layer list and shows its file, voxels, spacing,
+orientation, field of view and intensities. It is the first tab of the MedOOD dock
+(``main.py``) and can be opened on its own.
 """
 
 from __future__ import annotations
@@ -10,17 +10,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QFormLayout,
-    QLabel,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from napari_medood._napari._layers import METADATA_KEY, layer_data_to_volume
-from napari_medood._napari._widgets._common import LayerComboBox
+from napari_medood._napari._roles import SCAN
+from napari_medood._napari._widgets._common import (
+    ElidedLabel,
+    LayerComboBox,
+    Panel,
+    wrapping_label,
+)
 from napari_medood.io.volume import Volume
 
 if TYPE_CHECKING:
@@ -74,8 +73,8 @@ def describe_volume(volume: Volume, metadata: dict | None = None) -> list[tuple[
     return rows
 
 
-class AnomalyInspector(QWidget):
-    """Dock widget: pick a scan and see its geometry; later panels add detection tools."""
+class AnomalyInspector(Panel):
+    """Dock panel: pick a scan and see its geometry and intensities."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         from napari.layers import Image, Labels
@@ -83,30 +82,29 @@ class AnomalyInspector(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.setObjectName("medood-anomaly-inspector")
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         picker = QFormLayout()
-        self.layer_combo = LayerComboBox(napari_viewer, (Image, Labels), self)
+        self.layer_combo = LayerComboBox(napari_viewer, (Image, Labels), self, roles=(SCAN,))
         picker.addRow("Scan", self.layer_combo)
         layout.addLayout(picker)
-
-        self.tabs = QTabWidget(self)
-        self.scan_tab = QWidget()
-        self.scan_form = QFormLayout(self.scan_tab)
-        self.tabs.addTab(self.scan_tab, "Scan")
-        layout.addWidget(self.tabs)
+        self.scan_form = QFormLayout()
+        self.scan_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        layout.addLayout(self.scan_form)
         layout.addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._show_scan)
         self._show_scan()
 
     def scan_rows(self) -> dict[str, str]:
-        """What the Scan tab shows now, label -> text."""
+        """What the panel shows now, label -> full text (also of elided rows)."""
         rows = {}
         for row in range(self.scan_form.rowCount()):
             label = self.scan_form.itemAt(row, QFormLayout.ItemRole.LabelRole)
             field = self.scan_form.itemAt(row, QFormLayout.ItemRole.FieldRole)
             if label is not None and field is not None:
-                rows[label.widget().text()] = field.widget().text()
+                value = field.widget()
+                text = value.full_text() if isinstance(value, ElidedLabel) else value.text()
+                rows[label.widget().text()] = text
         return rows
 
     def _show_scan(self, *args: Any) -> None:
@@ -116,7 +114,7 @@ class AnomalyInspector(QWidget):
         if layer is None:
             self.scan_form.addRow(
                 QLabel("No scan"),
-                QLabel("open a 3D scan (File > Open) or File > Open Sample > MedOOD"),
+                wrapping_label("open a 3D scan (File > Open) or File > Open Sample > MedOOD"),
             )
             return
         try:
@@ -124,7 +122,6 @@ class AnomalyInspector(QWidget):
         except ValueError as exc:
             rows = [("Not a 3D scan", str(exc))]
         for name, text in rows:
-            value = QLabel(text)
-            value.setWordWrap(True)
-            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            # a path has no spaces to wrap at: elide it (the tooltip holds all of it)
+            value = ElidedLabel(text) if name == "File" else wrapping_label(text)
             self.scan_form.addRow(QLabel(name), value)

@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGridLayout,
-    QLabel,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -30,10 +29,22 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medood._napari._layers import DISPLAY_AXCODES, METADATA_KEY
+from napari_medood._napari._roles import (
+    ANOMALY_MAP,
+    BRAIN_MASK,
+    GROUND_TRUTH,
+    SCAN,
+    THRESHOLD,
+    label_colormap,
+    with_role,
+)
 from napari_medood._napari._widgets._common import (
     LayerComboBox,
-    pick_matching_mask,
+    Panel,
+    go_to_voxel,
     placement_of,
+    unwrap,
+    wrapping_label,
 )
 from napari_medood.synth.playground import TEXTURE_LABELS, AnomalySettings, Placement, Playground
 
@@ -50,7 +61,7 @@ EDGE_LABELS = {1: "hard", 3: "soft (3 voxels)", 5: "softer (5 voxels)", 7: "soft
 PENDING_LABEL = 99  # label value of an anomaly shown but not committed
 
 
-class PlaygroundWidget(QWidget):
+class PlaygroundWidget(Panel):
     """Dock widget over :class:`~napari_medood.synth.playground.Playground`."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
@@ -70,8 +81,18 @@ class PlaygroundWidget(QWidget):
         self.lesion_bank = None  # None: the bank shipped with napari-medood
 
         form = QFormLayout()
-        self.source_combo = LayerComboBox(napari_viewer, (Image,), self)
-        self.mask_combo = LayerComboBox(napari_viewer, (Labels,), self, none_label="voxels > 0")
+        self.source_combo = LayerComboBox(
+            napari_viewer, (Image,), self, roles=(SCAN,), exclude=(ANOMALY_MAP,)
+        )
+        self.mask_combo = LayerComboBox(
+            napari_viewer,
+            (Labels,),
+            self,
+            none_label="voxels > 0",
+            roles=(BRAIN_MASK,),
+            exclude=(GROUND_TRUTH, THRESHOLD),
+            like=self.source_combo.current_layer,
+        )
         self.shape_combo = self._combo(SHAPE_LABELS)
         self.size_spin = QDoubleSpinBox(minimum=1.0, maximum=500.0, value=20.0, suffix=" mm")
         self.alpha_spin = QDoubleSpinBox(minimum=0.05, maximum=1.0, value=0.8, singleStep=0.05)
@@ -115,12 +136,13 @@ class PlaygroundWidget(QWidget):
             )
         ):
             buttons.addWidget(button, index // 2, index % 2)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.go_check = QCheckBox("go to each new anomaly", checked=True)
+        self.status = wrapping_label()
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        layout.addWidget(self.go_check)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
@@ -158,7 +180,7 @@ class PlaygroundWidget(QWidget):
         )
 
     def _pick_matching_mask(self) -> None:
-        pick_matching_mask(self.mask_combo, self.source_combo.current_layer())
+        self.mask_combo.choose_default()
 
     def _update_enabled(self, *args: Any) -> None:
         busy = self._worker is not None
@@ -275,6 +297,8 @@ class PlaygroundWidget(QWidget):
         shown[placement.label] = PENDING_LABEL
         image.refresh()
         labels.refresh()
+        if self.go_check.isChecked():
+            go_to_voxel(self.viewer, self._image_layer, placement.centre)
         self.last_error = None
         self.status.setText(
             f"Preview at voxel {list(placement.centre)}: {placement.params['voxels']} voxels "
@@ -294,22 +318,30 @@ class PlaygroundWidget(QWidget):
         if len(alive) == 2:
             return self._image_layer, self._labels_layer
         placement = placement_of(source)
+        # the new scan must not take the place of its source in the pickers
+        self.source_combo.keep_current()
+        self.mask_combo.keep_current()
         metadata = dict(source.metadata)
         metadata["medood_playground"] = {"source_layer": source.name}
-        self._image_layer = self.viewer.add_image(
-            session.result.copy(),
-            name=f"{source.name} + anomalies",
-            colormap="gray",
-            contrast_limits=source.contrast_limits,
-            metadata=dict(metadata),
-            **placement,
+        self._image_layer = unwrap(
+            self.viewer.add_image(
+                session.result.copy(),
+                name=f"{source.name} + anomalies",
+                colormap="gray",
+                contrast_limits=source.contrast_limits,
+                metadata=with_role(metadata, SCAN),
+                **placement,
+            )
         )
-        self._labels_layer = self.viewer.add_labels(
-            session.labels.copy(),
-            name=f"{source.name} anomaly labels",
-            opacity=0.8,
-            metadata=dict(metadata),
-            **placement,
+        self._labels_layer = unwrap(
+            self.viewer.add_labels(
+                session.labels.copy(),
+                name=f"{source.name} anomaly labels",
+                opacity=0.8,
+                metadata=with_role(metadata, GROUND_TRUTH),
+                colormap=label_colormap(GROUND_TRUTH, {PENDING_LABEL: "#ffdc00"}),
+                **placement,
+            )
         )
         self._labels_layer.contour = 1  # outlines: the anomaly itself stays visible
         return self._image_layer, self._labels_layer
