@@ -39,15 +39,14 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     assert widget.mask_combo.current_layer() is mask  # the brain mask was picked by its role
     widget.run_button.click()
     assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
-    assert widget._napari_progress is not None  # napari's progress bar runs too
     wait(qtbot, widget)
-    assert widget._napari_progress is None
     assert widget.last_error is None, widget.last_error
     assert widget.notes == ()  # a T1 brain with its mask: nothing to warn about
     assert not widget.notes_label.isVisible()
     layer = widget.map_layer
     assert layer in viewer.layers and layer.colormap.name == "inferno"
-    assert role_of(layer) == ANOMALY_MAP and layer.colorbar.visible
+    assert role_of(layer) == ANOMALY_MAP
+    assert widget.colour_bar.isVisibleTo(widget)  # what the map's colours mean, by the slider
     assert layer.blending == "additive"
     np.testing.assert_allclose(layer.scale, scan.scale)
     np.testing.assert_allclose(layer.translate, scan.translate)
@@ -61,6 +60,7 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     assert role_of(scan) == "scan" and "medood_detection" not in scan.metadata
     # the threshold slider makes an orange Labels layer of the flagged voxels, in ml
     widget.slider.setValue(30)
+    assert widget.colour_bar.marker == pytest.approx(0.3)
     flagged = widget.threshold_layer
     assert role_of(flagged) == THRESHOLD
     np.testing.assert_array_equal(flagged.data.astype(bool), layer.data > 0.3)

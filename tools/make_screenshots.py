@@ -1,22 +1,30 @@
 """Screenshots for the README, taken from a real napari window.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python tools/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" python tools/make_screenshots.py [--shared DIR]
 
-Writes docs/images/napari-inspector.png (the bundled IXI sample opened through the plugin,
-an axial slice, and the Anomaly inspector dock) and docs/images/napari-playground.png (the
-Anomaly playground with two committed anomalies and a pending preview) and
-docs/images/napari-detect.png (the shipped model finding an anomaly made in the playground).
+Writes, into docs/images/:
+- napari-inspector.png: the bundled IXI sample opened through the plugin, an axial slice,
+  and the MedOOD dock on its Scan tab;
+- napari-playground.png: the Anomaly playground with two committed anomalies (green) and a
+  pending preview (yellow);
+- napari-detect.png: the MedOOD dock's Detect tab: the shipped model on an anomaly made in
+  the playground, the view at the map's peak, its colour bar, the flagged voxels in orange;
+- napari-detect-flair.png: the shipped T1 model on an MS patient's FLAIR scan (from
+  ../shared/data): the panel says what is wrong before the map is read, the lesions (ground
+  truth) are green and were not taken as the brain mask.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 import napari
 from qtpy.QtWidgets import QApplication
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "docs" / "images"
 
 
 def settle(seconds: float = 0.5) -> None:
@@ -32,7 +40,8 @@ def inspector() -> None:
     scan, _ = viewer.open_sample("napari-medood", "ixi_brain_t1")
     viewer.layers.selection.active = scan
     viewer.dims.set_point(0, viewer.dims.range[0].start + 52 * 2.0)
-    viewer.window.add_plugin_dock_widget("napari-medood", "Anomaly inspector")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-medood", "MedOOD (all panels)")
+    dock.setCurrentWidget(dock.inspector)
     viewer.reset_view()
     settle()
     viewer.screenshot(str(OUT / "napari-inspector.png"), canvas_only=False, flash=False)
@@ -64,14 +73,20 @@ def playground() -> None:
     viewer.close()
 
 
+def wait_until_idle(widget) -> None:
+    while widget.busy:
+        settle(0.2)
+    settle(0.5)
+
+
 def detect() -> None:
-    """The shipped model on the sample with an implanted lesion-shaped anomaly."""
+    """The shipped model on the sample with an implanted anomaly, in the MedOOD dock."""
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)
     scan, _ = viewer.open_sample("napari-medood", "ixi_brain_t1")
-    _, playground_widget = viewer.window.add_plugin_dock_widget(
-        "napari-medood", "Anomaly playground"
-    )
+    _, dock = viewer.window.add_plugin_dock_widget("napari-medood", "MedOOD (all panels)")
+    playground_widget = dock.playground
+    dock.setCurrentWidget(playground_widget)
     playground_widget.shape_combo.setCurrentIndex(playground_widget.shape_combo.findData("sphere"))
     playground_widget.size_spin.setValue(22.0)
     playground_widget.alpha_spin.setValue(1.0)
@@ -82,30 +97,61 @@ def detect() -> None:
     while playground_widget._worker is not None:
         settle(0.1)
     playground_widget.commit()
-    corrupted = playground_widget._image_layer
     playground_widget._labels_layer.visible = False
     scan.visible = False
-    viewer.window.remove_dock_widget(playground_widget.parent() or playground_widget)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-medood", "Detect anomalies")
-    widget.image_combo.setCurrentIndex(widget.image_combo.findText(corrupted.name))
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    widget = dock.detect
+    dock.setCurrentWidget(widget)
+    widget.device_choice.value = "cpu"
     widget.run()
-    while widget._worker is not None:
-        settle(0.2)
-    widget.slider.setValue(50)
-    viewer.dims.set_point(0, scan.data_to_world((66, 0, 0))[0])
+    wait_until_idle(widget)
+    widget.slider.setValue(45)
     viewer.layers.selection.active = widget.map_layer
     viewer.reset_view()
+    widget.go_to_peak()
     settle()
     viewer.screenshot(str(OUT / "napari-detect.png"), canvas_only=False, flash=False)
     viewer.close()
 
 
+def detect_flair(shared: Path) -> None:
+    """The T1 model on a FLAIR scan with its lesion mask: the panel warns first."""
+    patient = shared / "open-ms-lesjak-mni" / "patient07"
+    if not patient.is_dir():
+        print(f"skipping napari-detect-flair.png: {patient} not found")
+        return
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.open(
+        patient / "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+        plugin="napari-medood",
+    )
+    [lesions] = viewer.open(
+        patient / "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz",
+        plugin="napari-medood",
+    )
+    lesions.contour = 1
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medood", "Detect anomalies")
+    widget.device_choice.value = "cpu"
+    widget.run()
+    wait_until_idle(widget)
+    widget.map_layer.opacity = 0.6
+    viewer.layers.move(viewer.layers.index(lesions), len(viewer.layers))
+    viewer.reset_view()
+    viewer.dims.set_point(0, lesions.data_to_world((100, 0, 0))[0])
+    settle()
+    viewer.screenshot(str(OUT / "napari-detect-flair.png"), canvas_only=False, flash=False)
+    viewer.close()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     inspector()
     playground()
     detect()
+    detect_flair(args.shared)
     print(f"wrote the screenshots to {OUT}")
 
 

@@ -75,6 +75,52 @@ class DetectionOutcome:
     peak: tuple[int, int, int] | None = None
 
 
+class ColourBar(QLabel):
+    """The map's colours from 0 to 1, above the threshold slider, with the threshold marked:
+    what a colour on the canvas means, and which colours the slider flags."""
+
+    HEIGHT = 14
+
+    def __init__(self, colormap: str, parent: QWidget | None = None):
+        from napari.utils.colormaps import ensure_colormap
+
+        super().__init__(parent)
+        rgba = ensure_colormap(colormap).map(np.linspace(0.0, 1.0, 256))
+        self._rgb = np.ascontiguousarray((rgba[:, :3] * 255).astype(np.uint8))
+        self.marker = 0.5
+        self.setMinimumHeight(self.HEIGHT + 12)
+        self.setToolTip(f"{colormap}: 0 (left) to 1 (right); the line is the threshold")
+
+    def set_marker(self, value: float) -> None:
+        self.marker = float(value)
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        from qtpy.QtGui import QColor, QImage, QPainter, QPen
+
+        painter = QPainter(self)
+        width = max(self.width() - 1, 2)
+        strip = np.repeat(self._rgb[None], 1, axis=0)
+        image = QImage(strip.tobytes(), 256, 1, 3 * 256, QImage.Format.Format_RGB888)
+        painter.drawImage(self.rect().adjusted(0, 0, 0, -12).normalized(), image)
+        painter.setPen(QPen(QColor("white"), 2))
+        x = int(round(self.marker * width))
+        painter.drawLine(x, 0, x, self.HEIGHT)
+        painter.setPen(QColor(self.palette().windowText().color()))
+        font = painter.font()
+        font.setPointSize(7)
+        painter.setFont(font)
+        for value, align in (
+            (0.0, Qt.AlignmentFlag.AlignLeft),
+            (0.5, Qt.AlignmentFlag.AlignHCenter),
+            (1.0, Qt.AlignmentFlag.AlignRight),
+        ):
+            painter.drawText(
+                0, self.HEIGHT, self.width(), 12, align | Qt.AlignmentFlag.AlignTop, f"{value:g}"
+            )
+        painter.end()
+
+
 def layer_state(layer: Any) -> dict[str, Any]:
     """What ``layer_data_to_volume`` needs of a layer, read on the GUI thread (no copy)."""
     return {**placement_of(layer), "metadata": dict(layer.metadata)}
@@ -99,7 +145,6 @@ class DetectWidget(Panel):
         self._cancel = threading.Event()
         self._source = None
         self._model = ""
-        self._napari_progress = None
         self._checkpoints: list[str] = []
         self._pending_steps = 0
 
@@ -147,6 +192,8 @@ class DetectWidget(Panel):
         self.slider.setValue(50)
         self.slider.setEnabled(False)
         self.threshold_label = QLabel("threshold 0.50")
+        self.colour_bar = ColourBar("inferno")
+        self.colour_bar.hide()
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -155,8 +202,9 @@ class DetectWidget(Panel):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        threshold = QHBoxLayout()
-        threshold.addWidget(self.slider, 1)
+        threshold = QVBoxLayout()  # the slider spans the colour bar above it
+        threshold.setSpacing(2)
+        threshold.addWidget(self.slider)
         threshold.addWidget(self.threshold_label)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
@@ -169,6 +217,7 @@ class DetectWidget(Panel):
         layout.addWidget(self.notes_label)
         layout.addWidget(self.peak_button)
         layout.addWidget(QLabel("Flag voxels above"))
+        layout.addWidget(self.colour_bar)
         layout.addLayout(threshold)
         layout.addStretch(1)
 
@@ -253,7 +302,6 @@ class DetectWidget(Panel):
     def run(self) -> None:
         """Start the detector on the chosen scan, off the GUI thread."""
         from napari.qt.threading import create_worker
-        from napari.utils import progress
 
         if self._worker is not None:
             return
@@ -291,8 +339,6 @@ class DetectWidget(Panel):
         self.notes_label.hide()
         self.status.setText(f"{self._model}: starting...")
         self.progress_bar.setRange(0, 0)  # busy until the first count
-        # napari's own bar too (activity dock), closed when the worker finishes
-        self._napari_progress = progress(total=0, desc=f"Detect anomalies: {self._model}")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._worker = create_worker(
@@ -326,11 +372,6 @@ class DetectWidget(Panel):
             self.progress_bar.setRange(0, 0)
             text = message
         self.status.setText(f"{self._model}: {text}")
-        bar = self._napari_progress
-        if bar is not None:
-            bar.total = max(total, 0)
-            bar.n = done
-            bar.set_description(f"Detect anomalies: {message}")
 
     def _reset_progress(self) -> None:
         self.progress_bar.setRange(0, 1)
@@ -338,9 +379,6 @@ class DetectWidget(Panel):
 
     def _finished(self) -> None:
         self._worker = None
-        if self._napari_progress is not None:
-            self._napari_progress.close()
-            self._napari_progress = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if self.progress_bar.maximum() == 0:
@@ -395,7 +433,6 @@ class DetectWidget(Panel):
         self._run_steps(
             [
                 lambda: self._place_map(outcome, source, previous),
-                self._show_colorbar,
                 lambda: self._show_flagged_volume(outcome.flagged),
             ]
         )
@@ -441,10 +478,7 @@ class DetectWidget(Panel):
             self.threshold_layer = None
         self.peak_button.setEnabled(outcome.peak is not None)
         self.slider.setEnabled(True)
-
-    def _show_colorbar(self) -> None:
-        if self.map_layer is not None and self.map_layer in self.viewer.layers:
-            self.map_layer.colorbar.visible = True
+        self.colour_bar.show()
 
     def find_result(self, source: Any, model: str) -> Any | None:
         """The map layer of ``model``'s result on ``source``, if there is one."""
@@ -514,6 +548,7 @@ class DetectWidget(Panel):
     def _threshold_changed(self, value: int) -> None:
         """Moving the slider makes (or updates) the Labels layer of the flagged voxels."""
         self.threshold_label.setText(f"threshold {value / 100:.2f}")
+        self.colour_bar.set_marker(value / 100)
         layer = self.map_layer
         if layer is None or layer not in self.viewer.layers:
             return
