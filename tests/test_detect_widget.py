@@ -317,6 +317,10 @@ def test_all_panels_fit_a_1000_px_screen(make_napari_viewer, qtbot):
         _, docks[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     qtbot.wait(300)
     assert window.frameGeometry().height() <= 1000, window.frameGeometry().height()
+    # nothing is cut at the right edge: each panel is as wide as its content needs
+    for name, panel in docks.items():
+        if name != "MedOOD (all panels)":
+            assert panel.width() >= panel.body.minimumSizeHint().width(), name
     # long texts wrap or elide (with the whole text as tooltip), they are never cut
     dock = docks["MedOOD (all panels)"]
     assert [dock.tabText(i) for i in range(dock.count())] == [

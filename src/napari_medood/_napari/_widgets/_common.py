@@ -133,23 +133,68 @@ class LayerComboBox(QComboBox):
         return layer if layer is not None and layer in self._viewer.layers else None
 
 
+def scan_and_mask_pickers(
+    viewer: napari.viewer.Viewer, parent: QWidget, no_mask: str
+) -> tuple[LayerComboBox, LayerComboBox]:
+    """A scan picker (never an anomaly map) and a brain-mask picker that follows it (same
+    shape, never a ground truth or a threshold; ``no_mask`` names the choice of none)."""
+    from napari.layers import Image, Labels
+
+    from napari_medood._napari._roles import (
+        ANOMALY_MAP,
+        BRAIN_MASK,
+        GROUND_TRUTH,
+        SCAN,
+        THRESHOLD,
+    )
+
+    scans = LayerComboBox(viewer, (Image,), parent, roles=(SCAN,), exclude=(ANOMALY_MAP,))
+    masks = LayerComboBox(
+        viewer,
+        (Labels,),
+        parent,
+        none_label=no_mask,
+        roles=(BRAIN_MASK,),
+        exclude=(GROUND_TRUTH, THRESHOLD),
+        like=scans.current_layer,
+    )
+    return scans, masks
+
+
 class Panel(QWidget):
-    """A dock panel whose content scrolls: docked panels then never force the window taller
-    than the screen, whatever else is docked beside them."""
+    """A dock panel whose content scrolls up and down: docked panels then never force the
+    window taller than the screen, whatever else is docked beside them. Across, the panel
+    is as wide as its content needs, so nothing is cut at the right edge."""
+
+    #: the tallest a panel asks to be; more scrolls
+    PREFERRED_HEIGHT = 640
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.body = QWidget()
         self.body.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-        scroll = QScrollArea(self)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(self.body)
+        self._scroll = QScrollArea(self)
+        self._scroll.setWidgetResizable(True)
+        self._scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self._scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._scroll.setWidget(self.body)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
-        self.setMinimumHeight(120)
+        outer.addWidget(self._scroll)
+
+    def _across(self, width: int) -> int:
+        return width + self._scroll.verticalScrollBar().sizeHint().width() + 2
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt's name
+        from qtpy.QtCore import QSize
+
+        return QSize(self._across(self.body.minimumSizeHint().width()), 120)
+
+    def sizeHint(self):  # noqa: N802 - Qt's name
+        from qtpy.QtCore import QSize
+
+        hint = self.body.sizeHint()
+        return QSize(self._across(hint.width()), min(hint.height(), self.PREFERRED_HEIGHT))
 
 
 class ElidedLabel(QLabel):

@@ -35,21 +35,18 @@ from qtpy.QtWidgets import (
 
 from napari_medood._napari._roles import (
     ANOMALY_MAP,
-    BRAIN_MASK,
-    GROUND_TRUTH,
-    SCAN,
     THRESHOLD,
     label_colormap,
     role_of,
     with_role,
 )
 from napari_medood._napari._widgets._common import (
-    LayerComboBox,
     Panel,
     go_to_voxel,
     placement_of,
     progress_generator,
     remove_derived,
+    scan_and_mask_pickers,
     show_labels,
     wrapping_label,
 )
@@ -131,7 +128,6 @@ class DetectWidget(Panel):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox
-        from napari.layers import Image, Labels
 
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -148,17 +144,8 @@ class DetectWidget(Panel):
         self._checkpoints: list[str] = []
         self._pending_steps = 0
 
-        self.image_combo = LayerComboBox(
-            napari_viewer, (Image,), self, roles=(SCAN,), exclude=(ANOMALY_MAP,)
-        )
-        self.mask_combo = LayerComboBox(
-            napari_viewer,
-            (Labels,),
-            self,
-            none_label="none: Otsu head mask",
-            roles=(BRAIN_MASK,),
-            exclude=(GROUND_TRUTH, THRESHOLD),
-            like=self.image_combo.current_layer,
+        self.image_combo, self.mask_combo = scan_and_mask_pickers(
+            napari_viewer, self, "none: Otsu head mask"
         )
         # magicgui builds the value widgets of the run options
         self.model_choice = ComboBox(label="Model", choices=self._model_choices())
@@ -480,28 +467,25 @@ class DetectWidget(Panel):
         self.slider.setEnabled(True)
         self.colour_bar.show()
 
-    def find_result(self, source: Any, model: str) -> Any | None:
-        """The map layer of ``model``'s result on ``source``, if there is one."""
+    def results_of(self, source: Any, model: str) -> list[Any]:
+        """The map layers of ``model``'s results on ``source``."""
         key = str(source.unique_id)
-        found = [
+        return [
             layer
             for layer in self.viewer.layers
             if role_of(layer) == ANOMALY_MAP
             and layer.metadata.get(DETECTION_KEY, {}).get("source_id") == key
             and layer.metadata.get(DETECTION_KEY, {}).get("model") == model
         ]
+
+    def find_result(self, source: Any, model: str) -> Any | None:
+        """The newest map layer of ``model``'s result on ``source``, if there is one."""
+        found = self.results_of(source, model)
         return found[-1] if found else None
 
     def remove_results(self, source: Any, model: str) -> int:
         """Remove the results of ``model`` on ``source`` (their maps and threshold layers)."""
-        key = str(source.unique_id)
-        old = [
-            layer
-            for layer in self.viewer.layers
-            if role_of(layer) == ANOMALY_MAP
-            and layer.metadata.get(DETECTION_KEY, {}).get("source_id") == key
-            and layer.metadata.get(DETECTION_KEY, {}).get("model") == model
-        ]
+        old = self.results_of(source, model)
         for layer in old:
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)  # its threshold layers go with it

@@ -30,11 +30,8 @@ from qtpy.QtWidgets import (
 
 from napari_medood._napari._layers import DISPLAY_AXCODES, METADATA_KEY
 from napari_medood._napari._roles import (
-    ANOMALY_MAP,
-    BRAIN_MASK,
     GROUND_TRUTH,
     SCAN,
-    THRESHOLD,
     label_colormap,
     with_role,
 )
@@ -43,6 +40,7 @@ from napari_medood._napari._widgets._common import (
     Panel,
     go_to_voxel,
     placement_of,
+    scan_and_mask_pickers,
     unwrap,
     wrapping_label,
 )
@@ -65,7 +63,7 @@ class PlaygroundWidget(Panel):
     """Dock widget over :class:`~napari_medood.synth.playground.Playground`."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
-        from napari.layers import Image, Labels
+        from napari.layers import Image
 
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -81,17 +79,8 @@ class PlaygroundWidget(Panel):
         self.lesion_bank = None  # None: the bank shipped with napari-medood
 
         form = QFormLayout()
-        self.source_combo = LayerComboBox(
-            napari_viewer, (Image,), self, roles=(SCAN,), exclude=(ANOMALY_MAP,)
-        )
-        self.mask_combo = LayerComboBox(
-            napari_viewer,
-            (Labels,),
-            self,
-            none_label="voxels > 0",
-            roles=(BRAIN_MASK,),
-            exclude=(GROUND_TRUTH, THRESHOLD),
-            like=self.source_combo.current_layer,
+        self.source_combo, self.mask_combo = scan_and_mask_pickers(
+            napari_viewer, self, "voxels > 0"
         )
         self.shape_combo = self._combo(SHAPE_LABELS)
         self.size_spin = QDoubleSpinBox(minimum=1.0, maximum=500.0, value=20.0, suffix=" mm")
