@@ -76,7 +76,10 @@ def main() -> None:
         settle(0.3)
         arrived: list[float] = []
         show = widget._show
-        widget._show = lambda outcome, show=show: (arrived.append(time.perf_counter()), show(outcome))
+        widget._show = lambda outcome, show=show, arrived=arrived: (
+            arrived.append(time.perf_counter()),
+            show(outcome),
+        )
         clicked = time.perf_counter()
         widget.run()
         pressed = time.perf_counter() - clicked
