@@ -285,3 +285,88 @@ def test_a_whole_head_without_a_brain_mask_is_flagged():
     card = Checkpoint.open("brain-t1-unet").card
     notes = scan_notes(scan, mask_from_threshold(scan.data, "otsu"), False, card)
     assert len(notes) == 1 and "give a brain mask" in notes[0]
+
+
+def test_coarse_voxels_a_partial_field_of_view_and_ct_are_noted(ct_scan):
+    from napari_medood.detectors.compatibility import scan_notes
+
+    card = Checkpoint.open("brain-t1-unet").card
+    scan, brain = read_volume(SCAN), read_volume(BRAIN).data > 0
+    # the same voxels said to be 5 mm apart along one axis
+    affine = scan.affine.copy()
+    affine[:3, 1] *= 2.5
+    coarse = Volume(scan.data, affine, SCAN)
+    notes = scan_notes(coarse, brain, True, card)
+    assert any("voxels of 5 mm along S are coarser than the 2 mm" in n for n in notes), notes
+    # a 20 mm slab of the brain is a partial field of view
+    slab = np.zeros_like(brain)
+    slab[:, 40:50, :] = brain[:, 40:50, :]
+    notes = scan_notes(scan, slab, True, card)
+    assert any("holds only" in n and "partial field of view" in n for n in notes), notes
+    # a CT in Hounsfield units
+    ct = read_volume(ct_scan)
+    notes = scan_notes(ct, ct.data > -500, False, card)
+    assert any("like CT Hounsfield units" in n for n in notes), notes
+
+
+def test_a_card_without_its_preprocessing_is_named(tmp_path):
+    import shutil
+
+    shutil.copytree(SAMPLE.parent / "bundled_models" / "brain-t1-unet", tmp_path / "ckpt")
+    card = json.loads((tmp_path / "ckpt" / "card.json").read_text())
+    del card["preprocessing"]
+    (tmp_path / "ckpt" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"card.json: a unet3d card needs a 'preprocessing'"):
+        get_detector(str(tmp_path / "ckpt"), device="cpu")
+    card["architecture"] = "UNet3DDeepSup"
+    (tmp_path / "ckpt" / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"the card's 'architecture' entry is not an object"):
+        Checkpoint.open(tmp_path / "ckpt")
+
+
+def test_a_detector_that_breaks_its_declaration_fails_its_case(tmp_path):
+    """A detector that only follows the protocol and returns no map for --task pixel fails
+    that case (it is not counted as written)."""
+    from napari_medood.batch import predict_cases
+    from napari_medood.detectors import AnomalyResult, ScoreInfo
+    from napari_medood.io.cohort import Case
+
+    class Forgetful:
+        name = "forgetful"
+        outputs = ("map", "score")
+        score_info = ScoreInfo("nothing")
+
+        def predict(self, volume, mask=None, progress=None, cancelled=None):
+            return AnomalyResult(None, 0.5)
+
+    summary = predict_cases([Case("scan", SCAN)], Forgetful(), tmp_path, "pixel")
+    assert summary.written == [] and summary.failed == [
+        ("scan", "the forgetful detector returned no map")
+    ]
+    assert not any(tmp_path.iterdir())
+
+
+def test_roles_from_names():
+    from napari_medood._napari._roles import role_from_name
+
+    labels = {
+        "IXI048 brain mask": "brain mask",
+        "IXI048-HH-1326-T1_ds_DLMUSE": "brain mask",
+        "aparc+aseg": "brain mask",  # a parcellation, not a lesion map
+        "GOLD_STANDARD_N4_noneck": "ground truth",
+        "sub-01_lesion_mask": "ground truth",
+        "tumour_seg": "ground truth",
+        "something": None,
+    }
+    for name, role in labels.items():
+        assert role_from_name(name, is_labels=True) == role, name
+    images = {
+        "FLAIR_N4_noneck": "scan",
+        "IXI048 T1 (2 mm) + anomalies": "scan",  # a playground scan, saved and reopened
+        "brain_T1map": "scan",  # a quantitative map is a scan
+        "IXI048 anomaly (brain-t1-unet)": "anomaly map",
+        "case7_anomaly_map": "anomaly map",
+        "flair_heatmap": "anomaly map",
+    }
+    for name, role in images.items():
+        assert role_from_name(name, is_labels=False) == role, name

@@ -28,7 +28,7 @@ def flair_case(make_napari_viewer, ms_lesions):
     result = get_detector("intensity").predict(flair, flair.data > 0)
     viewer = make_napari_viewer()
     viewer.open(ms_lesions, plugin=PLUGIN)
-    data, kwargs, kind = volume_to_layer_data(result.anomaly_map, "image", name="FLAIR map")
+    data, kwargs, kind = volume_to_layer_data(result.anomaly_map, "image", name="FLAIR anomaly map")
     map_layer = viewer.add_image(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate")
     return viewer, widget, map_layer
@@ -77,3 +77,16 @@ def test_evaluate_panel_refuses_mismatched_layers(flair_case, qtbot):
     widget.truth_combo.setCurrentIndex(widget.truth_combo.findText("tiny truth"))
     widget.compute_button.click()
     assert "has shape" in widget.last_error and widget.counts is None
+
+
+def test_without_an_anomaly_map_evaluate_picks_none(make_napari_viewer):
+    """The raw scan is never pre-selected as the anomaly map, nor its brain mask as truth."""
+    viewer = make_napari_viewer()
+    scan, mask = viewer.open_sample(PLUGIN, "ixi_brain_t1")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate")
+    assert widget.map_combo.current_layer() is None
+    assert widget.map_combo.currentText() == "choose the anomaly map"
+    assert widget.truth_combo.current_layer() is None
+    assert widget.truth_combo.findData(mask) == -1  # a brain mask is not a ground truth
+    widget.compute_button.click()
+    assert "choose an anomaly map" in widget.last_error

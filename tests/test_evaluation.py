@@ -329,3 +329,21 @@ def test_an_unwritable_report_folder_is_named_before_any_case(valset, tmp_path, 
     blocker.write_text("not a folder")
     assert eval_main(["--model", "intensity", str(valset), "-o", str(blocker / "report")]) == 2
     assert f"{blocker / 'report'}: cannot write into this output folder" in capsys.readouterr().err
+
+
+def test_a_folder_of_scans_is_not_taken_for_labels(valset, tmp_path, capsys):
+    from napari_medood.io.cohort import discover_labels
+
+    predictions = tmp_path / "predictions"
+    data = valset / "pixel" / "data"
+    assert predict_main(["--model", "intensity", str(data), str(predictions)]) == 0
+    capsys.readouterr()
+    assert eval_main([str(predictions), str(data), "-o", str(tmp_path / "r")]) == 2
+    assert f"{data}: holds scans, not label maps" in capsys.readouterr().err
+    # sample labels without maps count too, beside maps
+    labels = tmp_path / "labels"
+    shutil.copytree(valset / "pixel" / "label", labels)
+    (labels / "extra.nii.gz.txt").write_text("1\n")
+    cases = {c.name: c for c in discover_labels(labels)}
+    assert cases["extra"].anomalous is True and cases["extra"].label is None
+    assert len(cases) == 10

@@ -44,12 +44,7 @@ class ToyScoreDetector(BaseDetector):
 
 def register() -> None:
     register_family(
-        Family(
-            NAME,
-            "toy: mean brain intensity vs training",
-            ToyScoreDetector.from_checkpoints,
-            outputs=("score",),
-        ),
+        Family(NAME, "toy: mean brain intensity vs training", ToyScoreDetector.from_checkpoints),
         replace=True,
     )
 

@@ -37,11 +37,11 @@ def main() -> None:
     space = ModelSpace.from_card(card["preprocessing"])
     scans = prepare_scans(cases, space)
     card["expects"] = expected_scans(scans, space, "MR", "T1w")
-    card.setdefault("outputs", ["map", "score"])
     raw = json.loads((args.checkpoint / "card.json").read_text())
     ordered = {"name": raw["name"], "detector": card["detector"]}
     ordered.update({k: v for k, v in raw.items() if k not in ordered})
-    ordered["outputs"], ordered["expects"] = card["outputs"], card["expects"]
+    ordered.pop("outputs", None)
+    ordered["expects"] = card["expects"]
     ordered["card_version"] = 2
     write_text_atomic(args.checkpoint / "card.json", json.dumps(ordered, indent=1) + "\n")
     print(json.dumps(card["expects"]))

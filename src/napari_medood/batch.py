@@ -161,7 +161,8 @@ def predict_cases(
         try:
             result = predict_case(case, detector, masks, cancelled)
             notes = tuple(result.notes)
-            write_result(result, out_dir, case.image, (task,))
+            if not write_result(result, out_dir, case.image, (task,)):
+                raise MedoodError(f"the {detector.name} detector returned no {NEEDS[task]}")
             summary.written.append(case.name)
         except Cancelled:
             raise

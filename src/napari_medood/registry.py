@@ -42,9 +42,6 @@ class Family:
         trainer: the family's :class:`~napari_medood.training.registry.Trainer` (None: the
             family is not trained by ``medood-train``).
         train_name: the ``medood-train`` method name (default: the family's name).
-        outputs: what its detectors give, ``("map", "score")``, ``("map",)`` or
-            ``("score",)``, for listings made before a checkpoint is loaded (the detector
-            itself declares the same).
     """
 
     name: str
@@ -53,7 +50,6 @@ class Family:
     architectures: Mapping[str, Reference] = field(default_factory=dict)
     trainer: Reference | None = None
     train_name: str | None = None
-    outputs: tuple[str, ...] = ("map", "score")
 
     @property
     def method(self) -> str:
@@ -122,6 +118,14 @@ def architecture_types() -> list[str]:
 def trainable_families() -> dict[str, Family]:
     """``medood-train`` method name -> family."""
     return {f.method: f for f in FAMILIES.values() if f.trainer is not None}
+
+
+def declared_outputs(family: Family) -> tuple[str, ...]:
+    """What a family's detectors give, as their class declares it (``outputs``), read
+    without loading a checkpoint."""
+    factory = resolve(family.detector)
+    owner = getattr(factory, "__self__", factory)  # a classmethod's class
+    return tuple(getattr(owner, "outputs", ("map", "score")))
 
 
 def resolve(reference: Reference) -> Any:

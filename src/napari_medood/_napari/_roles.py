@@ -22,23 +22,32 @@ ROLE_KEY = "medood_role"
 DERIVED_KEY = "medood_derived_from"
 
 _TRUTH_NAME = re.compile(
-    r"(lesion|gold.?standard|ground.?truth|(^|[^a-z])gt([^a-z]|$)|seg|label|anomal|tumou?r)",
+    r"(lesion|gold.?standard|ground.?truth|(^|[^a-z])gt([^a-z]|$)|tumou?r|anomal|infarct|wmh)",
     re.IGNORECASE,
 )
 _MASK_NAME = re.compile(r"(brain|mask|dlmuse|parc|aseg|skull|head|foreground)", re.IGNORECASE)
-_MAP_NAME = re.compile(r"(anomaly|score|heat|map)", re.IGNORECASE)
+_SEGMENTATION_NAME = re.compile(r"(seg|label)", re.IGNORECASE)
+#: an anomaly map by its name: "... anomaly map", "heatmap", "score map", "<scan> anomaly (model)"
+_MAP_NAME = re.compile(
+    r"(anomal\w*[ _-]*map|heat[ _-]*map|score[ _-]*map|anomaly \()", re.IGNORECASE
+)
 
 #: colours of label layers by role: predictions orange, ground truth green
 LABEL_COLOURS = {THRESHOLD: "#ff8c1a", GROUND_TRUTH: "#2ecc40"}
 
 
 def role_from_name(name: str, is_labels: bool) -> str | None:
-    """The role a layer's (or file's) name suggests."""
+    """The role a layer's (or file's) name suggests: for label maps, lesion or anomaly words
+    first (a lesion mask is ground truth), then brain-mask words (a parcellation such as
+    DLMUSE or FreeSurfer's aseg is a brain mask), then any other segmentation (ground
+    truth); for images, an anomaly map only when the name says so."""
     if is_labels:
-        if _TRUTH_NAME.search(name) and not re.search(r"brain", name, re.IGNORECASE):
+        if _TRUTH_NAME.search(name):
             return GROUND_TRUTH
         if _MASK_NAME.search(name):
             return BRAIN_MASK
+        if _SEGMENTATION_NAME.search(name):
+            return GROUND_TRUTH
         return None
     return ANOMALY_MAP if _MAP_NAME.search(name) else SCAN
 

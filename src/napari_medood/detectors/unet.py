@@ -57,7 +57,7 @@ class UNetDetector(BaseDetector):
     stages: ClassVar[tuple[str, ...]] = ("preprocessing", "windows", "back to the input grid")
 
     def __post_init__(self) -> None:
-        from napari_medood.models.checkpoint import Checkpoint
+        from napari_medood.models.checkpoint import Checkpoint, CheckpointError
 
         self.device = choose_device(self.device)
         if not self.models:
@@ -65,6 +65,12 @@ class UNetDetector(BaseDetector):
                 raise MedoodError("give at least one checkpoint")
             for name in self.checkpoints:
                 checkpoint = name if isinstance(name, Checkpoint) else Checkpoint.open(name)
+                for key in ("preprocessing", "architecture"):
+                    if not isinstance(checkpoint.card.get(key), dict):
+                        raise CheckpointError(
+                            f"{checkpoint.folder / 'card.json'}: a {FAMILY} card needs a "
+                            f"'{key}' entry"
+                        )
                 self.models.append(checkpoint.build_model(self.device))
                 self.cards.append(checkpoint.card)
         first = self.cards[0]["preprocessing"]

@@ -265,19 +265,14 @@ def discover_labels(
 
 def _from_label_folder(folder: Path, masks: str | os.PathLike | None) -> list[Case]:
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    maps = [p for p in files if volume_suffix(p)]
+    maps = {p.name: p for p in files if volume_suffix(p)}
     flags = {p.name[: -len(".txt")]: p for p in files if p.name.endswith(".txt")}
-    names = [p.name for p in maps] or sorted(flags)
-    if not names:
-        raise VolumeError(
-            folder,
-            "holds no labels: expected a MOOD layout (pixel/label, sample/label), a CSV with "
-            "Path and Label columns, a BIDS dataset, or a folder of <case>.nii.gz label maps "
-            "and/or <case>.nii.gz.txt sample labels named like the predictions",
-        )
+    if not maps and not flags:
+        raise VolumeError(folder, f"holds no labels: expected {LABEL_LAYOUTS}")
+    if maps:
+        _check_label_map(next(iter(maps.values())), folder)
     cases = []
-    for name in names:
-        label = folder / name if (folder / name).is_file() else None
+    for name in sorted(set(maps) | set(flags)):
         anomalous = None
         if name in flags:
             try:
@@ -287,5 +282,30 @@ def _from_label_folder(folder: Path, masks: str | os.PathLike | None) -> list[Ca
                     flags[name], "a sample label must hold one number (0 or 1)"
                 ) from exc
         mask = find_mask(masks, folder / name) if masks is not None else None
-        cases.append(Case(strip_volume_suffix(name), folder / name, mask, {}, label, anomalous))
+        cases.append(
+            Case(strip_volume_suffix(name), folder / name, mask, {}, maps.get(name), anomalous)
+        )
     return cases
+
+
+LABEL_LAYOUTS = (
+    "a MOOD layout (pixel/label, sample/label), a CSV with Path and Label columns, a BIDS "
+    "dataset, or a folder of <case>.nii.gz label maps and/or <case>.nii.gz.txt sample labels "
+    "named like the predictions"
+)
+
+
+def _check_label_map(path: Path, folder: Path) -> None:
+    """Refuse a folder of scans given where label maps are expected."""
+    import numpy as np
+
+    from napari_medood.io.readers import read_volume
+
+    data = read_volume(path).data
+    values = np.unique(data[:: max(1, data.shape[0] // 16)])
+    if values.size > 256 or not np.all(np.equal(np.mod(values, 1), 0)):
+        raise VolumeError(
+            folder,
+            f"holds scans, not label maps ({path.name} has {values.size} distinct, not only "
+            f"whole-number values); expected {LABEL_LAYOUTS}",
+        )

@@ -83,6 +83,9 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{card_path}: a card is a JSON object")
     if "weights" not in card:
         raise CheckpointError(f"{card_path}: the card has no 'weights' entry")
+    for key in ("architecture", "preprocessing", "weights"):
+        if key in card and not isinstance(card[key], dict):
+            raise CheckpointError(f"{card_path}: the card's '{key}' entry is not an object")
     if "detector" not in card:
         architecture = card.get("architecture", {}).get("type", "UNet3DDeepSup")
         family = family_of_architecture(architecture)

@@ -102,7 +102,9 @@ def scan_profile(volume: Volume, mask: np.ndarray, brain_mask: bool) -> ScanProf
     spacing = tuple(float(s) for s in volume.spacing)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     data = volume.data
-    low = float(np.percentile(data[mask], 1)) if mask.any() else 0.0
+    # air around a CT reads about -1000 HU; no MR intensity goes below -500
+    sample = np.asarray(data).ravel()[:: max(1, data.size // 200_000)]
+    low = float(np.percentile(sample, 1)) if sample.size else 0.0
     return ScanProfile(
         spacing_mm=spacing,  # type: ignore[arg-type]
         foreground_ml=round(float(mask.sum()) * voxel_ml, 1),

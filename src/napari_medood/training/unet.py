@@ -81,7 +81,6 @@ def model_card(
         },
         "preprocessing": {**model_space(config).to_card(), "roi": list(config.patch)},
         "inference": {"overlap": 0.5, "blend": "gaussian", "sample_score": "mean of top 100"},
-        "outputs": ["map", "score"],
         "expects": expects or {},
         "training": training,
         "metrics": metrics,

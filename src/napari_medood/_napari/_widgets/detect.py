@@ -97,8 +97,8 @@ class ColourBar(QLabel):
 
         painter = QPainter(self)
         width = max(self.width() - 1, 2)
-        strip = np.repeat(self._rgb[None], 1, axis=0)
-        image = QImage(strip.tobytes(), 256, 1, 3 * 256, QImage.Format.Format_RGB888)
+        # copied, so that Qt never reads the numpy buffer after it is gone
+        image = QImage(self._rgb.tobytes(), 256, 1, 3 * 256, QImage.Format.Format_RGB888).copy()
         painter.drawImage(self.rect().adjusted(0, 0, 0, -12).normalized(), image)
         painter.setPen(QPen(QColor("white"), 2))
         x = int(round(self.marker * width))
@@ -244,7 +244,7 @@ class DetectWidget(Panel):
 
     def _model_changed(self, *args: Any) -> None:
         from napari_medood.models.checkpoint import read_card, resolve_model
-        from napari_medood.registry import FAMILIES, NAMED_DETECTORS
+        from napari_medood.registry import FAMILIES, NAMED_DETECTORS, declared_outputs
 
         name = self.model_choice.value
         if name in NAMED_DETECTORS:
@@ -259,7 +259,7 @@ class DetectWidget(Panel):
         ap = validation.get("pixel_ap")
         expects = card.get("expects", {})
         family = FAMILIES.get(card["detector"])
-        outputs = family.outputs if family is not None else ("unknown family",)
+        outputs = declared_outputs(family) if family is not None else ("unknown family",)
         parts = [
             str(card.get("description", card.get("name", ""))),
             f"gives: {' + '.join(outputs)}",

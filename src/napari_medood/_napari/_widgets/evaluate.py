@@ -72,7 +72,9 @@ class EvaluateWidget(Panel):
         self._map_layer = None
         self._mask = None
 
-        self.map_combo = LayerComboBox(napari_viewer, (Image,), self, roles=(ANOMALY_MAP,))
+        self.map_combo = LayerComboBox(
+            napari_viewer, (Image,), self, none_label="choose the anomaly map", roles=(ANOMALY_MAP,)
+        )
         self.truth_combo = LayerComboBox(
             napari_viewer,
             (Labels,),
