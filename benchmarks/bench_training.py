@@ -2,11 +2,15 @@
 
     python benchmarks/bench_training.py [--device cpu|cuda] [--preset small] [--batch 2]
                                         [--patch 96] [--steps 6] [--workers 2]
+                                        [--precisions float32,auto]
 
-Times ``--steps`` training steps (AdamW, deep-supervision loss, AMP on CUDA) on fixed random
-batches after two warm-up steps, then the synthetic-anomaly data pipeline (IXI scans at 2 mm,
-foreign patches, real-lesion shapes and FPI outliers, as brain-t1-unet is trained) through a
-torch DataLoader with ``--workers`` workers; prints both rates and their ratio.
+Times ``--steps`` training steps (AdamW, deep-supervision loss) on fixed random batches after
+two warm-up steps, at each of ``--precisions`` through the execution plan that training uses
+(``auto``: bfloat16 autocast on CPUs that compute it, float16 with a gradient scaler on CUDA;
+channels-last on the CPU), the first being the baseline; then the synthetic-anomaly data
+pipeline (IXI scans at 2 mm, foreign patches, real-lesion shapes and FPI outliers, as
+brain-t1-unet is trained) through a torch DataLoader with ``--workers`` workers; prints the
+rates and their ratios.
 """
 
 from __future__ import annotations
@@ -25,22 +29,27 @@ def shared_dir() -> Path:
     raise SystemExit("needs ../shared/data (or .data) with ixi-t1-2mm")
 
 
-def train_rate(preset: str, device: str, batch: int, patch: int, steps: int) -> float:
+def train_rate(
+    preset: str, device: str, batch: int, patch: int, steps: int, precision: str
+) -> float:
     import torch
 
+    from napari_medood.execution import plan_execution
     from napari_medood.models.unet import PRESETS, UNet3DDeepSup, deep_supervision_loss
 
     torch.manual_seed(0)
-    model = UNet3DDeepSup(features=PRESETS[preset]).to(device).train()
+    execution = plan_execution(device, precision)
+    model = execution.prepare(UNet3DDeepSup(features=PRESETS[preset]), fold_batch_norm=False)
+    model.train()
     optimiser = torch.optim.AdamW(model.parameters(), 1e-4, weight_decay=1e-5)
-    amp = device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    x = torch.rand(batch, 1, patch, patch, patch, device=device)
+    scaler = torch.amp.GradScaler("cuda", enabled=execution.precision == "float16")
+    x = execution.inputs(torch.rand(batch, 1, patch, patch, patch))
     y = (torch.rand(batch, 1, patch, patch, patch, device=device) > 0.95).float()
+    cuda = device.startswith("cuda")
 
     def step():
         optimiser.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        with execution.autocast():
             outputs = model(x)
         scaler.scale(deep_supervision_loss(outputs, y)).backward()
         scaler.step(optimiser)
@@ -48,12 +57,12 @@ def train_rate(preset: str, device: str, batch: int, patch: int, steps: int) -> 
 
     for _ in range(2):
         step()
-    if amp:
+    if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    if amp:
+    if cuda:
         torch.cuda.synchronize()
     return steps / (time.perf_counter() - start)
 
@@ -83,14 +92,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--precisions", default="float32,auto")
     args = parser.parse_args()
-    steps = train_rate(args.preset, args.device, args.batch, args.patch, args.steps)
-    need = steps * args.batch
-    print(
-        f"training: {steps:.3f} steps/s = {need:.2f} samples/s consumed "
-        f"({args.preset}, batch {args.batch} x {args.patch}^3, {args.device})",
-        flush=True,
-    )
+    from napari_medood.execution import resolve_precision
+
+    rates = {}
+    for precision in args.precisions.split(","):
+        rates[precision] = train_rate(
+            args.preset, args.device, args.batch, args.patch, args.steps, precision
+        )
+        first = next(iter(rates.values()))
+        print(
+            f"training at {precision} ({resolve_precision(precision, args.device)}): "
+            f"{rates[precision]:.3f} steps/s, {rates[precision] / first:.2f}x the first "
+            f"({args.preset}, batch {args.batch} x {args.patch}^3, {args.device})",
+            flush=True,
+        )
+    need = max(rates.values()) * args.batch
     supply = data_rate(args.patch, args.workers, args.samples)
     print(
         f"data pipeline, {args.workers} workers: {supply:.1f} samples/s supplied "

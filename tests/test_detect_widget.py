@@ -53,7 +53,12 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     assert layer.data.shape == scan.data.shape
     assert layer.data.min() >= 0 and layer.data.max() <= 1
     assert not layer.data[mask.data == 0].any()  # nothing outside the brain
-    score = layer.metadata["medood_detection"]["score"]
+    detection = layer.metadata["medood_detection"]
+    from napari_medood.execution import resolve_precision
+
+    assert widget.precision_choice.value == "auto"  # the default, resolved for this CPU:
+    assert detection["precision"] == resolve_precision("auto", "cpu")
+    score = detection["score"]
     assert 0 <= score <= 1 and f"Sample score {score:.3f}" in widget.status.text()
     assert "higher = more abnormal, 0 to 1" in widget.status.text()
     np.testing.assert_array_equal(scan.data, source)  # the scan is never modified

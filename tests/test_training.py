@@ -102,6 +102,10 @@ def test_an_interrupted_run_resumes_and_keeps_the_best_checkpoint(data, tmp_path
     assert [line.split(",")[0] for line in val[1:]] == ["3", "6"]
     model, card = load_checkpoint(result.best)
     assert card["metrics"]["validation"]["step"] in (3, 6)
+    # the forward passes ran at the precision auto means on this CPU (bfloat16 where it can)
+    from napari_medood.execution import resolve_precision
+
+    assert card["training"]["precision"] == resolve_precision("auto", "cpu")
     assert card["training"]["data"] == sorted(
         p.name.replace(".nii.gz", "") for p in (root / "train").iterdir()
     )

@@ -57,6 +57,26 @@ def check_task(detector, task: str) -> None:
         )
 
 
+def run_record(detector, task: str) -> dict:
+    """What produced a set of outputs: the detector and how it ran (device, precision), for
+    reports and logs (a MOOD output folder holds the outputs alone)."""
+    import datetime
+
+    from napari_medood import __version__
+
+    execution = getattr(detector, "execution", None)
+    return {
+        "napari_medood": __version__,
+        "model": detector.name,
+        "task": task,
+        "outputs": list(getattr(detector, "outputs", ())),
+        "device": getattr(execution, "device", None),
+        "precision": getattr(execution, "precision", None),
+        "score": getattr(getattr(detector, "score_info", None), "description", None),
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def check_output_folder(out_dir: str | os.PathLike) -> Path:
     """Make ``out_dir`` and prove it can be written, before any case runs."""
     import tempfile

@@ -88,6 +88,18 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    from napari_medood.execution import PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="arithmetic of the network (auto: bfloat16 on CPUs that compute it, else "
+        "float32; float16 on CUDA); recorded in the outputs",
+    )
+
+
 def add_mask_option(
     parser: argparse.ArgumentParser, flag: str = "--mask", what: str = "the scans"
 ) -> None:

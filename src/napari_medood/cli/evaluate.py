@@ -15,6 +15,7 @@ from napari_medood.cli._common import (
     add_device_option,
     add_mask_option,
     add_model_option,
+    add_precision_option,
     make_parser,
     run_command,
     say,
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "; it runs on the set's scans and its maps and scores are kept in REPORT/predictions",
     )
     add_device_option(parser)
+    add_precision_option(parser)
     add_mask_option(parser, what="the set")
     parser.add_argument(
         "--healthy",
@@ -118,7 +120,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise MedoodError(f"give {what} and -o REPORT (see --help)")
     out = check_output_folder(args.out)
     if args.model:
-        detector = get_detector(args.model, DetectorOptions(args.device))
+        detector = get_detector(args.model, DetectorOptions(args.device, precision=args.precision))
         predict = DetectorPredictions(detector, out / "predictions")
         labels = args.inputs[0]
         cases = discover_cases(labels, masks=args.mask)
@@ -161,6 +163,10 @@ def _eval(args: argparse.Namespace) -> int:
     )
     fpr_key = next(iter(result.calibration.get("thresholds", {})), None)
     bias = bias_tables(result.cases, dice_key, "fpr5%" if fpr_key else None)
+    if args.model:
+        from napari_medood.batch import run_record
+
+        result.settings["predictions"] = run_record(detector, "pixel and sample")
     written = write_report(result, out, args.title, bias, np.asarray(options.sweep))
     pixel, sample = result.pixel, result.sample
     parts = []

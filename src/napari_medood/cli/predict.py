@@ -13,6 +13,7 @@ from napari_medood.cli._common import (
     add_device_option,
     add_mask_option,
     add_model_option,
+    add_precision_option,
     make_parser,
     run_command,
     say,
@@ -32,6 +33,7 @@ outputs (MOOD conventions):
   --task pixel   OUTPUT/<input name>      anomaly map on the input's grid and affine, in [0, 1]
                                           (non-NIfTI inputs: <name>.nii.gz)
   --task sample  OUTPUT/<input name>.txt  one number: the sample's abnormality score
+a map's header (NIfTI descrip) says which model wrote it, on which device, at which precision
 
 examples:
   medood-predict scan.nii.gz out/
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", metavar="OUTPUT", nargs="?", help="folder for the results")
     add_model_option(parser, "; default: brain-t1-unet")
     add_device_option(parser)
+    add_precision_option(parser)
     parser.add_argument(
         "--overlap", type=float, default=None, help="sliding-window overlap (default: the card's)"
     )
@@ -112,12 +115,13 @@ def _predict(args: argparse.Namespace) -> int:
         plan,
         predict_cases,
         remove_partial_writes,
+        run_record,
     )
     from napari_medood.detectors import DetectorOptions, default_model, get_detector
     from napari_medood.distributed import finish, gather, shard_from
     from napari_medood.io.cohort import discover_cases
 
-    options = DetectorOptions(args.device, args.overlap, args.batch_size)
+    options = DetectorOptions(args.device, args.overlap, args.batch_size, args.precision)
     detector = get_detector(args.model or default_model(), options)
     check_task(detector, args.task)  # a score-only detector cannot write maps: say so now
     cases = discover_cases(args.input)
@@ -143,6 +147,10 @@ def _predict(args: argparse.Namespace) -> int:
         for case, problem in work.redo:
             say(prefix, f"redoing {case.name}: its output {problem}")
         remove_partial_writes(out_dir, work.todo, args.task)
+        if shard.rank == 0 and work.todo:
+            record = run_record(detector, args.task)
+            if record["precision"]:  # maps also carry it in their header (NIfTI descrip)
+                say(prefix, f"{detector.name} on {record['device']} at {record['precision']}")
         bar = tqdm(
             total=len(work.todo),
             desc=f"{detector.name} ({args.task}) {shard.label}".strip(),

@@ -7,7 +7,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from napari_medood.cli._common import EXIT_INTERRUPTED, EXIT_OK, make_parser, run_command, say
+from napari_medood.cli._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_precision_option,
+    make_parser,
+    run_command,
+    say,
+)
 from napari_medood.errors import MedoodError
 
 PROG = "medood-train"
@@ -40,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override a configuration key"
     )
     parser.add_argument("--out", metavar="DIR", help="run folder (overrides the config's out)")
+    add_precision_option(parser)
+    parser.set_defaults(precision=None)  # the configuration's, unless given here
     return parser
 
 
@@ -56,6 +65,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"out={args.out}")
+    if args.precision is not None:
+        overrides.append(f"precision={args.precision}")
     config = load_config(args.config, overrides, trainer.config)
     rank = int(os.environ.get("RANK", "0"))
     bar = tqdm(

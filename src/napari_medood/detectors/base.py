@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, Stages, check_cancelled
-from napari_medood.errors import MedoodError, PreprocessingError, VolumeError
+from napari_medood.errors import MedoodError, PreprocessingError, VolumeError, look_up_option
 from napari_medood.io.volume import Volume
 
 MAP = "map"
@@ -57,13 +57,21 @@ class DetectorOptions:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         overlap: sliding-window overlap (None: the card's).
         batch_size: windows or slices per forward pass (None: the family's default).
+        precision: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (``execution``).
     """
 
     device: str = "auto"
     overlap: float | None = None
     batch_size: int | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        from napari_medood.execution import PRECISIONS
+
+        try:
+            look_up_option(self.precision, PRECISIONS, "precision")
+        except ValueError as exc:
+            raise MedoodError(str(exc)) from None
         if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
             raise MedoodError(f"overlap must be within [0, 1), got {self.overlap}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -164,7 +172,13 @@ class BaseDetector:
                 raise MedoodError(f"the {self.name} detector declares a map but returned none")
             values = np.clip(np.asarray(output.values, dtype=np.float32), 0.0, 1.0)
             values[~mask] = 0.0
-            anomaly_map = Volume(values, volume.affine, volume.source, {"detector": self.name})
+            how = output.extras.get("execution")
+            meta = {
+                "detector": self.name,
+                # kept in the written file's header (NIfTI descrip): which model, how it ran
+                "description": f"napari-medood {self.name}" + (f" ({how})" if how else ""),
+            }
+            anomaly_map = Volume(values, volume.affine, volume.source, meta)
         score = None
         if SCORE in self.outputs:
             if output.score is None:

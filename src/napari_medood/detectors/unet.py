@@ -27,6 +27,7 @@ from napari_medood.detectors.base import (
 )
 from napari_medood.device import DeviceFallbackWarning, choose_device
 from napari_medood.errors import MedoodError
+from napari_medood.execution import plan_execution
 from napari_medood.io.volume import Volume
 from napari_medood.preprocessing.model_space import ModelSpace
 
@@ -40,6 +41,7 @@ class UNetDetector(BaseDetector):
     Attributes:
         checkpoints: shipped model names or checkpoint folders.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        precision: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (``execution``).
         overlap: window overlap (default: the card's, else 0.5).
         batch_size: windows per forward pass (None: 1 on the CPU, where larger batches only
             cost memory, 8 on a GPU, where they keep it busy).
@@ -51,6 +53,7 @@ class UNetDetector(BaseDetector):
     overlap: float | None = None
     batch_size: int | None = None
     top_k: int = 100
+    precision: str = "auto"
     models: list[Any] = field(default_factory=list, repr=False)
     cards: list[dict] = field(default_factory=list, repr=False)
     score_info: ClassVar[ScoreInfo] = ScoreInfo("mean of the 100 highest voxels of the map")
@@ -60,6 +63,7 @@ class UNetDetector(BaseDetector):
         from napari_medood.models.checkpoint import Checkpoint, CheckpointError
 
         self.device = choose_device(self.device)
+        self.execution = plan_execution(self.device, self.precision)
         if not self.models:
             if not self.checkpoints:
                 raise MedoodError("give at least one checkpoint")
@@ -71,7 +75,7 @@ class UNetDetector(BaseDetector):
                             f"{checkpoint.folder / 'card.json'}: a {FAMILY} card needs a "
                             f"'{key}' entry"
                         )
-                self.models.append(checkpoint.build_model(self.device))
+                self.models.append(self.execution.prepare(checkpoint.build_model("cpu")))
                 self.cards.append(checkpoint.card)
         first = self.cards[0]["preprocessing"]
         for card in self.cards[1:]:
@@ -90,6 +94,7 @@ class UNetDetector(BaseDetector):
             device=options.device,
             overlap=options.overlap,
             batch_size=options.batch_size,
+            precision=options.precision,
         )
 
     @classmethod
@@ -112,16 +117,19 @@ class UNetDetector(BaseDetector):
         import torch
 
         def run(batch):
+            execution = self.execution
+            batch = execution.inputs(batch)
             probabilities = None
             for model in self.models:
-                with torch.autocast("cuda", enabled=batch.is_cuda):
-                    p = torch.sigmoid(model.predict(batch).float())
+                with execution.autocast():
+                    logits = model.predict(batch)
+                p = torch.sigmoid(logits.float())
                 probabilities = p if probabilities is None else probabilities + p
             return probabilities / len(self.models)
 
         def predictor(batch):
             try:
-                return run(batch.to(self.device))
+                return run(batch)
             except torch.cuda.OutOfMemoryError:
                 # nnU-Net's remedy: finish on the CPU rather than fail the scan
                 warnings.warn(
@@ -132,10 +140,17 @@ class UNetDetector(BaseDetector):
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self.device = "cpu"
-                self.models = [m.to("cpu") for m in self.models]
+                self.execution = plan_execution("cpu", self._cpu_precision())
+                self.models = [
+                    self.execution.prepare(m, fold_batch_norm=False) for m in self.models
+                ]
                 return run(batch.to("cpu"))
 
         return predictor
+
+    def _cpu_precision(self) -> str:
+        # float16 is a GPU precision: the CPU takes the best it has instead
+        return "auto" if self.precision == "float16" else self.precision
 
     def run(
         self, volume: Volume, mask: np.ndarray, stages: Stages, cancelled: CancelledPredicate | None
@@ -167,5 +182,11 @@ class UNetDetector(BaseDetector):
         return DetectorOutput(
             anomaly,
             scores["topk_mean"],
-            {"scores": scores, "windows": stats, "device": self.device},
+            {
+                "scores": scores,
+                "windows": stats,
+                "device": self.device,
+                "precision": self.execution.precision,
+                "execution": self.execution.describe(),
+            },
         )

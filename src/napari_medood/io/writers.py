@@ -65,6 +65,8 @@ def _header_for(volume: Volume, data: np.ndarray, kind: str):
     elif header.get_intent()[0] == "label":
         header.set_intent("none")
     header.set_xyzt_units(xyz="mm")
+    if volume.meta.get("description"):
+        header["descrip"] = str(volume.meta["description"]).encode("ascii", "replace")[:79]
     if not keep_geometry:
         # New or moved geometry: the exact matrix goes into the sform (the qform cannot hold
         # shear); the codes say "aligned to another scan" unless the source had its own codes.

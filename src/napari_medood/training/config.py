@@ -26,7 +26,9 @@ class UNetTrainConfig:
         outliers (noise, deformation, shift, reflection) rather than foreign patches;
         fp_size: foreign-patch box (voxels); shape_weights: odds of the foreign-patch shapes.
     Optimisation (mood22: AdamW 1e-4, wd 1e-5, OneCycle max 1e-3, AMP on CUDA):
-        steps, batch_size (per process), lr, max_lr, weight_decay, amp.
+        steps, batch_size (per process), lr, max_lr, weight_decay; precision of the forward
+        pass (``auto``: bfloat16 autocast on CPUs that compute it, float16 with a gradient
+        scaler on CUDA; ``execution``); amp false forces float32.
     """
 
     name: str = "unet"
@@ -52,6 +54,7 @@ class UNetTrainConfig:
     max_lr: float = 1e-3
     weight_decay: float = 1e-5
     amp: bool = True
+    precision: str = "auto"
     val_interval: int = 250
     log_interval: int = 10
     workers: int = 2
@@ -70,8 +73,13 @@ class UNetTrainConfig:
         if not 0 <= self.p_anomaly <= 1 or not 0 <= self.fpi_fraction <= 1:
             raise MedoodError("p_anomaly and fpi_fraction must be within [0, 1]")
         from napari_medood.device import check_device_name
+        from napari_medood.execution import PRECISIONS
 
         self.device = check_device_name(self.device)
+        if self.precision not in PRECISIONS:
+            raise MedoodError(
+                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
+            )
         if len(self.spacing) != 3 or len(self.patch) != 3:
             raise MedoodError("spacing and patch need three values")
         from napari_medood.models.unet import PRESETS

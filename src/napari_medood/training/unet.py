@@ -19,6 +19,7 @@ from pathlib import Path
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
 from napari_medood.errors import MedoodError
+from napari_medood.execution import plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
 from napari_medood.training.config import UNetTrainConfig
 from napari_medood.training.registry import Trainer, TrainResult
@@ -96,7 +97,7 @@ def _write_row(path: Path, row: dict, fields: tuple[str, ...]) -> None:
         writer.writerow(row)
 
 
-def validate(model, card: dict, cases, device: str) -> dict:
+def validate(model, card: dict, cases, device: str, precision: str = "auto") -> dict:
     """Pixel AP (MOOD, all brain voxels pooled) and sample AUROC of ``model`` on ``cases``,
     predicted and scored exactly as ``medood-eval`` does."""
     from napari_medood.detectors.unet import UNetDetector
@@ -104,7 +105,7 @@ def validate(model, card: dict, cases, device: str) -> dict:
 
     was_training = model.training
     model.eval()
-    detector = UNetDetector.from_models([model], [card], device=device)
+    detector = UNetDetector.from_models([model], [card], device=device, precision=precision)
     result = evaluate(
         cases, DetectorPredictions(detector), options=EvalOptions(bootstrap=0, fprs=())
     )
@@ -148,15 +149,18 @@ def train_unet(
     torch.manual_seed(config.seed)
 
     features = tuple(config.features or PRESETS[config.preset])
-    model = UNet3DDeepSup(1, 1, features).to(device)
+    # precision and memory format as inference runs them: bfloat16 autocast where the CPU
+    # computes it, float16 with a gradient scaler on CUDA; the weights stay float32
+    execution = plan_execution(device, config.precision if config.amp else "float32")
+    model = execution.prepare(UNet3DDeepSup(1, 1, features), fold_batch_norm=False).train()
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=config.max_lr, total_steps=config.steps
     )
-    use_amp = config.amp and device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    use_scaler = execution.precision == "float16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     start_step, best_ap, elapsed_before = 0, None, 0.0
     if (last_dir / "state.pt").exists():
         from safetensors.torch import load_file
@@ -228,6 +232,7 @@ def train_unet(
             writer = None
 
     training_info = {
+        "precision": execution.precision,
         "data": [c.name for c in train_cases],
         "data_licence": config.data_licence,
         "validation": [c.name for c in val_cases],
@@ -273,10 +278,10 @@ def train_unet(
             if step >= config.steps:
                 break
             check_cancelled(cancelled)
-            images = images.to(device, non_blocking=True)
+            images = execution.inputs(images)
             targets = targets.to(device, non_blocking=True)
             optimiser.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            with execution.autocast():
                 outputs = model(images)
             loss = deep_supervision_loss(outputs, targets)
             scaler.scale(loss).backward()
@@ -304,7 +309,7 @@ def train_unet(
                 if is_main:
                     if val_cases:
                         card = model_card(config, features, {}, training_info, expects=expects)
-                        metrics = validate(module, card, val_cases, device)
+                        metrics = validate(module, card, val_cases, device, execution.precision)
                         _write_row(
                             out / "val_log.csv",
                             {"step": step, **metrics},

@@ -50,6 +50,7 @@ from napari_medood._napari._widgets._common import (
     show_labels,
     wrapping_label,
 )
+from napari_medood.execution import PRECISIONS
 
 if TYPE_CHECKING:
     import napari
@@ -152,11 +153,22 @@ class DetectWidget(Panel):
         self.checkpoint_edit = FileEdit(label="Checkpoint", mode="d")
         self.checkpoint_edit.tooltip = "add a checkpoint folder (card.json + model.safetensors)"
         self.device_choice = ComboBox(label="Device", choices=self._device_choices())
+        self.precision_choice = ComboBox(label="Precision", choices=PRECISIONS, value="auto")
+        self.precision_choice.tooltip = (
+            "auto: bfloat16 on CPUs that compute it (about 3x faster), else float32; "
+            "float16 on CUDA"
+        )
         self.overlap_spin = FloatSpinBox(
             label="Window overlap", min=0.0, max=0.9, step=0.05, value=0.5
         )
         self.options = Container(
-            widgets=[self.model_choice, self.checkpoint_edit, self.device_choice, self.overlap_spin]
+            widgets=[
+                self.model_choice,
+                self.checkpoint_edit,
+                self.device_choice,
+                self.precision_choice,
+                self.overlap_spin,
+            ]
         )
         self.options.margins = (0, 0, 0, 0)
         self.card_label = wrapping_label()
@@ -313,6 +325,7 @@ class DetectWidget(Panel):
             "mask_state": None if mask_layer is None else layer_state(mask_layer),
             "model": self.model_choice.value,
             "device": self.device_choice.value,
+            "precision": self.precision_choice.value,
             "overlap": float(self.overlap_spin.value),
             "name": f"{source.name} anomaly ({self.model_choice.value})",
             "source_layer": source.name,
@@ -568,7 +581,9 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
         mask = layer_data_to_volume(np.asarray(job["mask_data"]), job["mask_state"]).data > 0
     check_cancelled(cancelled)
     say(f"loading {job['model']}")
-    detector = get_detector(job["model"], device=job["device"], overlap=job["overlap"])
+    detector = get_detector(
+        job["model"], device=job["device"], overlap=job["overlap"], precision=job["precision"]
+    )
     result = detector.predict(volume, mask, progress=progress, cancelled=cancelled)
     check_cancelled(cancelled)
     Stages(progress, ()).report(PREPARING)
@@ -591,6 +606,7 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
                     "source_layer": job["source_layer"],
                     "source_id": job["source_id"],
                     "notes": list(result.notes),
+                    "precision": result.extras.get("precision"),
                 },
             },
             ANOMALY_MAP,
@@ -611,6 +627,7 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
         outcome.flagged = (data > job["threshold"]).astype(np.uint8)
         outcome.peak = tuple(int(v) for v in np.unravel_index(int(np.argmax(data)), data.shape))
         windows = result.extras.get("windows", {}).get("windows_run")
-        where = f" {windows} windows on {result.extras.get('device')}." if windows else ""
+        how = result.extras.get("execution", result.extras.get("device"))
+        where = f" {windows} windows ({how})." if windows else ""
         outcome.score_text += where
     return outcome
