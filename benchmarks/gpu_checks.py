@@ -7,6 +7,9 @@
    map it gives on the GPU when memory is free.
 2. Where plain MONAI spends its time on the GPU (cProfile of one sliding_window_inference on
    the benchmark volume), to explain bench_inference.py's GPU ratio.
+
+GPU rows of the precision table (issue 9): ``python benchmarks/bench_inference.py --device
+cuda --batch 8 --precision float16`` (and ``bfloat16``, ``float32``).
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ def oom_fallback() -> None:
     name = "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
     volume = read_volume(shared_dir() / "open-ms-lesjak-mni" / "patient19" / name)
     mask = volume.data > 0
-    reference = UNetDetector(["brain-t1-unet"], device="cuda").predict(volume, mask)
+    # float32 on both sides: the fallback must give the GPU's map, not another precision's
+    reference = UNetDetector(["brain-t1-unet"], device="cuda", precision="float32").predict(
+        volume, mask
+    )
     torch.cuda.empty_cache()  # what torch keeps cached would otherwise absorb the squeeze
     free, total = torch.cuda.mem_get_info()
     hog = torch.empty(int(free - 300 * 2**20), dtype=torch.uint8, device="cuda")
-    detector = UNetDetector(["brain-t1-unet"], device="cuda", batch_size=64)
+    detector = UNetDetector(["brain-t1-unet"], device="cuda", batch_size=64, precision="float32")
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
