@@ -150,3 +150,17 @@ def test_the_precision_is_recorded_with_the_outputs(tmp_path, capsys):
     assert settings["predictions"]["precision"] == "float32"
     header = nib.load(next((report / "predictions").glob("*.nii.gz"))).header
     assert b"float32" in bytes(header["descrip"])
+
+
+def test_training_takes_a_precision_and_refuses_an_unknown_one(tmp_path, capsys):
+    from napari_medood.cli import train_main
+    from napari_medood.training.config import load_config
+
+    assert load_config(None, ["train=x", "precision=bfloat16"]).precision == "bfloat16"
+    with pytest.raises(MedoodError, match="unknown precision 'half'"):
+        load_config(None, ["train=x", "precision=half"])
+    # medood-train --precision goes into the configuration (here refused for its data)
+    code = train_main(["unet", "--precision", "float32", "--set", f"train={tmp_path / 'none'}"])
+    assert code == 2 and "none: no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["unet", "--precision", "half"])
