@@ -74,11 +74,6 @@ def get_detector(name: str, options: DetectorOptions | None = None, **option_val
     return resolve(family.detector)(checkpoints, options)
 
 
-def describe_outputs(detector: Detector) -> str:
-    """``"map + score"``, ``"map"`` or ``"score"``."""
-    return " + ".join(kind for kind in OUTPUT_KINDS if kind in detector.outputs)
-
-
 __all__ = [
     "MAP",
     "OUTPUT_KINDS",
@@ -91,7 +86,6 @@ __all__ = [
     "ScoreInfo",
     "available_models",
     "default_model",
-    "describe_outputs",
     "get_detector",
     "register_detector",
     "sample_scores",

@@ -208,6 +208,14 @@ def is_mood_layout(path: str | os.PathLike) -> bool:
     return (path / "pixel" / "data").is_dir() or (path / "pixel" / "label").is_dir()
 
 
+def read_sample_label(path: Path) -> bool:
+    """A MOOD sample label file: one number, >= 0.5 means abnormal."""
+    try:
+        return float(path.read_text().strip()) >= 0.5
+    except ValueError as exc:
+        raise VolumeError(path, "a sample label must hold one number (0 or 1)") from exc
+
+
 def _from_mood(root: Path) -> list[Case]:
     data, labels, masks = root / "pixel" / "data", root / "pixel" / "label", root / "pixel" / "mask"
     sample_labels = root / "sample" / "label"
@@ -216,12 +224,7 @@ def _from_mood(root: Path) -> list[Case]:
     for image in sorted(source.glob("*.nii*")):
         label = labels / image.name if (labels / image.name).exists() else None
         flag = sample_labels / f"{image.name}.txt"
-        anomalous = None
-        if flag.exists():
-            try:
-                anomalous = float(flag.read_text().strip()) >= 0.5
-            except ValueError as exc:
-                raise VolumeError(flag, "a sample label must hold one number (0 or 1)") from exc
+        anomalous = read_sample_label(flag) if flag.exists() else None
         mask = masks / image.name if (masks / image.name).exists() else None
         cases.append(
             Case(strip_volume_suffix(image.name), data / image.name, mask, {}, label, anomalous)
@@ -273,14 +276,7 @@ def _from_label_folder(folder: Path, masks: str | os.PathLike | None) -> list[Ca
         _check_label_map(next(iter(maps.values())), folder)
     cases = []
     for name in sorted(set(maps) | set(flags)):
-        anomalous = None
-        if name in flags:
-            try:
-                anomalous = float(flags[name].read_text().strip()) >= 0.5
-            except ValueError as exc:
-                raise VolumeError(
-                    flags[name], "a sample label must hold one number (0 or 1)"
-                ) from exc
+        anomalous = read_sample_label(flags[name]) if name in flags else None
         mask = find_mask(masks, folder / name) if masks is not None else None
         cases.append(
             Case(strip_volume_suffix(name), folder / name, mask, {}, maps.get(name), anomalous)

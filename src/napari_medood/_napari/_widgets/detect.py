@@ -66,7 +66,6 @@ class DetectionOutcome:
 
     result: Any
     detector_name: str
-    outputs: tuple[str, ...]
     score_text: str
     map_layer: Any = None  # a napari Image layer, built off the GUI thread, not yet added
     flagged: np.ndarray | None = None  # the voxels above the threshold, on the layer's grid
@@ -567,7 +566,7 @@ class DetectWidget(Panel):
 def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
     """The whole run, off the GUI thread: layers to volumes, the detector, layer data back."""
     from napari_medood._napari._layers import layer_data_to_volume, volume_to_layer_data
-    from napari_medood._progress import Stages, check_cancelled
+    from napari_medood._progress import check_cancelled
     from napari_medood.detectors import get_detector
 
     def say(message: str) -> None:
@@ -586,14 +585,14 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
     )
     result = detector.predict(volume, mask, progress=progress, cancelled=cancelled)
     check_cancelled(cancelled)
-    Stages(progress, ()).report(PREPARING)
+    say(PREPARING)
     info = detector.score_info
     score_text = (
         "No sample score."
         if result.score is None
         else f"Sample score {result.score:.3f}: {info.describe()}."
     )
-    outcome = DetectionOutcome(result, detector.name, tuple(detector.outputs), score_text)
+    outcome = DetectionOutcome(result, detector.name, score_text)
     if result.anomaly_map is not None:
         state_metadata = job["state"]["metadata"]
         metadata = with_role(
