@@ -342,3 +342,15 @@ def test_all_panels_fit_a_1000_px_screen(make_napari_viewer, qtbot):
     path_labels = inspector.body.findChildren(ElidedLabel)
     assert path_labels and all(w.toolTip() == w.full_text() for w in path_labels)
     assert inspector.scan_rows()["File"].endswith("ixi048_t1_2mm.nii.gz")
+
+
+def test_the_flagged_volume_follows_a_slider_moved_during_the_run(detect, qtbot):
+    viewer, widget, scan, mask = detect
+    widget.model_choice.value = "intensity"
+    widget.run_button.click()
+    widget.slider.setValue(70)  # before the result arrives: the worker computed at 0.50
+    wait(qtbot, widget)
+    layer = widget.map_layer
+    ml = (layer.data > 0.7).sum() * float(np.prod(layer.scale)) / 1000
+    assert widget.threshold_label.text() == f"threshold 0.70: {ml:.1f} ml"
+    np.testing.assert_array_equal(widget.threshold_layer.data.astype(bool), layer.data > 0.7)

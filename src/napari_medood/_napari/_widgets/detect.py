@@ -69,6 +69,7 @@ class DetectionOutcome:
     score_text: str
     map_layer: Any = None  # a napari Image layer, built off the GUI thread, not yet added
     flagged: np.ndarray | None = None  # the voxels above the threshold, on the layer's grid
+    flagged_at: float = 0.5  # that threshold (the slider's when Run was pressed)
     peak: tuple[int, int, int] | None = None
 
 
@@ -432,7 +433,7 @@ class DetectWidget(Panel):
         self._run_steps(
             [
                 lambda: self._place_map(outcome, source, previous),
-                lambda: self._show_flagged_volume(outcome.flagged),
+                lambda: self._show_flagged_volume(outcome.flagged, outcome.flagged_at),
             ]
         )
 
@@ -525,13 +526,16 @@ class DetectWidget(Panel):
     def threshold(self) -> float:
         return self.slider.value() / 100.0
 
-    def _show_flagged_volume(self, flagged: np.ndarray | None) -> None:
+    def _show_flagged_volume(self, flagged: np.ndarray | None, flagged_at: float) -> None:
         """The volume above the threshold, before any Labels layer is made."""
         layer = self.map_layer
         if layer is None or flagged is None:
             return
-        if self.threshold_layer is not None and self.threshold_layer in self.viewer.layers:
-            self._threshold_changed(self.slider.value())  # a re-run: the layer follows
+        moved = abs(flagged_at - self.threshold) > 1e-9  # the slider moved during the run
+        if moved or (
+            self.threshold_layer is not None and self.threshold_layer in self.viewer.layers
+        ):
+            self._threshold_changed(self.slider.value())  # the layer follows the slider
             return
         self.threshold_label.setText(
             f"threshold {self.threshold:.2f}: {self._millilitres(flagged, layer):.1f} ml"
@@ -624,6 +628,7 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
         kwargs.update({k: v for k, v in job["state"].items() if k != "metadata"})
         outcome.map_layer = Image(data, **kwargs)
         outcome.flagged = (data > job["threshold"]).astype(np.uint8)
+        outcome.flagged_at = job["threshold"]
         outcome.peak = tuple(int(v) for v in np.unravel_index(int(np.argmax(data)), data.shape))
         windows = result.extras.get("windows", {}).get("windows_run")
         how = result.extras.get("execution", result.extras.get("device"))
