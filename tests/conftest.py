@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,54 @@ def ct_scan() -> Path:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tiny_diffusion_settings(root: Path, out: Path, *extra: str) -> list[str]:
+    """A diffusion model small enough to train in seconds: 4 mm, 48 x 48 slices, two levels."""
+    return [
+        f"train={root / 'train'}",
+        f"masks={root / 'masks'}",
+        f"out={out}",
+        "spacing=[4,4,4]",
+        "slice_size=[48,48]",
+        "channels=[8,16]",
+        "attention_levels=[false,true]",
+        "num_head_channels=8",
+        "norm_num_groups=8",
+        "batch_size=4",
+        "workers=0",
+        "log_interval=1",
+        "lr=3e-3",
+        "reconstructions=4",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def diffusion_scans(tmp_path_factory):
+    """Two IXI scans to train on and one held out, with their DLMUSE brain masks."""
+    t1, dlmuse = shared("ixi-t1-2mm", "t1"), shared("ixi-t1-2mm", "dlmuse")
+    root = tmp_path_factory.mktemp("diffusion")
+    scans = sorted(t1.glob("*.nii.gz"))
+    for folder, chosen in (("train", scans[:2]), ("val", scans[-1:])):
+        (root / folder).mkdir()
+        for scan in chosen:
+            shutil.copy(scan, root / folder / scan.name)
+    (root / "masks").mkdir()
+    for mask in dlmuse.glob("*.nii.gz"):
+        shutil.copy(mask, root / "masks" / mask.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def diffusion_checkpoint(diffusion_scans):
+    """A real (tiny, briefly trained) diffusion checkpoint with its card."""
+    from napari_medood.training.config import load_config
+    from napari_medood.training.diffusion import DiffusionTrainConfig, train_diffusion
+
+    out = diffusion_scans / "run"
+    config = load_config(
+        None, tiny_diffusion_settings(diffusion_scans, out, "steps=4"), DiffusionTrainConfig
+    )
+    result = train_diffusion(config)
+    return result.best

@@ -354,3 +354,53 @@ def test_the_flagged_volume_follows_a_slider_moved_during_the_run(detect, qtbot)
     ml = (layer.data > 0.7).sum() * float(np.prod(layer.scale)) / 1000
     assert widget.threshold_label.text() == f"threshold 0.70: {ml:.1f} ml"
     np.testing.assert_array_equal(widget.threshold_layer.data.astype(bool), layer.data > 0.7)
+
+
+def test_a_diffusion_model_shows_its_reconstructions_and_maps_and_cancels(
+    detect, qtbot, diffusion_checkpoint
+):
+    from napari_medood._napari._roles import ANOMALY_MAP, RECONSTRUCTION, role_of
+
+    viewer, widget, scan, mask = detect
+    widget.add_checkpoint(str(diffusion_checkpoint))
+    reports = []
+    original = widget._progress
+    widget._progress = lambda report: (reports.append(report), original(report))
+    widget.run_button.click()
+    wait(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    stages = list(dict.fromkeys(m.split(":")[0].split(" (")[0] for _, _, m in reports))
+    assert "reconstructions" in stages and "Mahalanobis map" in stages
+    layer = widget.map_layer
+    assert role_of(layer) == ANOMALY_MAP and viewer.layers[-1] is layer  # the map on top
+    extras = widget.extras_of(scan, widget.model_choice.value)
+    kinds = {x.metadata["medood_detection"]["extra"]: x for x in extras}
+    assert set(kinds) == {"residual", "mahalanobis", "mean", "std", "reconstructions"}
+    for key, extra in kinds.items():
+        assert not extra.visible  # under the map, a click away
+        if key == "reconstructions":  # N on a slider, every volume over the scan
+            assert extra.data.shape == (4, *scan.data.shape)
+            np.testing.assert_allclose(extra.scale[1:], scan.scale)
+            np.testing.assert_allclose(extra.translate[1:], scan.translate)
+            assert not np.array_equal(extra.data[0], extra.data[1])
+        else:
+            assert extra.data.shape == scan.data.shape
+            np.testing.assert_allclose(extra.scale, scan.scale)
+            np.testing.assert_allclose(extra.translate, scan.translate)
+        expected = ANOMALY_MAP if key in ("residual", "mahalanobis") else RECONSTRUCTION
+        assert role_of(extra) == expected
+    # results_of finds the map alone, so a rerun replaces it and its extras
+    assert widget.results_of(scan, widget.model_choice.value) == [layer]
+    count = len(viewer.layers)
+    widget.run_button.click()
+    wait(qtbot, widget)
+    assert widget.image_combo.current_layer() is scan  # extras are never taken for the scan
+    assert widget.last_error is None and len(viewer.layers) == count
+    # cancel during the reconstructions: nothing is added
+    widget.run_button.click()
+    qtbot.waitUntil(
+        lambda: "reconstructions" in widget.status.text() or not widget.busy, timeout=60_000
+    )
+    widget.cancel_button.click()
+    wait(qtbot, widget)
+    assert len(viewer.layers) == count and "Cancelled" in widget.status.text()

@@ -209,7 +209,7 @@ def test_cohort_formats_with_labels(tmp_path, ixi_t1):
 
 def test_lmdb_slice_cache_round_trip(tmp_path, ixi_t1):
     pytest.importorskip("lmdb")
-    from napari_medood.evaluation.lmdb_cache import SliceLMDB, load_slice, write_slice_lmdb
+    from napari_medood.io.lmdb_cache import SliceLMDB, load_slice, write_slice_lmdb
 
     data = np.asanyarray(nib.load(ixi_t1).dataobj).astype(np.float64)
     count = write_slice_lmdb([ixi_t1, ixi_t1], tmp_path / "cache")

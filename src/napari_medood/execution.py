@@ -117,7 +117,8 @@ class Execution:
         if fold_batch_norm:
             fold_batch_norms(model)
         model = model.to(self.device)
-        if self.channels_last:
+        # channels-last 3D is what was measured for 3D networks; 2D networks keep their layout
+        if self.channels_last and any(isinstance(m, torch.nn.Conv3d) for m in model.modules()):
             model = model.to(memory_format=torch.channels_last_3d)
         return model
 

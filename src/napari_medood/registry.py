@@ -128,6 +128,13 @@ def declared_outputs(family: Family) -> tuple[str, ...]:
     return tuple(getattr(owner, "outputs", ("map", "score")))
 
 
+def declared_variants(family: Family) -> tuple[str, ...]:
+    """The anomaly maps a family's detectors can give (``DetectorOptions.variant``)."""
+    factory = resolve(family.detector)
+    owner = getattr(factory, "__self__", factory)
+    return tuple(getattr(owner, "variants", ()))
+
+
 def resolve(reference: Reference) -> Any:
     """The object a ``"package.module:attribute.path"`` reference names (or the object)."""
     if not isinstance(reference, str):
@@ -148,6 +155,18 @@ def _register_builtins() -> None:
             architectures={"UNet3DDeepSup": "napari_medood.models.unet:build_unet"},
             trainer="napari_medood.training.unet:TRAINER",
             train_name="unet",
+        )
+    )
+    register_family(
+        Family(
+            name="diffusion2d",
+            description="slice diffusion reconstructions + pixel-wise Mahalanobis distance (MHD)",
+            detector="napari_medood.detectors.diffusion:MHDDetector.from_checkpoints",
+            architectures={
+                "SliceDiffusionUNet": "napari_medood.models.diffusion:build_slice_diffusion"
+            },
+            trainer="napari_medood.training.diffusion:TRAINER",
+            train_name="diffusion",
         )
     )
     baselines = "napari_medood.detectors.baselines"

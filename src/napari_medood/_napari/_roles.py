@@ -16,7 +16,8 @@ BRAIN_MASK = "brain mask"
 ANOMALY_MAP = "anomaly map"
 GROUND_TRUTH = "ground truth"
 THRESHOLD = "threshold"
-ROLES = (SCAN, BRAIN_MASK, ANOMALY_MAP, GROUND_TRUTH, THRESHOLD)
+RECONSTRUCTION = "reconstruction"  # a model's rendering of a scan (never picked as the scan)
+ROLES = (SCAN, BRAIN_MASK, ANOMALY_MAP, GROUND_TRUTH, THRESHOLD, RECONSTRUCTION)
 ROLE_KEY = "medood_role"
 #: the layer a derived layer (a threshold) was made from: its ``unique_id``
 DERIVED_KEY = "medood_derived_from"

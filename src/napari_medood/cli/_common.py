@@ -70,10 +70,22 @@ def device_name(text: str) -> str:
 def add_model_option(parser: argparse.ArgumentParser, help_suffix: str = "") -> None:
     parser.add_argument(
         "--model",
+        "--detector",
+        dest="model",
         metavar="NAME",
         default=None,
         help="a shipped model or baseline name (see medood-predict --list-models), a "
         "checkpoint folder, or several comma-separated checkpoints (an ensemble)" + help_suffix,
+    )
+
+
+def add_variant_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--variant",
+        metavar="NAME",
+        default=None,
+        help="which map a detector that gives several returns as its anomaly map (e.g. "
+        "brain-t1-mhd: mhd, the default, or residual: the single-reconstruction residual)",
     )
 
 

@@ -16,6 +16,7 @@ from napari_medood.cli._common import (
     add_mask_option,
     add_model_option,
     add_precision_option,
+    add_variant_option,
     make_parser,
     run_command,
     say,
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_device_option(parser)
     add_precision_option(parser)
+    add_variant_option(parser)
     add_mask_option(parser, what="the set")
     parser.add_argument(
         "--healthy",
@@ -120,7 +122,9 @@ def _eval(args: argparse.Namespace) -> int:
         raise MedoodError(f"give {what} and -o REPORT (see --help)")
     out = check_output_folder(args.out)
     if args.model:
-        detector = get_detector(args.model, DetectorOptions(args.device, precision=args.precision))
+        detector = get_detector(
+            args.model, DetectorOptions(args.device, precision=args.precision, variant=args.variant)
+        )
         predict = DetectorPredictions(detector, out / "predictions")
         labels = args.inputs[0]
         cases = discover_cases(labels, masks=args.mask)

@@ -14,6 +14,7 @@ from napari_medood.cli._common import (
     add_mask_option,
     add_model_option,
     add_precision_option,
+    add_variant_option,
     make_parser,
     run_command,
     say,
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_option(parser, "; default: brain-t1-unet")
     add_device_option(parser)
     add_precision_option(parser)
+    add_variant_option(parser)
     parser.add_argument(
         "--overlap", type=float, default=None, help="sliding-window overlap (default: the card's)"
     )
@@ -121,7 +123,9 @@ def _predict(args: argparse.Namespace) -> int:
     from napari_medood.distributed import finish, gather, shard_from
     from napari_medood.io.cohort import discover_cases
 
-    options = DetectorOptions(args.device, args.overlap, args.batch_size, args.precision)
+    options = DetectorOptions(
+        args.device, args.overlap, args.batch_size, args.precision, args.variant
+    )
     detector = get_detector(args.model or default_model(), options)
     check_task(detector, args.task)  # a score-only detector cannot write maps: say so now
     cases = discover_cases(args.input)

@@ -49,14 +49,17 @@ def default_model() -> str:
 
 def get_detector(name: str, options: DetectorOptions | None = None, **option_values) -> Detector:
     """Build the detector called ``name`` (see the module docstring) with ``options`` (or
-    the same given as keywords: ``device``, ``overlap``, ``batch_size``)."""
+    the same given as keywords: ``device``, ``overlap``, ``batch_size``, ``precision``,
+    ``variant``)."""
     from pathlib import Path
 
     from napari_medood.models.checkpoint import Checkpoint, bundled_models
-    from napari_medood.registry import get_family, resolve
+    from napari_medood.registry import declared_variants, get_family, resolve
 
     options = options or DetectorOptions(**option_values)
     if name in NAMED_DETECTORS:
+        if options.variant is not None:
+            raise MedoodError(f"the {name} detector has no variants (got {options.variant!r})")
         return resolve(NAMED_DETECTORS[name].factory)(options)
     parts = [part.strip() for part in str(name).split(",") if part.strip()]
     shipped = bundled_models()
@@ -71,6 +74,17 @@ def get_detector(name: str, options: DetectorOptions | None = None, **option_val
         listed = ", ".join(f"{c.name} ({c.family})" for c in checkpoints)
         raise MedoodError(f"an ensemble needs checkpoints of one family; got {listed}")
     family = get_family(checkpoints[0].family, str(checkpoints[0].folder / "card.json"))
+    if options.variant is not None:
+        variants = declared_variants(family)
+        if not variants:
+            raise MedoodError(
+                f"{name} ({family.name}) gives one map and has no variants "
+                f"(got {options.variant!r})"
+            )
+        try:
+            look_up_option(options.variant, variants, f"variant of {name}")
+        except ValueError as exc:
+            raise MedoodError(str(exc)) from None
     return resolve(family.detector)(checkpoints, options)
 
 

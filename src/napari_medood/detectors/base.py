@@ -58,12 +58,15 @@ class DetectorOptions:
         overlap: sliding-window overlap (None: the card's).
         batch_size: windows or slices per forward pass (None: the family's default).
         precision: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (``execution``).
+        variant: which of its maps a family gives as the anomaly map, for families that
+            give several (their detector class lists them in ``variants``; None: its default).
     """
 
     device: str = "auto"
     overlap: float | None = None
     batch_size: int | None = None
     precision: str = "auto"
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         from napari_medood.execution import PRECISIONS
@@ -132,6 +135,8 @@ class BaseDetector:
     Attributes:
         outputs: ``("map", "score")``, ``("map",)`` or ``("score",)``.
         score_info: what the score means.
+        variants: the maps it can give as its anomaly map (``DetectorOptions.variant``);
+            empty for one.
         stages: the named stages :meth:`run` reports progress in, in order.
         card: the checkpoint card (None for detectors without one); its ``expects`` entry is
             what scans are compared with before they are read.
@@ -141,6 +146,7 @@ class BaseDetector:
     outputs: ClassVar[tuple[str, ...]] = (MAP, SCORE)
     score_info: ClassVar[ScoreInfo] = ScoreInfo("mean of the 100 highest voxels")
     stages: ClassVar[tuple[str, ...]] = ("computing",)
+    variants: ClassVar[tuple[str, ...]] = ()
     card: Mapping[str, Any] | None = None
 
     def run(

@@ -145,4 +145,13 @@ def load_config(
         ]
         where = f"{path}: " if path is not None else ""
         raise MedoodError(f"{where}unknown configuration keys: {', '.join(hints)}")
+    for item in fields(config_class):  # YAML reads 3e-3 as a string, 1 as an int
+        if item.name in values and item.type in ("float", "int"):
+            value = values[item.name]
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                continue
+            try:
+                values[item.name] = float(value) if item.type == "float" else int(value)
+            except ValueError:
+                raise MedoodError(f"{item.name} must be a number, got {value!r}") from None
     return config_class(**values).validate()

@@ -10,10 +10,8 @@ Logs: ``OUT/train_log.csv``, ``OUT/val_log.csv`` (and TensorBoard if asked for).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -21,35 +19,13 @@ from napari_medood._progress import CancelledPredicate, ProgressCallback, check_
 from napari_medood.errors import MedoodError
 from napari_medood.execution import plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
+from napari_medood.training._loop import device_description, setup_distributed, write_row
 from napari_medood.training.config import UNetTrainConfig
 from napari_medood.training.registry import Trainer, TrainResult
 
 FAMILY = "unet3d"
 
 TRAIN_LOG_FIELDS = ("step", "loss", "lr", "seconds", "samples_per_second")
-
-
-def _setup_distributed(config: UNetTrainConfig):
-    """``(rank, world, device)``; opens the process group under torchrun."""
-    import torch
-
-    from napari_medood.device import choose_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = choose_device(config.device)
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        # under torchrun each process takes the GPU of its local rank; alone, the one asked for
-        index = local_rank if world > 1 or device == "cuda" else int(device.split(":")[1])
-        torch.cuda.set_device(index)
-        device = f"cuda:{index}"
-    return rank, world, device
 
 
 def model_space(config: UNetTrainConfig) -> ModelSpace:
@@ -86,15 +62,6 @@ def model_card(
         "training": training,
         "metrics": metrics,
     }
-
-
-def _write_row(path: Path, row: dict, fields: tuple[str, ...]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
 
 
 def validate(model, card: dict, cases, device: str, precision: str = "auto") -> dict:
@@ -142,7 +109,7 @@ def train_unet(
     )
 
     config.validate()
-    rank, world, device = _setup_distributed(config)
+    rank, world, device = setup_distributed(config.device)
     is_main = rank == 0
     out = Path(config.out)
     last_dir, best_dir = out / "last", out / "best"
@@ -242,11 +209,7 @@ def train_unet(
             if k not in ("train", "masks", "val", "out", "name", "description")
         },
         "processes": world,
-        "device": (
-            torch.cuda.get_device_name()
-            if device.startswith("cuda")
-            else f"CPU ({platform.processor() or platform.machine()})"
-        ),
+        "device": device_description(device),
         "torch": torch.__version__,
     }
 
@@ -299,7 +262,7 @@ def train_unet(
                     "seconds": round(elapsed_before + now - started, 2),
                     "samples_per_second": round(window_samples / max(now - window_start, 1e-9), 3),
                 }
-                _write_row(out / "train_log.csv", row, TRAIN_LOG_FIELDS)
+                write_row(out / "train_log.csv", row, TRAIN_LOG_FIELDS)
                 if writer is not None:
                     writer.add_scalar("loss", row["loss"], step)
                 window_start, window_samples = now, 0
@@ -310,7 +273,7 @@ def train_unet(
                     if val_cases:
                         card = model_card(config, features, {}, training_info, expects=expects)
                         metrics = validate(module, card, val_cases, device, execution.precision)
-                        _write_row(
+                        write_row(
                             out / "val_log.csv",
                             {"step": step, **metrics},
                             ("step", "pixel_ap", "pixel_auroc", "sample_auroc", "cases"),

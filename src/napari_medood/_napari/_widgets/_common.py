@@ -144,11 +144,14 @@ def scan_and_mask_pickers(
         ANOMALY_MAP,
         BRAIN_MASK,
         GROUND_TRUTH,
+        RECONSTRUCTION,
         SCAN,
         THRESHOLD,
     )
 
-    scans = LayerComboBox(viewer, (Image,), parent, roles=(SCAN,), exclude=(ANOMALY_MAP,))
+    scans = LayerComboBox(
+        viewer, (Image,), parent, roles=(SCAN,), exclude=(ANOMALY_MAP, RECONSTRUCTION)
+    )
     masks = LayerComboBox(
         viewer,
         (Labels,),

@@ -15,7 +15,7 @@ scan with the same model.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from napari_medood._napari._roles import (
     ANOMALY_MAP,
+    RECONSTRUCTION,
     THRESHOLD,
     label_colormap,
     role_of,
@@ -71,6 +72,7 @@ class DetectionOutcome:
     flagged: np.ndarray | None = None  # the voxels above the threshold, on the layer's grid
     flagged_at: float = 0.5  # that threshold (the slider's when Run was pressed)
     peak: tuple[int, int, int] | None = None
+    extra_layers: list = field(default_factory=list)  # the detector's other maps, as layers
 
 
 class ColourBar(QLabel):
@@ -434,6 +436,7 @@ class DetectWidget(Panel):
             [
                 lambda: self._place_map(outcome, source, previous),
                 lambda: self._show_flagged_volume(outcome.flagged, outcome.flagged_at),
+                lambda: self._place_extras(outcome, source),
             ]
         )
 
@@ -480,6 +483,32 @@ class DetectWidget(Panel):
         self.slider.setEnabled(True)
         self.colour_bar.show()
 
+    def _place_extras(self, outcome: DetectionOutcome, source: Any) -> None:
+        """The detector's other maps (a diffusion model's reconstructions, their mean and
+        spread, its residual and distance maps), hidden under the anomaly map; those of an
+        earlier run of the same model on the same scan make way for them."""
+        if self.replace_check.isChecked():
+            for layer in self.extras_of(source, self._model):
+                self.viewer.layers.remove(layer)
+        for layer in outcome.extra_layers:
+            self.viewer.layers.append(layer)
+        if self.map_layer is not None and outcome.extra_layers:
+            # the anomaly map stays on top, where the slider and threshold act
+            self.viewer.layers.move(
+                self.viewer.layers.index(self.map_layer), len(self.viewer.layers)
+            )
+
+    def extras_of(self, source: Any, model: str) -> list[Any]:
+        """The extra layers of ``model``'s results on ``source``."""
+        key = str(source.unique_id)
+        return [
+            layer
+            for layer in self.viewer.layers
+            if layer.metadata.get(DETECTION_KEY, {}).get("extra")
+            and layer.metadata[DETECTION_KEY].get("source_id") == key
+            and layer.metadata[DETECTION_KEY].get("model") == model
+        ]
+
     def results_of(self, source: Any, model: str) -> list[Any]:
         """The map layers of ``model``'s results on ``source``."""
         key = str(source.unique_id)
@@ -487,6 +516,7 @@ class DetectWidget(Panel):
             layer
             for layer in self.viewer.layers
             if role_of(layer) == ANOMALY_MAP
+            and not layer.metadata.get(DETECTION_KEY, {}).get("extra")
             and layer.metadata.get(DETECTION_KEY, {}).get("source_id") == key
             and layer.metadata.get(DETECTION_KEY, {}).get("model") == model
         ]
@@ -567,6 +597,89 @@ class DetectWidget(Panel):
         )
 
 
+#: a detector's extra maps (``extras["maps"]``) as layers: name, role, colormap
+EXTRA_MAPS = {
+    "mhd": ("Mahalanobis map (MHD)", ANOMALY_MAP, "inferno"),
+    "residual": ("single-reconstruction residual", ANOMALY_MAP, "inferno"),
+    "mahalanobis": ("Mahalanobis distance (raw)", ANOMALY_MAP, "magma"),
+    "mean": ("reconstruction mean", RECONSTRUCTION, "gray"),
+    "std": ("reconstruction std", RECONSTRUCTION, "viridis"),
+    "reconstructions": ("reconstructions", RECONSTRUCTION, "gray"),
+}
+
+
+def with_leading_axis(placement: dict[str, Any]) -> dict[str, Any]:
+    """The placement of a 3D layer for a 4D stack of such volumes (the new first axis is
+    the stack's index: one napari slider)."""
+    out = dict(placement)
+    if "scale" in out:
+        out["scale"] = (1.0, *out["scale"])
+    if "translate" in out:
+        out["translate"] = (0.0, *out["translate"])
+    for key in ("rotate", "affine"):
+        if key in out and out[key] is not None:
+            matrix = np.asarray(out[key], dtype=float)
+            grown = np.eye(matrix.shape[0] + 1)
+            grown[1:, 1:] = matrix
+            out[key] = grown
+    if "shear" in out and out["shear"] is not None:
+        shear = list(np.asarray(out["shear"], dtype=float).ravel())
+        out["shear"] = [0.0, 0.0, 0.0, *shear]  # the new axis shears nothing
+    if "units" in out:
+        out["units"] = ("pixel", *out["units"])
+    if "axis_labels" in out:
+        out["axis_labels"] = ("reconstruction", *out["axis_labels"])
+    return out
+
+
+def extra_layers(result: Any, job: dict, map_kwargs: dict) -> list:
+    """The result's other maps as hidden napari layers placed exactly over the scan."""
+    from napari.layers import Image
+
+    from napari_medood._napari._layers import to_display
+
+    maps = result.extras.get("maps") or {}
+    main = result.extras.get("variant")
+    placement = {k: v for k, v in job["state"].items() if k != "metadata"}
+    layers = []
+    for key, (label, role, colormap) in EXTRA_MAPS.items():
+        if key == main or key not in maps:
+            continue
+        values = np.asarray(maps[key], dtype=np.float32)
+        grid = result.anomaly_map
+        if values.ndim == 4:
+            data = np.stack([to_display(grid.with_data(v))[0] for v in values])
+            where = with_leading_axis(placement)
+        else:
+            data = to_display(grid.with_data(values))[0]
+            where = placement
+        high = float(np.percentile(data[data > 0], 99.5)) if (data > 0).any() else 1.0
+        metadata = with_role(
+            {
+                DETECTION_KEY: {
+                    "model": job["model"],
+                    "source_id": job["source_id"],
+                    "source_layer": job["source_layer"],
+                    "extra": key,
+                }
+            },
+            role,
+        )
+        layers.append(
+            Image(
+                data,
+                name=f"{job['source_layer']} {label} ({job['model']})",
+                colormap=colormap,
+                contrast_limits=(0.0, max(high, 1e-6)),
+                blending="additive" if role == ANOMALY_MAP else "translucent",
+                visible=False,
+                metadata=metadata,
+                **where,
+            )
+        )
+    return layers
+
+
 def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
     """The whole run, off the GUI thread: layers to volumes, the detector, layer data back."""
     from napari_medood._napari._layers import layer_data_to_volume, volume_to_layer_data
@@ -630,6 +743,7 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
         outcome.flagged = (data > job["threshold"]).astype(np.uint8)
         outcome.flagged_at = job["threshold"]
         outcome.peak = tuple(int(v) for v in np.unravel_index(int(np.argmax(data)), data.shape))
+        outcome.extra_layers = extra_layers(result, job, kwargs)
         windows = result.extras.get("windows", {}).get("windows_run")
         how = result.extras.get("execution", result.extras.get("device"))
         where = f" {windows} windows ({how})." if windows else ""

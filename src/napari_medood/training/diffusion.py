@@ -1,0 +1,546 @@
+"""Train the slice diffusion model of the MHD family: on one CPU, one GPU, or many under
+``torchrun`` (DDP).
+
+The reference recipe (methods.md section 2): healthy axial slices, x0 objective, L1 loss,
+cosine schedule over 1000 steps, simplex noise, Adam 1e-4, TorchIO's RandomGamma (p 0.5),
+RandomBiasField (p 0.25), RandomBlur (p 0.25) and RandomGhosting (p 0.5); the checkpoint
+kept is the one with the lowest validation loss. Training scans go through the model space
+first (as the detector will see them) and into an LMDB slice cache laid out like
+UAD-IMAG's (``io.lmdb_cache``); each sample is a random slice, cropped or padded to
+``slice_size`` around its brain.
+
+The validation loss is the L1 loss on every slice of the validation scans at four fixed
+steps (125, 250, 498, 750) with fixed noise, so that values of different steps compare.
+``OUT/last`` holds the latest weights and the optimiser state (``state.pt``: plain tensors,
+read back with ``weights_only=True``): the same command resumes there. Logs:
+``OUT/train_log.csv``, ``OUT/val_log.csv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
+from napari_medood.errors import MedoodError
+from napari_medood.execution import PRECISIONS, plan_execution
+from napari_medood.preprocessing.model_space import ModelSpace
+from napari_medood.training._loop import (
+    barrier,
+    device_description,
+    finish_distributed,
+    setup_distributed,
+    write_row,
+)
+from napari_medood.training.registry import Trainer, TrainResult
+
+FAMILY = "diffusion2d"
+TRAIN_LOG_FIELDS = ("step", "loss", "lr", "seconds", "samples_per_second")
+VALIDATION_STEPS = (125, 250, 498, 750)
+#: the reference noises test slices to index 498 of 1000 ("test_timesteps = 500", offset twice)
+REFERENCE_T = 498
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """How to train the slice diffusion model (MHD / cDDPM recipe, methods.md section 2).
+
+    Data: train (healthy scans: folder, CSV or BIDS) and masks (their brain masks); val and
+        val_masks (healthy scans held out, for the validation loss; optional).
+    Model space: spacing (mm); slice_size (pixels of a training slice, multiples of
+        2^(levels-1)); modality, contrast (what the training scans are, for the card).
+    Network (MONAI DiffusionModelUNet): channels, attention_levels, num_res_blocks,
+        num_head_channels, norm_num_groups; condition = cDDPM's encoder of the clean slice
+        (condition_dim wide).
+    Diffusion: timesteps, schedule (cosine), noise (simplex or gaussian).
+    Inference defaults written into the card: t (498), reconstructions (10).
+    Optimisation: steps, batch_size (per process), lr (Adam), augment (TorchIO intensity
+        augmentations), precision (``auto``: bfloat16 autocast on CPUs that compute it,
+        float16 on CUDA), amp false forces float32.
+    """
+
+    name: str = "diffusion"
+    description: str = "slice diffusion model (MHD: Mahalanobis distance to N reconstructions)"
+    train: str = ""
+    masks: str | None = None
+    val: str | None = None
+    val_masks: str | None = None
+    out: str = "runs/diffusion"
+    spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])
+    slice_size: list[int] = field(default_factory=lambda: [96, 96])
+    channels: list[int] = field(default_factory=lambda: [32, 64, 64, 128])
+    attention_levels: list[bool] = field(default_factory=lambda: [False, False, False, True])
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    norm_num_groups: int = 16
+    condition: bool = False
+    condition_dim: int = 128
+    timesteps: int = 1000
+    schedule: str = "cosine"
+    noise: str = "simplex"
+    t: int = REFERENCE_T
+    reconstructions: int = 10
+    augment: bool = True
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-4
+    amp: bool = True
+    precision: str = "auto"
+    val_interval: int = 250
+    log_interval: int = 10
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    data_licence: str = ""
+    modality: str = "MR"
+    contrast: str = "T1w"
+
+    def validate(self) -> DiffusionTrainConfig:
+        from napari_medood.device import check_device_name
+        from napari_medood.models.diffusion import NOISE_KINDS
+
+        if not self.train:
+            raise MedoodError("the training configuration needs 'train' (healthy scans)")
+        if self.steps < 1 or self.batch_size < 1:
+            raise MedoodError("steps and batch_size must be >= 1")
+        self.device = check_device_name(self.device)
+        if self.precision not in PRECISIONS:
+            raise MedoodError(
+                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
+            )
+        if self.noise not in NOISE_KINDS:
+            raise MedoodError(f"unknown noise {self.noise!r}; valid: {', '.join(NOISE_KINDS)}")
+        if len(self.spacing) != 3 or len(self.slice_size) != 2:
+            raise MedoodError("spacing needs three values and slice_size two")
+        if len(self.channels) != len(self.attention_levels):
+            raise MedoodError("channels and attention_levels need one entry per level")
+        divisor = 2 ** (len(self.channels) - 1)
+        if any(s % divisor for s in self.slice_size):
+            raise MedoodError(
+                f"slice_size must be multiples of {divisor} for {len(self.channels)} levels, "
+                f"got {self.slice_size}"
+            )
+        if not 0 <= self.t < self.timesteps:
+            raise MedoodError(f"t must be within [0, {self.timesteps - 1}], got {self.t}")
+        if self.reconstructions < 2:
+            raise MedoodError("the Mahalanobis map needs at least 2 reconstructions")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def architecture(self) -> dict[str, Any]:
+        return {
+            "type": "SliceDiffusionUNet",
+            "channels": list(self.channels),
+            "attention_levels": [bool(a) for a in self.attention_levels],
+            "num_res_blocks": self.num_res_blocks,
+            "num_head_channels": self.num_head_channels,
+            "norm_num_groups": self.norm_num_groups,
+            "condition": self.condition,
+            "condition_dim": self.condition_dim,
+        }
+
+    def process(self):
+        from napari_medood.models.diffusion import DiffusionProcess
+
+        return DiffusionProcess(self.timesteps, self.schedule, "x0", self.noise)
+
+
+def model_space(config: DiffusionTrainConfig) -> ModelSpace:
+    return ModelSpace(spacing=tuple(float(s) for s in config.spacing))
+
+
+def model_card(config: DiffusionTrainConfig, metrics: dict, training: dict, expects: dict) -> dict:
+    """The card beside the weights: what the detector replays (model space, process,
+    reconstruction and post-processing defaults)."""
+    from dataclasses import asdict as as_dict
+
+    from napari_medood.inference.mahalanobis import PostProcessing
+
+    return {
+        "name": config.name,
+        "detector": FAMILY,
+        "description": config.description,
+        "method": "diffusion reconstructions + pixel-wise Mahalanobis distance (MHD, MICCAI 2024)",
+        "architecture": config.architecture(),
+        "preprocessing": {**model_space(config).to_card(), "slices": "axial (RAS axis 2)"},
+        "diffusion": config.process().to_card(),
+        "inference": {
+            "t": config.t,
+            "reconstructions": config.reconstructions,
+            "steps": 1,
+            "post_processing": as_dict(PostProcessing()),
+            "sample_score": "mean of the map inside the brain (the reference's)",
+        },
+        "expects": expects,
+        "training": training,
+        "metrics": metrics,
+    }
+
+
+# -- data -----------------------------------------------------------------------------
+
+
+def write_slice_cache(cases, space: ModelSpace, folder: Path):
+    """Write the LMDB cache of the cases' model-space slices in ``folder`` unless it exists;
+    returns the prepared scans (None when the cache existed)."""
+    from napari_medood.io.lmdb_cache import write_slice_lmdb
+    from napari_medood.training.data import prepare_scans
+
+    if folder.exists():
+        return None
+    scans = prepare_scans(cases, space)
+    write_slice_lmdb([scan.image for scan in scans], folder)
+    return scans
+
+
+def cache_folder(out: Path, kind: str, cases, space: ModelSpace) -> Path:
+    """A cache named by what it holds, so a changed list of scans or spacing makes a new one."""
+    key = json.dumps([[str(c.image), str(c.mask)] for c in cases] + [space.to_card()])
+    return out / f"slices-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def fit_slice(plane: np.ndarray, size, rng: np.random.Generator | None) -> np.ndarray:
+    """``plane`` cropped or zero-padded to ``size`` around its non-zero part (a random
+    position where it fits in several ways when ``rng`` is given, else centred)."""
+    out = plane
+    for axis in range(2):
+        length, target = out.shape[axis], int(size[axis])
+        nonzero = np.flatnonzero(out.any(axis=1 - axis))
+        low, high = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, length)
+        if length < target:
+            extra = target - length
+            before = extra // 2 if rng is None else int(rng.integers(0, extra + 1))
+            widths = [(0, 0), (0, 0)]
+            widths[axis] = (before, extra - before)
+            out = np.pad(out, widths)
+            continue
+        # a window of `target` that covers as much of [low, high) as it can
+        first = max(0, min(high - target, low))
+        last = min(length - target, max(low, high - target))
+        first, last = min(first, last), max(first, last)
+        start = (first + last) // 2 if rng is None else int(rng.integers(first, last + 1))
+        out = np.take(out, np.arange(start, start + target), axis=axis)
+    return np.ascontiguousarray(out)
+
+
+class SliceSamples:
+    """Random training slices from a cache: ``(1, H, W)`` float32 in [0, 1], augmented with
+    the reference's TorchIO intensity transforms; item ``i`` is the same in every run."""
+
+    def __init__(self, cache, size, length: int, seed: int, augment: bool):
+        self.cache, self.size, self.length = cache, tuple(size), length
+        self.seed, self.augment = seed, augment
+        self._transform = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def transform(self):
+        if self._transform is None:
+            import torchio as tio
+
+            self._transform = tio.Compose(
+                [
+                    tio.RandomGamma(p=0.5),
+                    tio.RandomBiasField(p=0.25),
+                    tio.RandomBlur(p=0.25),
+                    tio.RandomGhosting(axes=(0, 1), p=0.5),
+                ]
+            )
+        return self._transform
+
+    def __getitem__(self, index: int):
+        import torch
+
+        rng = np.random.default_rng([self.seed, index])
+        plane = self.cache[int(rng.integers(len(self.cache)))][0]
+        plane = fit_slice(plane, self.size, rng)
+        tensor = torch.from_numpy(plane)[None]
+        if self.augment:
+            inside = tensor > 0
+            torch.manual_seed(int(rng.integers(2**31)))  # TorchIO draws from torch's RNG
+            tensor = self.transform()(tensor[..., None])[..., 0].float()
+            # ghosting rings beyond the brain as it does on real scans; intensities stay
+            # in the model space's range
+            tensor = torch.where(inside, tensor, tensor * 0.5).clamp(0.0, 1.0)
+        return tensor
+
+
+def noised_batch(clean, process, alphas, step: int, seed: int, fixed_t: int | None = None):
+    """``(noisy, t)`` for a batch of clean slices in [-1, 1]: random steps and noise drawn
+    from a generator seeded by ``(seed, step)`` (the same on a resumed run)."""
+    import torch
+
+    from napari_medood.models.diffusion import noise_fields
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    batch = clean.shape[0]
+    if fixed_t is None:
+        t = torch.randint(0, process.timesteps, (batch,), generator=generator)
+    else:
+        t = torch.full((batch,), fixed_t, dtype=torch.long)
+    noise = noise_fields(process.noise, batch, tuple(clean.shape[-2:]), generator)[:, None]
+    noise = noise.to(clean.device)
+    a = alphas[t].to(clean.device)[:, None, None, None]
+    return a.sqrt() * clean + (1.0 - a).sqrt() * noise, t.to(clean.device)
+
+
+def validation_loss(model, slices, process, alphas, execution, seed: int) -> float:
+    """Mean L1 loss of the x0 prediction over ``slices`` at the fixed validation steps."""
+    import torch
+
+    from napari_medood.models.diffusion import to_model_units
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for k, t in enumerate(VALIDATION_STEPS):
+            for start in range(0, slices.shape[0], 32):
+                clean = to_model_units(slices[start : start + 32].to(execution.device))
+                noisy, times = noised_batch(clean, process, alphas, k * 10_000 + start, seed, t)
+                with execution.autocast():
+                    predicted = model(noisy, times, clean).float()
+                total += float((predicted - clean).abs().mean(dim=(1, 2, 3)).sum())
+                count += clean.shape[0]
+    if was_training:
+        model.train()
+    return total / max(count, 1)
+
+
+# -- the loop -------------------------------------------------------------------------
+
+
+def train_diffusion(
+    config: DiffusionTrainConfig,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelledPredicate | None = None,
+) -> TrainResult:
+    """Train (or resume) as ``config`` says; returns where the best checkpoint is."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.models.checkpoint import save_checkpoint
+    from napari_medood.models.diffusion import build_slice_diffusion, to_model_units
+    from napari_medood.training.data import OffsetSampler, expected_scans
+
+    config.validate()
+    rank, world, device = setup_distributed(config.device)
+    is_main = rank == 0
+    out = Path(config.out)
+    last_dir, best_dir = out / "last", out / "best"
+    torch.manual_seed(config.seed)
+    execution = plan_execution(device, config.precision if config.amp else "float32")
+    process = config.process()
+    alphas = process.scheduler().alphas_cumprod.float()
+    model = execution.prepare(build_slice_diffusion(config.architecture()), fold_batch_norm=False)
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    use_scaler = execution.precision == "float16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    start_step, best_loss, elapsed_before = 0, None, 0.0
+    if (last_dir / "state.pt").exists():
+        from safetensors.torch import load_file
+
+        previous = json.loads((out / "config.json").read_text())
+        if previous.get("steps") != config.steps:
+            raise MedoodError(
+                f"{out}: this run was started with steps={previous.get('steps')}; "
+                "resume with the same steps, or train into another folder"
+            )
+        state = torch.load(last_dir / "state.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(load_file(str(last_dir / "model.safetensors"), device="cpu"))
+        model.to(device)
+        optimiser.load_state_dict(state["optimiser"])
+        scaler.load_state_dict(state["scaler"])
+        start_step = int(state["step"])
+        best_loss = float(state["best_loss"]) if state["best_loss"] >= 0 else None
+        elapsed_before = float(state["seconds"])
+
+    space = model_space(config)
+    train_cases = discover_cases(config.train, masks=config.masks)
+    val_cases = discover_cases(config.val, masks=config.val_masks) if config.val else []
+    train_folder = cache_folder(out, "train", train_cases, space)
+    val_folder = cache_folder(out, "val", val_cases, space) if val_cases else None
+    expects: dict = {}
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+        expects_file = out / "expects.json"
+        scans = write_slice_cache(train_cases, space, train_folder)
+        if scans is not None:
+            expects = expected_scans(scans, space, config.modality, config.contrast)
+            expects_file.write_text(json.dumps(expects, indent=1) + "\n")
+        elif expects_file.exists():
+            expects = json.loads(expects_file.read_text())
+        if val_folder is not None:
+            write_slice_cache(val_cases, space, val_folder)
+    barrier(world)  # the caches exist before any process reads them
+    from napari_medood.io.lmdb_cache import SliceLMDB
+
+    train_slices = SliceLMDB(train_folder)
+    val_slices = None
+    if is_main and val_folder is not None:
+        with SliceLMDB(val_folder) as cache:
+            val_slices = torch.from_numpy(
+                np.stack(
+                    [fit_slice(cache[i][0], config.slice_size, None) for i in range(len(cache))]
+                )
+            )[:, None]
+
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None
+        )
+    module = getattr(model, "module", model)
+    length = config.steps * config.batch_size * world
+    dataset = SliceSamples(train_slices, config.slice_size, length, config.seed, config.augment)
+    sampler = OffsetSampler(length, rank, world, start_step * config.batch_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=device.startswith("cuda"),
+        drop_last=True,
+    )
+    training_info = {
+        "precision": execution.precision,
+        "data": [c.name for c in train_cases],
+        "data_licence": config.data_licence,
+        "validation": [c.name for c in val_cases],
+        "slices": len(train_slices),
+        "recipe": {
+            k: v
+            for k, v in config.to_dict().items()
+            if k not in ("train", "masks", "val", "val_masks", "out", "name", "description")
+        },
+        "processes": world,
+        "device": device_description(device),
+        "torch": torch.__version__,
+    }
+
+    def save_last(step: int, seconds: float) -> None:
+        card = model_card(config, {}, {**training_info, "steps_done": step}, expects)
+        save_checkpoint(module, last_dir, card)
+        temp = last_dir / "state.pt.part"
+        torch.save(
+            {
+                "optimiser": optimiser.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "best_loss": -1.0 if best_loss is None else best_loss,
+                "seconds": seconds,
+            },
+            temp,
+        )
+        os.replace(temp, last_dir / "state.pt")
+
+    step = start_step
+    started = time.perf_counter()
+    window_start, window_samples = time.perf_counter(), 0
+    try:
+        for images in loader:
+            if step >= config.steps:
+                break
+            check_cancelled(cancelled)
+            clean = to_model_units(images.to(device, non_blocking=True))
+            noisy, times = noised_batch(clean, process, alphas, step * world + rank, config.seed)
+            optimiser.zero_grad(set_to_none=True)
+            with execution.autocast():
+                predicted = model(noisy, times, clean)
+            loss = (predicted.float() - clean).abs().mean()  # the reference's L1 on x0
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            step += 1
+            window_samples += images.shape[0] * world
+            if is_main and (step % config.log_interval == 0 or step == config.steps):
+                now = time.perf_counter()
+                write_row(
+                    out / "train_log.csv",
+                    {
+                        "step": step,
+                        "loss": float(loss.detach()),
+                        "lr": config.lr,
+                        "seconds": round(elapsed_before + now - started, 2),
+                        "samples_per_second": round(
+                            window_samples / max(now - window_start, 1e-9), 3
+                        ),
+                    },
+                    TRAIN_LOG_FIELDS,
+                )
+                window_start, window_samples = now, 0
+            report(progress, step, config.steps, f"loss {float(loss.detach()):.4f}")
+            if step % config.val_interval == 0 or step == config.steps:
+                seconds = elapsed_before + time.perf_counter() - started
+                if is_main:
+                    if val_slices is not None:
+                        value = validation_loss(
+                            module, val_slices, process, alphas, execution, config.seed
+                        )
+                        write_row(
+                            out / "val_log.csv",
+                            {"step": step, "val_loss": value},
+                            ("step", "val_loss"),
+                        )
+                        if best_loss is None or value < best_loss:
+                            best_loss = value
+                            save_checkpoint(
+                                module,
+                                best_dir,
+                                model_card(
+                                    config,
+                                    {"validation": {"l1_loss": value, "step": step}},
+                                    {
+                                        **training_info,
+                                        "steps_done": step,
+                                        "seconds": round(seconds, 1),
+                                    },
+                                    expects,
+                                ),
+                            )
+                    save_last(step, seconds)
+                barrier(world)
+    except KeyboardInterrupt:
+        if is_main:
+            save_last(step, elapsed_before + time.perf_counter() - started)
+        raise
+    finally:
+        train_slices.close()
+    seconds = elapsed_before + time.perf_counter() - started
+    if is_main and val_slices is None:
+        save_checkpoint(
+            module,
+            best_dir,
+            model_card(
+                config,
+                {},
+                {**training_info, "steps_done": step, "seconds": round(seconds, 1)},
+                expects,
+            ),
+        )
+    finish_distributed(world)
+    return TrainResult(best_dir if best_dir.exists() else None, best_loss, "L1 loss", step, seconds)
+
+
+TRAINER = Trainer(
+    config=DiffusionTrainConfig,
+    run=train_diffusion,
+    description="the slice diffusion model of MHD (x0 objective, simplex noise), whose N "
+    "reconstructions per slice give a Mahalanobis anomaly map; best by validation loss",
+    example_config="configs/brain-t1-mhd.yaml",
+)

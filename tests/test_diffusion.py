@@ -1,0 +1,437 @@
+"""The diffusion family (MHD): the Mahalanobis map, reconstructions, training, the detector
+through the CLI, and the slice cache it trains from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared, tiny_diffusion_settings
+from napari_medood.errors import Cancelled, MedoodError
+from napari_medood.inference.mahalanobis import (
+    PostProcessing,
+    dense_mahalanobis,
+    gaussian_ssim_3d,
+    mhd_volume_maps,
+    pixelwise_mahalanobis,
+)
+
+# -- the Mahalanobis map ---------------------------------------------------------------
+
+
+def _slices(seed: int = 0, size: int = 32, count: int = 10, batch: int = 2):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, size, size, generator=generator)
+    recons = x[:, None] + 0.1 * torch.randn(batch, count, size, size, generator=generator)
+    mask = torch.rand(batch, size, size, generator=generator) > 0.2
+    return x, recons, mask
+
+
+def test_identical_reconstructions_give_a_zero_map():
+    x, _, mask = _slices()
+    same = x[:, None].repeat(1, 10, 1, 1)
+    assert not pixelwise_mahalanobis(x, same, mask).any()
+    volume = np.random.default_rng(0).random((24, 20, 16)).astype(np.float32)
+    brain = np.zeros(volume.shape, bool)
+    brain[4:20, 4:16, 2:14] = True
+    volume[~brain] = 0
+    maps = mhd_volume_maps(volume, np.repeat(volume[None], 5, axis=0), brain)
+    assert not maps["mahalanobis"].any() and not maps["mhd"].any()
+    assert not maps["residual"].any() and not maps["std"].any()
+
+
+def test_the_woodbury_path_equals_the_dense_inverse():
+    x, recons, mask = _slices(seed=3)
+    woodbury = pixelwise_mahalanobis(x, recons, mask).double()
+    dense = dense_mahalanobis(x, recons, mask).double()
+    assert woodbury.abs().max() > 1.0  # a real distance, not zeros on both sides
+    np.testing.assert_allclose(woodbury.numpy(), dense.numpy(), rtol=1e-4, atol=1e-6)
+    # some pixels' contributions are negative: they score 0 on both paths, as in the reference
+    assert ((dense == 0) & mask).any()
+    # and the regularisation is used: another lambda gives another map
+    other = pixelwise_mahalanobis(x, recons, mask, regularisation=1e-1)
+    assert not torch.allclose(other.double(), woodbury)
+
+
+def test_maps_are_finite_non_negative_and_zero_outside_the_brain():
+    rng = np.random.default_rng(1)
+    volume = rng.random((30, 28, 20)).astype(np.float32)
+    brain = np.zeros(volume.shape, bool)
+    brain[5:25, 5:23, 3:17] = True
+    recons = volume[None] + 0.05 * rng.standard_normal((6, *volume.shape)).astype(np.float32)
+    maps = mhd_volume_maps(volume, recons, brain)
+    for name in ("mhd", "residual", "mahalanobis", "std"):
+        assert np.isfinite(maps[name]).all() and (maps[name] >= 0).all(), name
+    for name in ("mhd", "residual", "mahalanobis"):
+        assert not maps[name][~brain].any(), name
+    assert maps["mhd"].max() > 0 and maps["mhd"].shape == volume.shape
+    # every post-processing step is an option: without them the map is the raw distance
+    raw = mhd_volume_maps(
+        volume,
+        recons,
+        brain,
+        options=PostProcessing(minmax=False, smooth_sigma=0, ssim_weight=False),
+    )
+    np.testing.assert_allclose(raw["mhd"], maps["mahalanobis"], rtol=1e-6)
+    with pytest.raises(MedoodError, match="at least 2 reconstructions"):
+        mhd_volume_maps(volume, recons[:1], brain)
+    with pytest.raises(MedoodError, match="unknown MHD post-processing options smoth"):
+        PostProcessing.from_card({"smoth": 1})
+
+
+def test_ssim_of_a_volume_with_itself_is_one_and_drops_with_noise():
+    rng = np.random.default_rng(2)
+    volume = rng.random((20, 22, 24)).astype(np.float32)
+    np.testing.assert_allclose(gaussian_ssim_3d(volume, volume), 1.0, atol=1e-5)
+    noisy = volume + 0.3 * rng.standard_normal(volume.shape).astype(np.float32)
+    assert gaussian_ssim_3d(volume, noisy).mean() < 0.9
+
+
+def test_a_lesion_stands_out_of_the_spread_of_the_reconstructions():
+    """A bright blob that no reconstruction reproduces scores above the rest of the brain."""
+    rng = np.random.default_rng(4)
+    volume = np.zeros((40, 40, 12), np.float32)
+    brain = np.zeros(volume.shape, bool)
+    brain[4:36, 4:36, 2:10] = True
+    volume[brain] = 0.5 + 0.05 * rng.standard_normal(brain.sum())
+    healthy = volume.copy()
+    volume[18:24, 18:24, 4:8] = 1.0  # the lesion
+    recons = healthy[None] + 0.03 * rng.standard_normal((10, *volume.shape)).astype(np.float32)
+    maps = mhd_volume_maps(volume, recons * brain, brain)
+    lesion = np.zeros(volume.shape, bool)
+    lesion[18:24, 18:24, 4:8] = True
+    assert maps["mhd"][lesion].mean() > 5 * maps["mhd"][brain & ~lesion].mean()
+
+
+# -- noise and reconstructions ------------------------------------------------------------
+
+
+def test_simplex_noise_is_smooth_standardised_and_seeded():
+    from napari_medood.models.diffusion import noise_fields
+
+    fields = noise_fields("simplex", 3, (40, 48), torch.Generator().manual_seed(0))
+    again = noise_fields("simplex", 3, (40, 48), torch.Generator().manual_seed(0))
+    other = noise_fields("simplex", 3, (40, 48), torch.Generator().manual_seed(1))
+    assert fields.shape == (3, 40, 48) and torch.equal(fields, again)
+    assert not torch.allclose(fields, other)
+    np.testing.assert_allclose(fields.mean(dim=(1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(fields.std(dim=(1, 2)), 1, atol=1e-4)
+    # low frequencies dominate (frequency 64): neighbours correlate, unlike Gaussian noise
+    neighbours = torch.corrcoef(torch.stack([fields[0, :, :-1].ravel(), fields[0, :, 1:].ravel()]))
+    assert neighbours[0, 1] > 0.7
+    gaussian = noise_fields("gaussian", 1, (40, 48), torch.Generator().manual_seed(0))[0]
+    white = torch.corrcoef(torch.stack([gaussian[:, :-1].ravel(), gaussian[:, 1:].ravel()]))
+    assert abs(white[0, 1]) < 0.1
+    with pytest.raises(MedoodError, match="valid: simplex, gaussian"):
+        noise_fields("pink", 1, (8, 8), torch.Generator())
+
+
+def test_reconstructions_differ_under_different_seeds_and_repeat_under_the_same(
+    diffusion_checkpoint, ixi_t1
+):
+    from napari_medood.detectors import get_detector
+    from napari_medood.detectors.diffusion import MHDDetector
+    from napari_medood.io import read_volume
+
+    volume = read_volume(ixi_t1)
+    first = MHDDetector(diffusion_checkpoint, device="cpu", seed=0).predict(volume)
+    again = MHDDetector(diffusion_checkpoint, device="cpu", seed=0).predict(volume)
+    other = MHDDetector(diffusion_checkpoint, device="cpu", seed=1).predict(volume)
+    recons = first.extras["maps"]["reconstructions"]
+    assert recons.shape == (4, *volume.shape)  # the card's N = 4, on the scan's grid
+    np.testing.assert_array_equal(recons, again.extras["maps"]["reconstructions"])
+    np.testing.assert_array_equal(first.anomaly_map.data, again.anomaly_map.data)
+    assert not np.array_equal(recons, other.extras["maps"]["reconstructions"])
+    assert not np.array_equal(recons[0], recons[1])  # fresh noise per reconstruction
+    # a DDIM walk of 3 steps from t gives other reconstructions than the single x0 step
+    walked = MHDDetector(diffusion_checkpoint, device="cpu", steps=3).predict(volume)
+    assert not np.array_equal(walked.extras["maps"]["reconstructions"], recons)
+    # the residual variant is the same run's other map
+    residual = get_detector(str(diffusion_checkpoint), device="cpu", variant="residual").predict(
+        volume
+    )
+    np.testing.assert_allclose(
+        residual.anomaly_map.data, first.extras["maps"]["residual"], atol=1e-6
+    )
+
+
+def test_the_detector_works_on_the_scan_grid_and_reads_its_card(diffusion_checkpoint, ixi_t1):
+    from napari_medood.detectors.diffusion import MHDDetector
+    from napari_medood.io import read_volume
+    from napari_medood.preprocessing.masks import load_mask
+
+    volume = read_volume(ixi_t1)
+    mask = load_mask(
+        shared("ixi-t1-2mm", "dlmuse", "IXI048-HH-1326-T1_ds_DLMUSE.nii.gz"),
+        volume.grid,
+    )
+    reports = []
+    result = MHDDetector(diffusion_checkpoint, device="cpu").predict(
+        volume, mask, progress=lambda d, t, m: reports.append(m)
+    )
+    assert result.anomaly_map.shape == volume.shape
+    assert np.array_equal(result.anomaly_map.affine, volume.affine)
+    values = result.anomaly_map.data
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+    assert values.max() > 0 and not values[~mask].any()
+    assert result.score == pytest.approx(values[mask].mean(), rel=1e-5)  # the reference's score
+    stages = list(dict.fromkeys(m.split(":")[0].split(" (")[0] for m in reports))
+    assert stages == [
+        "preprocessing",
+        "reconstructions",
+        "Mahalanobis map",
+        "back to the input grid",
+    ]
+    for name in ("mean", "std", "mahalanobis", "residual"):
+        assert result.extras["maps"][name].shape == volume.shape
+    with pytest.raises(Cancelled):
+        MHDDetector(diffusion_checkpoint, device="cpu").predict(
+            volume, mask, cancelled=lambda: True
+        )
+    with pytest.raises(MedoodError, match="at least 2 reconstructions"):
+        MHDDetector(diffusion_checkpoint, reconstructions=1)
+    with pytest.raises(MedoodError, match=r"t must be within \[0, 999\]"):
+        MHDDetector(diffusion_checkpoint, t=1000)
+
+
+def test_variants_are_checked_before_anything_runs(diffusion_checkpoint):
+    from napari_medood.detectors import get_detector
+
+    with pytest.raises(
+        MedoodError, match="unknown variant of .* 'residul'; valid choices: 'mhd', 'residual'"
+    ):
+        get_detector(str(diffusion_checkpoint), variant="residul")
+    with pytest.raises(MedoodError, match="has no variants"):
+        get_detector("intensity", variant="residual")
+
+
+# -- training --------------------------------------------------------------------------
+
+
+def test_a_training_step_lowers_the_loss_on_a_fixed_batch(ixi_t1):
+    from napari_medood.io import read_volume
+    from napari_medood.models.diffusion import DiffusionProcess, build_slice_diffusion
+    from napari_medood.preprocessing.model_space import ModelSpace
+    from napari_medood.training.diffusion import fit_slice, noised_batch
+
+    volume = read_volume(ixi_t1)
+    prepared = ModelSpace(spacing=(4.0, 4.0, 4.0)).prepare(volume, volume.data > 0)
+    planes = [fit_slice(prepared.image[:, :, k], (32, 32), None) for k in (10, 14, 18, 22)]
+    clean = torch.from_numpy(np.stack(planes))[:, None] * 2 - 1
+    torch.manual_seed(0)
+    model = build_slice_diffusion(
+        {
+            "channels": [8, 16],
+            "attention_levels": [False, True],
+            "num_head_channels": 8,
+            "norm_num_groups": 8,
+        }
+    )
+    process = DiffusionProcess()
+    alphas = process.scheduler().alphas_cumprod.float()
+    noisy, times = noised_batch(clean, process, alphas, step=0, seed=0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = (model(noisy, times, clean) - clean).abs().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.85 * losses[0] and losses[-1] == min(losses), losses
+
+
+def _after_steps(out: Path, steps: int):
+    def cancelled() -> bool:
+        log = out / "train_log.csv"
+        return log.exists() and len(log.read_text().splitlines()) - 1 >= steps
+
+    return cancelled
+
+
+def test_training_resumes_keeps_the_best_by_validation_loss_and_writes_its_card(
+    diffusion_scans, tmp_path
+):
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.training.config import load_config
+    from napari_medood.training.diffusion import DiffusionTrainConfig, train_diffusion
+
+    out = tmp_path / "run"
+    settings = tiny_diffusion_settings(
+        diffusion_scans,
+        out,
+        "steps=6",
+        "val_interval=3",
+        f"val={diffusion_scans / 'val'}",
+        f"val_masks={diffusion_scans / 'masks'}",
+    )
+    with pytest.raises(Cancelled):  # stop during step 5
+        train_diffusion(
+            load_config(None, settings, DiffusionTrainConfig), cancelled=_after_steps(out, 4)
+        )
+    assert (out / "last" / "state.pt").exists() and (out / "best" / "card.json").exists()
+    result = train_diffusion(load_config(None, settings, DiffusionTrainConfig))
+    assert result.last_step == 6 and result.metric == "L1 loss"
+    steps = [int(r.split(",")[0]) for r in (out / "train_log.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 4, 5, 6], "the second run started after step 3's state"
+    val = [r.split(",") for r in (out / "val_log.csv").read_text().splitlines()[1:]]
+    assert [int(step) for step, _ in val] == [3, 6]
+    best = min(float(loss) for _, loss in val)
+    checkpoint = Checkpoint.open(result.best)
+    card = checkpoint.card
+    assert card["detector"] == "diffusion2d" and card["metrics"]["validation"]["l1_loss"] == best
+    assert card["diffusion"]["schedule"] == "cosine" and card["diffusion"]["objective"] == "x0"
+    assert card["diffusion"]["noise"] == "simplex"
+    assert card["inference"]["t"] == 498 and card["inference"]["reconstructions"] == 4
+    assert card["preprocessing"]["spacing"] == [4.0, 4.0, 4.0]
+    assert card["expects"]["contrast"] == "T1w" and card["expects"]["scans"] == 2
+    # the slices came from an LMDB cache in UAD-IMAG's layout, written once
+    caches = sorted(p.name for p in out.glob("slices-*"))
+    assert len(caches) == 2 and not list(out.glob("*.part"))
+    with pytest.raises(MedoodError, match="started with steps=6"):
+        train_diffusion(
+            load_config(
+                None, tiny_diffusion_settings(diffusion_scans, out, "steps=9"), DiffusionTrainConfig
+            )
+        )
+
+
+def test_config_errors_name_the_problem():
+    from napari_medood.training.config import load_config
+    from napari_medood.training.diffusion import DiffusionTrainConfig
+
+    with pytest.raises(MedoodError, match="multiples of 8"):
+        load_config(None, ["train=x", "slice_size=[90,96]"], DiffusionTrainConfig)
+    with pytest.raises(MedoodError, match="valid: simplex, gaussian"):
+        load_config(None, ["train=x", "noise=pink"], DiffusionTrainConfig)
+    with pytest.raises(MedoodError, match="at least 2 reconstructions"):
+        load_config(None, ["train=x", "reconstructions=1"], DiffusionTrainConfig)
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes_trains_the_diffusion_model(diffusion_scans, tmp_path):
+    from napari_medood.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "ddp"
+    command = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(sys.executable).with_name("medood-train")),
+        "diffusion",
+        *sum(
+            (
+                ["--set", item]
+                for item in tiny_diffusion_settings(
+                    diffusion_scans, out, "steps=3", "val_interval=3"
+                )
+            ),
+            [],
+        ),
+    ]
+    run = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    model, card = load_checkpoint(out / "best")
+    assert card["training"]["processes"] == 2
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert len(rows) == 4  # a header and one row per step, from rank 0 only
+    assert "medood-train: 3 steps" in run.stderr
+
+
+# -- the slice cache ---------------------------------------------------------------------
+
+
+def test_the_slice_cache_takes_arrays_and_is_written_whole(tmp_path):
+    pytest.importorskip("lmdb")
+    from napari_medood.io.lmdb_cache import SliceLMDB, write_slice_lmdb
+
+    volume = np.zeros((6, 5, 4), np.float32)
+    volume[1:5, 1:4, 1:3] = np.arange(24, dtype=np.float32).reshape(4, 3, 2) + 1
+    count = write_slice_lmdb([volume], tmp_path / "cache")
+    assert count == 2  # the two slices along the third axis that hold something
+    with SliceLMDB(tmp_path / "cache") as cache:
+        np.testing.assert_allclose(cache[0][0], volume[:, :, 1] / volume.max())
+    assert not (tmp_path / "cache.part").exists()
+    with pytest.raises(MedoodError, match="exists already"):
+        write_slice_lmdb([volume], tmp_path / "cache")
+    with pytest.raises(MedoodError, match="no such LMDB slice cache"):
+        SliceLMDB(tmp_path / "missing")
+
+
+# -- the faces -------------------------------------------------------------------------
+
+
+def test_medood_predict_and_eval_run_the_diffusion_model(
+    diffusion_checkpoint, diffusion_scans, tmp_path, capsys
+):
+    from napari_medood.cli import eval_main, predict_main
+
+    scan = next((diffusion_scans / "val").glob("*.nii.gz"))
+    out = tmp_path / "pred"
+    code = predict_main(
+        [
+            str(scan),
+            str(out),
+            "--model",
+            str(diffusion_checkpoint),
+            "--device",
+            "cpu",
+            "--variant",
+            "residual",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    written = list(out.rglob("*.nii.gz"))
+    assert written
+    code = predict_main(
+        [str(scan), str(tmp_path / "bad"), "--model", "intensity", "--variant", "x"]
+    )
+    assert code == 2 and "has no variants" in capsys.readouterr().err
+    # medood-eval --detector on a labelled synthetic case
+    from napari_medood.cli import synth_main
+
+    assert (
+        synth_main(
+            [
+                "--mask",
+                str(diffusion_scans / "masks"),
+                "--kinds",
+                "uniform_noise",
+                str(diffusion_scans / "val"),
+                str(tmp_path / "set"),
+            ]
+        )
+        == 0
+    )
+    report = tmp_path / "report"
+    code = eval_main(
+        [
+            str(tmp_path / "set"),
+            "--detector",
+            str(diffusion_checkpoint),
+            "--device",
+            "cpu",
+            "-o",
+            str(report),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert 0 < metrics["pixel"]["ap"] <= 1 and metrics["settings"]["failed"] == []
+    assert len(list((report / "predictions").rglob("*.nii.gz"))) == len(metrics["cases"])
