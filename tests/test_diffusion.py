@@ -435,3 +435,50 @@ def test_medood_predict_and_eval_run_the_diffusion_model(
     metrics = json.loads((report / "metrics.json").read_text())
     assert 0 < metrics["pixel"]["ap"] <= 1 and metrics["settings"]["failed"] == []
     assert len(list((report / "predictions").rglob("*.nii.gz"))) == len(metrics["cases"])
+
+
+def test_the_conditioned_model_reads_the_clean_slice():
+    """cDDPM: an encoder of the clean slice conditions every reconstruction."""
+    from napari_medood.models.diffusion import (
+        DiffusionProcess,
+        build_slice_diffusion,
+        noise_fields,
+        reconstruct,
+    )
+
+    torch.manual_seed(0)
+    model = build_slice_diffusion(
+        {
+            "channels": [8, 16],
+            "attention_levels": [False, True],
+            "num_head_channels": 8,
+            "norm_num_groups": 8,
+            "condition": True,
+            "condition_dim": 16,
+        }
+    ).eval()
+    for parameter in model.parameters():  # MONAI starts outputs and projections at zero
+        if not parameter.detach().abs().sum():
+            torch.nn.init.normal_(parameter, std=0.1)
+    slices = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    noise = noise_fields("gaussian", 3, (32, 32), torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        base = reconstruct(model, slices, noise, 498, DiffusionProcess())
+        # the same noisy input with another conditioning slice gives other reconstructions
+        timesteps = torch.full((2,), 498)
+        noisy = torch.randn(2, 1, 32, 32)
+        one = model(noisy, timesteps, slices * 2 - 1)
+        other = model(noisy, timesteps, slices.flip(0) * 2 - 1)
+    assert base.shape == (2, 3, 32, 32) and base.min() >= 0 and base.max() <= 1
+    assert not torch.allclose(one, other)
+    with pytest.raises(MedoodError, match="needs the clean slice"):
+        model(noisy, timesteps)
+    with pytest.raises(MedoodError, match="needs attention at one level"):
+        build_slice_diffusion(
+            {
+                "channels": [8, 16],
+                "attention_levels": [False, False],
+                "norm_num_groups": 8,
+                "condition": True,
+            }
+        )

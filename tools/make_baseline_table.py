@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_medood.detectors import available_models, get_detector
+from napari_medood.detectors import DetectorOptions, available_models, get_detector
 from napari_medood.evaluation import DetectorPredictions, EvalOptions, evaluate
 from napari_medood.evaluation.report import write_report
 from napari_medood.io import read_volume, write_nifti
@@ -104,6 +104,8 @@ def main() -> None:
         "sweep (mean over lesion cases); Dice @5 % is at the threshold that flags 5 % of the",
         "healthy voxels of the set's normal cases (synthetic set only: the shared data hold no",
         "healthy MS-protocol scans). Sample AUROC needs normal cases (synthetic set only).",
+        "`NAME:residual` is a model's single-reconstruction residual from the same run",
+        "(brain-t1-mhd: |x - r1| through the MHD post-processing) beside its default map.",
         "",
     ]
     for key, title, cases in datasets:
@@ -114,14 +116,16 @@ def main() -> None:
             "Dice @5 % FPR | sample AUROC |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for name in available_models():
-            out = work / "reports" / f"{key}_{name}"
+        for name, variant in entries():
+            label = name if variant is None else f"{name}:{variant}"
+            out = work / "reports" / f"{key}_{label.replace(':', '_')}"
+            detector = get_detector(name, DetectorOptions("cpu", variant=variant))
             result = evaluate(
                 cases,
-                DetectorPredictions(get_detector(name, device="cpu")),
+                DetectorPredictions(detector),
                 options=EvalOptions(bootstrap=0),
             )
-            card_metrics.setdefault(name, {})[key] = {
+            card_metrics.setdefault(label, {})[key] = {
                 "pixel_ap": result.pixel.get("ap"),
                 "pixel_auroc": result.pixel.get("auroc"),
                 "auprc_per_volume": result.pixel.get("auprc_per_volume_mean"),
@@ -129,11 +133,11 @@ def main() -> None:
                 "sample_auroc": result.sample.get("auroc"),
                 "cases": len(cases),
             }
-            write_report(result, out, f"{name} on {title}")
+            write_report(result, out, f"{label} on {title}")
             pixel, sample = result.pixel, result.sample
             dice = pixel.get("dice", {})
             lines.append(
-                f"| {name} | {fmt(pixel.get('ap'))} | {fmt(pixel.get('auroc'))} | "
+                f"| {label} | {fmt(pixel.get('ap'))} | {fmt(pixel.get('auroc'))} | "
                 f"{fmt(pixel.get('auprc_per_volume_mean'))} | "
                 f"{fmt(dice.get('sweep', {}).get('dice_mean'))} | "
                 f"{fmt(dice.get('sweep', {}).get('threshold'))} | "
@@ -147,14 +151,34 @@ def main() -> None:
     write_card_metrics(card_metrics)
 
 
+def entries() -> list[tuple[str, str | None]]:
+    """Every detector a user can pick, and each shipped model's other variants (the MHD
+    model's single-reconstruction residual), as ``(name, variant)``."""
+    from napari_medood.models.checkpoint import Checkpoint, bundled_models
+    from napari_medood.registry import declared_variants, get_family
+
+    out: list[tuple[str, str | None]] = []
+    shipped = bundled_models()
+    for name in available_models():
+        out.append((name, None))
+        if name in shipped:
+            variants = declared_variants(get_family(Checkpoint.open(name).family))
+            out += [(name, variant) for variant in variants[1:]]  # the first is the default
+    return out
+
+
 def write_card_metrics(metrics: dict) -> None:
-    """Put each shipped model's test numbers, next to the baselines', into its card."""
+    """Put each shipped model's test numbers into its card, next to its variants', the
+    baselines' and the other shipped models'."""
     import json
 
     from napari_medood.models.checkpoint import CARD_NAME, bundled_models
 
-    baselines = {name: values for name, values in metrics.items() if name not in bundled_models()}
-    for name, folder in bundled_models().items():
+    shipped = bundled_models()
+    baselines = {
+        name: values for name, values in metrics.items() if name.split(":")[0] not in shipped
+    }
+    for name, folder in shipped.items():
         if name not in metrics:
             continue
         card_path = folder / CARD_NAME
@@ -168,7 +192,17 @@ def write_card_metrics(metrics: dict) -> None:
                 "ms-flair": "same patients, FLAIR",
             },
             "model": metrics[name],
+            "variants": {
+                label.split(":", 1)[1]: values
+                for label, values in metrics.items()
+                if label.startswith(f"{name}:")
+            },
             "baselines": baselines,
+            "other_models": {
+                label: values
+                for label, values in metrics.items()
+                if label.split(":")[0] in shipped and label.split(":")[0] != name
+            },
         }
         card_path.write_text(json.dumps(card, indent=1) + "\n")
         print(f"updated {card_path}")

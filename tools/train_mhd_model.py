@@ -62,8 +62,10 @@ def main() -> None:
 
     result = train_diffusion(config, progress)
     bar.close()
-    print(f"{result.last_step} steps in {result.seconds:.0f} s; best {result.metric} "
-          f"{result.best_metric}; checkpoint {result.best}")
+    print(
+        f"{result.last_step} steps in {result.seconds:.0f} s; best {result.metric} "
+        f"{result.best_metric}; checkpoint {result.best}"
+    )
 
 
 if __name__ == "__main__":

@@ -285,6 +285,14 @@ class DetectWidget(Panel):
             parts.append(f"works at {spacing[0]:g} mm")
         if ap is not None:
             parts.append(f"validation pixel AP {ap:.3f}")
+        tested = card.get("metrics", {}).get("test", {}).get("model", {})
+        lesions = [
+            f"{label} {tested[key]['pixel_ap']:.2f}"
+            for key, label in (("ms-t1", "MS T1"), ("ms-flair", "MS FLAIR"))
+            if tested.get(key, {}).get("pixel_ap") is not None
+        ]
+        if lesions:
+            parts.append("lesion AP " + ", ".join(lesions))
         if card.get("training", {}).get("device"):
             parts.append(f"trained on {card['training']['device']}")
         self.card_label.setText("; ".join(parts) + ".")
