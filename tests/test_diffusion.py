@@ -191,6 +191,11 @@ def test_the_detector_works_on_the_scan_grid_and_reads_its_card(diffusion_checkp
     ]
     for name in ("mean", "std", "mahalanobis", "residual"):
         assert result.extras["maps"][name].shape == volume.shape
+    # batch runs skip the by-products and get the same map
+    lean = MHDDetector(diffusion_checkpoint, device="cpu", keep_reconstructions=False)
+    lean_result = lean.predict(volume, mask)
+    assert set(lean_result.extras["maps"]) == {"mhd", "residual"}
+    np.testing.assert_array_equal(lean_result.anomaly_map.data, values)
     with pytest.raises(Cancelled):
         MHDDetector(diffusion_checkpoint, device="cpu").predict(
             volume, mask, cancelled=lambda: True

@@ -119,7 +119,7 @@ def main() -> None:
         for name, variant in entries():
             label = name if variant is None else f"{name}:{variant}"
             out = work / "reports" / f"{key}_{label.replace(':', '_')}"
-            detector = get_detector(name, DetectorOptions("cpu", variant=variant))
+            detector = get_detector(name, DetectorOptions("cpu", variant=variant, extra_maps=False))
             result = evaluate(
                 cases,
                 DetectorPredictions(detector),

@@ -123,7 +123,10 @@ def _eval(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out)
     if args.model:
         detector = get_detector(
-            args.model, DetectorOptions(args.device, precision=args.precision, variant=args.variant)
+            args.model,
+            DetectorOptions(
+                args.device, precision=args.precision, variant=args.variant, extra_maps=False
+            ),
         )
         predict = DetectorPredictions(detector, out / "predictions")
         labels = args.inputs[0]

@@ -124,7 +124,12 @@ def _predict(args: argparse.Namespace) -> int:
     from napari_medood.io.cohort import discover_cases
 
     options = DetectorOptions(
-        args.device, args.overlap, args.batch_size, args.precision, args.variant
+        args.device,
+        args.overlap,
+        args.batch_size,
+        args.precision,
+        args.variant,
+        extra_maps=False,  # only the map and the score are written
     )
     detector = get_detector(args.model or default_model(), options)
     check_task(detector, args.task)  # a score-only detector cannot write maps: say so now

@@ -60,6 +60,8 @@ class DetectorOptions:
         precision: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (``execution``).
         variant: which of its maps a family gives as the anomaly map, for families that
             give several (their detector class lists them in ``variants``; None: its default).
+        extra_maps: also return the by-product maps a family can give (reconstructions,
+            their mean and spread; the Detect panel shows them); batch runs skip them.
     """
 
     device: str = "auto"
@@ -67,6 +69,7 @@ class DetectorOptions:
     batch_size: int | None = None
     precision: str = "auto"
     variant: str | None = None
+    extra_maps: bool = True
 
     def __post_init__(self) -> None:
         from napari_medood.execution import PRECISIONS

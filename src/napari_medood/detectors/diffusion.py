@@ -100,7 +100,9 @@ class MHDDetector(BaseDetector):
         variant: ``mhd`` (the Mahalanobis map) or ``residual`` (the single-reconstruction
             residual through the same post-processing) as the anomaly map.
         post_processing: options of ``inference.mahalanobis.PostProcessing`` over the card's.
-        keep_reconstructions: return the N reconstructions as an extra (napari shows them).
+        keep_reconstructions: return the N reconstructions, their mean and standard deviation
+            and the raw distance on the scan's grid (napari shows them; each costs a
+            resampling per volume, which batch runs skip).
     """
 
     checkpoint: Any = "brain-t1-mhd"
@@ -176,6 +178,7 @@ class MHDDetector(BaseDetector):
             precision=options.precision,
             batch_size=options.batch_size,
             variant=options.variant or "mhd",
+            keep_reconstructions=options.extra_maps,
         )
 
     @property
@@ -261,10 +264,11 @@ class MHDDetector(BaseDetector):
         on_input = {
             "mhd": np.clip(back(maps["mhd"]), 0.0, 1.0),
             "residual": np.clip(back(maps["residual"]), 0.0, 1.0),
-            "mahalanobis": np.maximum(back(maps["mahalanobis"]), 0.0),
-            "mean": back(maps["mean"]),
-            "std": np.maximum(back(maps["std"]), 0.0),
         }
+        if self.keep_reconstructions:
+            on_input["mahalanobis"] = np.maximum(back(maps["mahalanobis"]), 0.0)
+            on_input["mean"] = back(maps["mean"])
+            on_input["std"] = np.maximum(back(maps["std"]), 0.0)
         for values in on_input.values():
             values[~mask] = 0.0
         if self.keep_reconstructions:
