@@ -359,7 +359,7 @@ def test_the_flagged_volume_follows_a_slider_moved_during_the_run(detect, qtbot)
 def test_a_diffusion_model_shows_its_reconstructions_and_maps_and_cancels(
     detect, qtbot, diffusion_checkpoint
 ):
-    from napari_medood._napari._roles import ANOMALY_MAP, RECONSTRUCTION, role_of
+    from napari_medood._napari._roles import ANOMALY_MAP, BY_PRODUCT, role_of
 
     viewer, widget, scan, mask = detect
     widget.add_checkpoint(str(diffusion_checkpoint))
@@ -372,9 +372,11 @@ def test_a_diffusion_model_shows_its_reconstructions_and_maps_and_cancels(
     stages = list(dict.fromkeys(m.split(":")[0].split(" (")[0] for _, _, m in reports))
     assert "reconstructions" in stages and "Mahalanobis map" in stages
     layer = widget.map_layer
-    assert role_of(layer) == ANOMALY_MAP and viewer.layers[-1] is layer  # the map on top
+    assert role_of(layer) == ANOMALY_MAP
     extras = widget.extras_of(scan, widget.model_choice.value)
     kinds = {x.metadata["medood_detection"]["extra"]: x for x in extras}
+    order = list(viewer.layers)
+    assert all(order.index(x) < order.index(layer) for x in extras)  # the map over them
     assert set(kinds) == {"residual", "mahalanobis", "mean", "std", "reconstructions"}
     for key, extra in kinds.items():
         assert not extra.visible  # under the map, a click away
@@ -387,20 +389,34 @@ def test_a_diffusion_model_shows_its_reconstructions_and_maps_and_cancels(
             assert extra.data.shape == scan.data.shape
             np.testing.assert_allclose(extra.scale, scan.scale)
             np.testing.assert_allclose(extra.translate, scan.translate)
-        expected = ANOMALY_MAP if key in ("residual", "mahalanobis") else RECONSTRUCTION
+        expected = ANOMALY_MAP if key == "residual" else BY_PRODUCT
         assert role_of(extra) == expected
     # results_of finds the map alone, so a rerun replaces it and its extras
     assert widget.results_of(scan, widget.model_choice.value) == [layer]
+    widget.slider.setValue(30)  # a threshold layer over the map
+    threshold = widget.threshold_layer
     count = len(viewer.layers)
     widget.run_button.click()
     wait(qtbot, widget)
     assert widget.image_combo.current_layer() is scan  # extras are never taken for the scan
     assert widget.last_error is None and len(viewer.layers) == count
+    order = list(viewer.layers)
+    assert order.index(threshold) > order.index(widget.map_layer)  # still visible on top
+    assert "maps" not in widget.last_result.extras  # held once, by the layers
+    # go to peak works beside the 4D stack of reconstructions (napari right-aligns axes)
+    widget.go_to_peak()
+    peak = np.unravel_index(int(np.argmax(widget.map_layer.data)), widget.map_layer.data.shape)
+    world = widget.map_layer.data_to_world(peak)
+    assert viewer.dims.point[1] == pytest.approx(world[0], abs=2.1)
     # cancel during the reconstructions: nothing is added
+    original = widget._progress
+
+    def cancel_on_reconstructions(report):
+        original(report)
+        if report[2].startswith("reconstructions") and not widget._cancel.is_set():
+            widget.cancel()
+
+    widget._progress = cancel_on_reconstructions
     widget.run_button.click()
-    qtbot.waitUntil(
-        lambda: "reconstructions" in widget.status.text() or not widget.busy, timeout=60_000
-    )
-    widget.cancel_button.click()
     wait(qtbot, widget)
     assert len(viewer.layers) == count and "Cancelled" in widget.status.text()

@@ -285,7 +285,7 @@ def test_training_resumes_keeps_the_best_by_validation_loss_and_writes_its_card(
     result = train_diffusion(load_config(None, settings, DiffusionTrainConfig))
     assert result.last_step == 6 and result.metric == "L1 loss"
     steps = [int(r.split(",")[0]) for r in (out / "train_log.csv").read_text().splitlines()[1:]]
-    assert steps == [1, 2, 3, 4, 4, 5, 6], "the second run started after step 3's state"
+    assert steps == [1, 2, 3, 4, 5, 6], "the second run went on where the cancelled one stopped"
     val = [r.split(",") for r in (out / "val_log.csv").read_text().splitlines()[1:]]
     assert [int(step) for step, _ in val] == [3, 6]
     best = min(float(loss) for _, loss in val)
@@ -300,7 +300,7 @@ def test_training_resumes_keeps_the_best_by_validation_loss_and_writes_its_card(
     # the slices came from an LMDB cache in UAD-IMAG's layout, written once
     caches = sorted(p.name for p in out.glob("slices-*"))
     assert len(caches) == 2 and not list(out.glob("*.part"))
-    with pytest.raises(MedoodError, match="started with steps=6"):
+    with pytest.raises(MedoodError, match=r"started with steps=6 \(now 9\)"):
         train_diffusion(
             load_config(
                 None, tiny_diffusion_settings(diffusion_scans, out, "steps=9"), DiffusionTrainConfig
@@ -362,7 +362,7 @@ def test_ddp_with_two_gloo_processes_trains_the_diffusion_model(diffusion_scans,
 # -- the slice cache ---------------------------------------------------------------------
 
 
-def test_the_slice_cache_takes_arrays_and_is_written_whole(tmp_path):
+def test_the_slice_cache_takes_arrays_and_is_written_whole(tmp_path, monkeypatch):
     pytest.importorskip("lmdb")
     from napari_medood.io.lmdb_cache import SliceLMDB, write_slice_lmdb
 
@@ -377,6 +377,17 @@ def test_the_slice_cache_takes_arrays_and_is_written_whole(tmp_path):
         write_slice_lmdb([volume], tmp_path / "cache")
     with pytest.raises(MedoodError, match="no such LMDB slice cache"):
         SliceLMDB(tmp_path / "missing")
+    # a map reserved too small grows: every slice of a larger volume is kept
+    import napari_medood.io.lmdb_cache as cache_module
+
+    monkeypatch.setattr(cache_module, "MAP_SIZE_PER_VOLUME", 64 * 1024)
+    big = np.random.default_rng(0).random((64, 64, 40)).astype(np.float32) + 0.1
+    assert write_slice_lmdb([big], tmp_path / "big") == 40  # 40 x 32 KiB > 64 KiB
+    with SliceLMDB(tmp_path / "big") as cache:
+        assert len(cache) == 40
+        np.testing.assert_allclose(
+            cache[39][0], (big[:, :, 39] - big.min()) / np.ptp(big), rtol=1e-5
+        )
 
 
 # -- the faces -------------------------------------------------------------------------
@@ -487,3 +498,72 @@ def test_the_conditioned_model_reads_the_clean_slice():
                 "condition": True,
             }
         )
+
+
+def test_ssim_matches_scikit_image_inside_the_volume():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(5)
+    a = rng.random((24, 26, 28)).astype(np.float32)
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape).astype(np.float32), 0, 1)
+    ours = gaussian_ssim_3d(a, b)
+    value_range = max(np.ptp(a), np.ptp(b))
+    _, theirs = structural_similarity(
+        a,
+        b,
+        gaussian_weights=True,
+        sigma=1.0,
+        use_sample_covariance=False,
+        data_range=value_range,
+        full=True,
+    )
+    inner = (slice(6, -6),) * 3  # away from the borders, where the paddings differ
+    np.testing.assert_allclose(ours[inner], theirs[inner], atol=2e-3)
+
+
+def test_the_brain_box_crops_and_pastes_back_exactly():
+    from napari_medood.detectors.diffusion import brain_box, crop, uncrop
+
+    rng = np.random.default_rng(6)
+    volume = rng.random((30, 25, 6)).astype(np.float32)
+    mask = np.zeros(volume.shape, bool)
+    mask[0:20, 3:25, 1:5] = True  # touches two edges: the box reaches beyond the array
+    box = brain_box(mask, divisor=8, margin=4)
+    sides = [part.stop - part.start for part in box]
+    assert all(side % 8 == 0 for side in sides) and box[0].start < 0
+    cropped = crop(volume, box)
+    assert cropped.shape == (*sides, 6)
+    assert crop(mask, box).sum() == mask.sum()  # the whole brain is inside the box
+    back = uncrop(cropped, box, volume.shape)
+    np.testing.assert_array_equal(back[mask], volume[mask])
+    stack = uncrop(np.stack([cropped, 2 * cropped]), box, volume.shape)  # (N, ...) too
+    np.testing.assert_array_equal(stack[1][mask], 2 * volume[mask])
+
+
+def test_the_reference_settings_are_the_defaults():
+    from dataclasses import asdict
+
+    from napari_medood.inference.mahalanobis import REGULARISATION
+    from napari_medood.models.diffusion import SIMPLEX, DiffusionProcess
+    from napari_medood.training.diffusion import DiffusionTrainConfig
+
+    config = DiffusionTrainConfig(train="x")
+    assert (config.reconstructions, config.t, config.timesteps) == (10, 498, 1000)
+    assert (config.schedule, config.noise, config.lr) == ("cosine", "simplex", 1e-4)
+    assert REGULARISATION == 1e-2 and SIMPLEX == {
+        "octaves": 6,
+        "persistence": 0.8,
+        "frequency": 64.0,
+    }
+    assert asdict(PostProcessing()) == {
+        "regularisation": 1e-2,
+        "minmax": True,
+        "smooth_sigma": 1.0,
+        "ssim_weight": True,
+        "ssim_kernel": 11,
+        "ssim_sigma": 1.0,
+    }
+    process = DiffusionProcess.from_card(DiffusionProcess().to_card())
+    assert process == DiffusionProcess()  # a card round trip keeps the process
+    with pytest.raises(MedoodError, match="unknown schedule 'cosin'"):
+        DiffusionProcess.from_card({"schedule": "cosin"})

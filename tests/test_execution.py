@@ -160,7 +160,17 @@ def test_training_takes_a_precision_and_refuses_an_unknown_one(tmp_path, capsys)
     with pytest.raises(MedoodError, match="unknown precision 'half'"):
         load_config(None, ["train=x", "precision=half"])
     # medood-train --precision goes into the configuration (here refused for its data)
-    code = train_main(["unet", "--precision", "float32", "--set", f"train={tmp_path / 'none'}"])
+    code = train_main(
+        [
+            "unet",
+            "--precision",
+            "float32",
+            "--set",
+            f"train={tmp_path / 'none'}",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 2 and "none: no such file or folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_main(["unet", "--precision", "half"])

@@ -140,8 +140,15 @@ class Execution:
         kind = str(self.device).split(":")[0]
         return torch.autocast(kind, dtype=self.dtype)
 
-    def describe(self) -> str:
-        layout = ", channels-last" if self.channels_last else ""
+    def describe(self, model=None) -> str:
+        """``device, precision[, channels-last]``; the layout only where it applies (3D
+        networks: pass ``model`` to check)."""
+        import torch
+
+        applies = self.channels_last and (
+            model is None or any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
+        )
+        layout = ", channels-last" if applies else ""
         return f"{self.device}, {self.precision}{layout}"
 
 

@@ -16,8 +16,10 @@ BRAIN_MASK = "brain mask"
 ANOMALY_MAP = "anomaly map"
 GROUND_TRUTH = "ground truth"
 THRESHOLD = "threshold"
-RECONSTRUCTION = "reconstruction"  # a model's rendering of a scan (never picked as the scan)
-ROLES = (SCAN, BRAIN_MASK, ANOMALY_MAP, GROUND_TRUTH, THRESHOLD, RECONSTRUCTION)
+#: what a model makes on the way to its map (reconstructions, raw distances): shown, never
+#: picked as a scan or as a map in [0, 1]
+BY_PRODUCT = "by-product"
+ROLES = (SCAN, BRAIN_MASK, ANOMALY_MAP, GROUND_TRUTH, THRESHOLD, BY_PRODUCT)
 ROLE_KEY = "medood_role"
 #: the layer a derived layer (a threshold) was made from: its ``unique_id``
 DERIVED_KEY = "medood_derived_from"

@@ -116,6 +116,8 @@ def _eval(args: argparse.Namespace) -> int:
     from napari_medood.evaluation.report import write_report
     from napari_medood.io.cohort import discover_cases, discover_labels
 
+    if args.variant and not args.model:
+        raise MedoodError("--variant chooses the map of a detector to run: give --model too")
     expected = 1 if args.model else 2
     if len(args.inputs) != expected or not args.out:
         what = "a labelled set" if args.model else "a predictions folder and a labelled set"

@@ -95,7 +95,8 @@ class MHDDetector(BaseDetector):
             CPU, 16 on a GPU).
         reconstructions: N (None: the card's, the reference's 10); at least 2.
         t: the step slices are noised to (None: the card's, the reference's 498).
-        steps: 1 = the reference's single x0 prediction; more = DDIM steps from ``t``.
+        steps: 1 = the reference's single x0 prediction; more = DDIM steps from ``t``
+            (None: the card's, else 1).
         seed: the noise's seed (the same seed gives the same map).
         variant: ``mhd`` (the Mahalanobis map) or ``residual`` (the single-reconstruction
             residual through the same post-processing) as the anomaly map.
@@ -111,7 +112,7 @@ class MHDDetector(BaseDetector):
     batch_size: int | None = None
     reconstructions: int | None = None
     t: int | None = None
-    steps: int = 1
+    steps: int | None = None
     seed: int = 0
     variant: str = "mhd"
     post_processing: dict = field(default_factory=dict)
@@ -145,21 +146,30 @@ class MHDDetector(BaseDetector):
                     f"{checkpoint.folder / 'card.json'}: a {FAMILY} card needs a '{key}' entry"
                 )
         self._card = checkpoint.card
+        card_path = checkpoint.folder / "card.json"
         inference = self._card.get("inference", {})
-        self.reconstructions = int(self.reconstructions or inference.get("reconstructions", 10))
-        self.t = int(self.t if self.t is not None else inference.get("t", 498))
+        if self.reconstructions is None:
+            self.reconstructions = int(inference.get("reconstructions", 10))
+        if self.t is None:
+            self.t = int(inference.get("t", 498))
+        if self.steps is None:
+            self.steps = int(inference.get("steps", 1))
         if self.reconstructions < 2:
             raise MedoodError(
                 f"the Mahalanobis map needs at least 2 reconstructions, got {self.reconstructions}"
             )
         if self.steps < 1:
             raise MedoodError(f"steps must be at least 1, got {self.steps}")
-        self.process = DiffusionProcess.from_card(self._card["diffusion"])
+        try:
+            self.process = DiffusionProcess.from_card(self._card["diffusion"])
+            card_post = PostProcessing.from_card(inference.get("post_processing", {}))
+        except (MedoodError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{card_path}: {exc}") from None
         if not 0 <= self.t < self.process.timesteps:
             raise MedoodError(f"t must be within [0, {self.process.timesteps - 1}], got {self.t}")
-        self.post = PostProcessing.from_card(
-            {**inference.get("post_processing", {}), **self.post_processing}
-        )
+        from dataclasses import asdict
+
+        self.post = PostProcessing.from_card({**asdict(card_post), **self.post_processing})
         self.device = choose_device(self.device)
         self.execution = plan_execution(self.device, self.precision)
         self.model = self.execution.prepare(checkpoint.build_model("cpu"), fold_batch_norm=False)
@@ -177,7 +187,7 @@ class MHDDetector(BaseDetector):
             device=options.device,
             precision=options.precision,
             batch_size=options.batch_size,
-            variant=options.variant or "mhd",
+            variant=options.variant or VARIANTS[0],
             keep_reconstructions=options.extra_maps,
         )
 
@@ -233,14 +243,13 @@ class MHDDetector(BaseDetector):
         from napari_medood._progress import check_cancelled
         from napari_medood.inference.mahalanobis import mhd_volume_maps
         from napari_medood.inference.slicewise import slicewise_predict
-        from napari_medood.models.diffusion import noise_fields
 
         prepared = self.space.prepare(volume, mask, stages.callback("preprocessing"))
         check_cancelled(cancelled)
         box = brain_box(prepared.mask, 2 ** (self.model.levels - 1))
         image, inside = crop(prepared.image, box), crop(prepared.mask, box)
         generator = torch.Generator().manual_seed(int(self.seed))
-        noise = noise_fields(self.process.noise, self.reconstructions, image.shape[:2], generator)
+        noise = self.process.noise_fields(self.reconstructions, image.shape[:2], generator)
         batch_size = self.batch_size or (4 if self.device == "cpu" else 16)
         recons, stats = slicewise_predict(
             image,
@@ -292,6 +301,6 @@ class MHDDetector(BaseDetector):
                 "variant": self.variant,
                 "device": self.device,
                 "precision": self.execution.precision,
-                "execution": self.execution.describe(),
+                "execution": self.execution.describe(self.model),
             },
         )

@@ -62,7 +62,7 @@ def pixelwise_mahalanobis(x, reconstructions, mask=None, regularisation: float =
     inside = (
         torch.ones_like(flat_x, dtype=torch.bool)
         if mask is None
-        else torch.as_tensor(mask).reshape(batch, -1).to(flat_x.device)
+        else torch.as_tensor(mask).reshape(batch, -1).to(flat_x.device).bool()
     )
     weight = inside.double()
     mean = flat_r.mean(dim=1)
@@ -228,6 +228,10 @@ def mhd_volume_maps(
     recons = np.asarray(reconstructions, np.float32)
     if recons.ndim != 4 or recons.shape[1:] != image.shape:
         raise MedoodError(f"reconstructions must be (N, *{image.shape}), got shape {recons.shape}")
+    if recons.shape[0] < 2:
+        raise MedoodError(
+            f"the Mahalanobis map needs at least 2 reconstructions, got {recons.shape[0]}"
+        )
     slices = np.moveaxis(np.asarray(image, np.float32), axis, 0)
     samples = np.moveaxis(recons, axis + 1, 1)  # (N, S, H, W)
     inside = np.moveaxis(np.asarray(mask, bool), axis, 0)
@@ -250,7 +254,8 @@ def mhd_volume_maps(
     return {
         "mahalanobis": np.where(mask, distance, 0.0).astype(np.float32),
         "mhd": options.finish(distance, mean, image, mask),
-        "residual": options.finish(np.abs(image - first), first, image, mask),
+        # masked before min-max and smoothing, as the distance is
+        "residual": options.finish(np.where(mask, np.abs(image - first), 0.0), first, image, mask),
         "mean": mean,
         "std": recons.std(axis=0, ddof=1, dtype=np.float64).astype(np.float32),
     }

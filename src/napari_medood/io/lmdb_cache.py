@@ -87,13 +87,18 @@ def write_slice_lmdb(
             data = np.asarray(data, dtype=np.float64)
             low, high = float(data.min()), float(data.max())
             data = (data - low) / (high - low) if high > low else np.zeros_like(data)
-            with env.begin(write=True, db=database) as txn:
-                for k in range(data.shape[2]):
-                    plane = np.ascontiguousarray(data[:, :, k])
-                    if not plane.any():
-                        continue
-                    txn.put(f"{index:08d}".encode("ascii"), pickle.dumps(plane))
-                    index += 1
+            planes = [np.ascontiguousarray(data[:, :, k]) for k in range(data.shape[2])]
+            planes = [plane for plane in planes if plane.any()]
+            while True:  # one transaction per volume; a full map grows and the volume retries
+                try:
+                    with env.begin(write=True, db=database) as txn:
+                        for offset, plane in enumerate(planes):
+                            key = f"{index + offset:08d}".encode("ascii")
+                            txn.put(key, pickle.dumps(plane))
+                    break
+                except lmdb.MapFullError:
+                    env.set_mapsize(env.info()["map_size"] * 2)
+            index += len(planes)
     finally:
         env.close()
     os.replace(partial, out_dir)

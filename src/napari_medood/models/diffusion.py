@@ -37,6 +37,7 @@ SMALL_ARCHITECTURE: dict[str, Any] = {
     "condition_dim": 128,
 }
 NOISE_KINDS = ("simplex", "gaussian")
+SCHEDULES = ("cosine", "linear", "linear_beta", "scaled_linear_beta", "sigmoid_beta")
 #: AnoDDPM's simplex noise, as the reference uses it
 SIMPLEX = {"octaves": 6, "persistence": 0.8, "frequency": 64.0}
 
@@ -125,15 +126,27 @@ class DiffusionProcess:
     schedule: str = "cosine"
     objective: str = "x0"
     noise: str = "simplex"
+    #: simplex octaves, persistence, frequency
+    simplex: tuple[int, float, float] = (
+        SIMPLEX["octaves"],
+        SIMPLEX["persistence"],
+        SIMPLEX["frequency"],
+    )
 
     @classmethod
     def from_card(cls, entry: Mapping[str, Any]) -> DiffusionProcess:
+        simplex = {**SIMPLEX, **dict(entry.get("simplex", {}))}
         process = cls(
             int(entry.get("timesteps", 1000)),
             str(entry.get("schedule", "cosine")),
             str(entry.get("objective", "x0")),
             str(entry.get("noise", "simplex")),
+            (int(simplex["octaves"]), float(simplex["persistence"]), float(simplex["frequency"])),
         )
+        if process.schedule not in SCHEDULES:
+            raise MedoodError(
+                f"unknown schedule {process.schedule!r}; valid: {', '.join(SCHEDULES)}"
+            )
         if process.objective != "x0":
             raise MedoodError(
                 f"only the x0 objective is implemented (the reference's), got {process.objective!r}"
@@ -148,8 +161,15 @@ class DiffusionProcess:
             "schedule": self.schedule,
             "objective": self.objective,
             "noise": self.noise,
-            "simplex": dict(SIMPLEX),
+            "simplex": dict(
+                zip(("octaves", "persistence", "frequency"), self.simplex, strict=True)
+            ),
         }
+
+    def noise_fields(self, count: int, shape: tuple[int, int], generator) -> torch.Tensor:
+        """``count`` fields of this process's noise (:func:`noise_fields`)."""
+        octaves, persistence, frequency = self.simplex
+        return noise_fields(self.noise, count, shape, generator, octaves, persistence, frequency)
 
     def scheduler(self):
         """MONAI's DDPM scheduler for this process (its ``alphas_cumprod`` and ``add_noise``)."""
@@ -226,11 +246,18 @@ def simplex_noise(
 
 
 def noise_fields(
-    kind: str, count: int, shape: tuple[int, int], generator: torch.Generator
+    kind: str,
+    count: int,
+    shape: tuple[int, int],
+    generator: torch.Generator,
+    octaves: int = SIMPLEX["octaves"],
+    persistence: float = SIMPLEX["persistence"],
+    frequency: float = SIMPLEX["frequency"],
 ) -> torch.Tensor:
-    """``count`` noise fields ``(count, H, W)`` (float32, CPU) of ``kind``."""
+    """``count`` noise fields ``(count, H, W)`` (float32, CPU) of ``kind`` (the simplex
+    options apply to simplex noise)."""
     if kind == "simplex":
-        return simplex_noise(count, shape, generator)
+        return simplex_noise(count, shape, generator, octaves, persistence, frequency)
     if kind == "gaussian":
         return torch.randn((count, *shape), generator=generator)
     raise MedoodError(f"unknown noise {kind!r}; valid: {', '.join(NOISE_KINDS)}")

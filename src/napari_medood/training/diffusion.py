@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
+from napari_medood._progress import (
+    Cancelled,
+    CancelledPredicate,
+    ProgressCallback,
+    check_cancelled,
+    report,
+)
 from napari_medood.errors import MedoodError
 from napari_medood.execution import PRECISIONS, plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
@@ -267,10 +273,14 @@ class SliceSamples:
         tensor = torch.from_numpy(plane)[None]
         if self.augment:
             inside = tensor > 0
-            torch.manual_seed(int(rng.integers(2**31)))  # TorchIO draws from torch's RNG
-            tensor = self.transform()(tensor[..., None])[..., 0].float()
-            # ghosting rings beyond the brain as it does on real scans; intensities stay
-            # in the model space's range
+            # TorchIO draws from torch's global RNG: seed it per item, without disturbing
+            # the training process's own stream when the loader has no workers
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2**31)))
+                tensor = self.transform()(tensor[..., None])[..., 0].float()
+            # ghosting spreads signal beyond the brain, as it does on real scans, where
+            # inference inputs are 0: it is kept there at half strength (the recipe the
+            # shipped model was trained with); intensities stay in the model space's [0, 1]
             tensor = torch.where(inside, tensor, tensor * 0.5).clamp(0.0, 1.0)
         return tensor
 
@@ -280,15 +290,13 @@ def noised_batch(clean, process, alphas, step: int, seed: int, fixed_t: int | No
     from a generator seeded by ``(seed, step)`` (the same on a resumed run)."""
     import torch
 
-    from napari_medood.models.diffusion import noise_fields
-
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     batch = clean.shape[0]
     if fixed_t is None:
         t = torch.randint(0, process.timesteps, (batch,), generator=generator)
     else:
         t = torch.full((batch,), fixed_t, dtype=torch.long)
-    noise = noise_fields(process.noise, batch, tuple(clean.shape[-2:]), generator)[:, None]
+    noise = process.noise_fields(batch, tuple(clean.shape[-2:]), generator)[:, None]
     noise = noise.to(clean.device)
     a = alphas[t].to(clean.device)[:, None, None, None]
     return a.sqrt() * clean + (1.0 - a).sqrt() * noise, t.to(clean.device)
@@ -319,6 +327,43 @@ def validation_loss(model, slices, process, alphas, execution, seed: int) -> flo
 
 # -- the loop -------------------------------------------------------------------------
 
+#: what may change when a run resumes (where the data and logs are, how it runs); anything
+#: else would mix two recipes in one model
+RESUMABLE_CHANGES = (
+    "train",
+    "masks",
+    "val",
+    "val_masks",
+    "out",
+    "name",
+    "description",
+    "device",
+    "workers",
+    "log_interval",
+    "val_interval",
+    "data_licence",
+    "precision",
+)
+
+
+def check_resumable(out: Path, config: DiffusionTrainConfig) -> None:
+    """Refuse to resume a run in ``out`` with another recipe, naming what differs."""
+    path = out / "config.json"
+    if not path.is_file():
+        raise MedoodError(f"{out}: has a saved state but no config.json; train into another folder")
+    previous = json.loads(path.read_text())
+    current = config.to_dict()
+    changed = [
+        f"{key}={previous.get(key)!r} (now {current[key]!r})"
+        for key in current
+        if key not in RESUMABLE_CHANGES and key in previous and previous[key] != current[key]
+    ]
+    if changed:
+        raise MedoodError(
+            f"{out}: this run was started with {', '.join(changed)}; resume with the same "
+            "recipe, or train into another folder"
+        )
+
 
 def train_diffusion(
     config: DiffusionTrainConfig,
@@ -332,7 +377,7 @@ def train_diffusion(
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.checkpoint import save_checkpoint
     from napari_medood.models.diffusion import build_slice_diffusion, to_model_units
-    from napari_medood.training.data import OffsetSampler, expected_scans
+    from napari_medood.training.data import OffsetSampler, expected_scans, prepare_scans
 
     config.validate()
     rank, world, device = setup_distributed(config.device)
@@ -353,12 +398,7 @@ def train_diffusion(
     if (last_dir / "state.pt").exists():
         from safetensors.torch import load_file
 
-        previous = json.loads((out / "config.json").read_text())
-        if previous.get("steps") != config.steps:
-            raise MedoodError(
-                f"{out}: this run was started with steps={previous.get('steps')}; "
-                "resume with the same steps, or train into another folder"
-            )
+        check_resumable(out, config)
         state = torch.load(last_dir / "state.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(load_file(str(last_dir / "model.safetensors"), device="cpu"))
         model.to(device)
@@ -376,13 +416,17 @@ def train_diffusion(
     expects: dict = {}
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+        from napari_medood.io.atomic import write_text_atomic
+
+        write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
         expects_file = out / "expects.json"
         scans = write_slice_cache(train_cases, space, train_folder)
+        if scans is None and not expects_file.exists():  # a cache from an older run
+            scans = prepare_scans(train_cases, space)
         if scans is not None:
             expects = expected_scans(scans, space, config.modality, config.contrast)
-            expects_file.write_text(json.dumps(expects, indent=1) + "\n")
-        elif expects_file.exists():
+            write_text_atomic(expects_file, json.dumps(expects, indent=1) + "\n")
+        else:
             expects = json.loads(expects_file.read_text())
         if val_folder is not None:
             write_slice_cache(val_cases, space, val_folder)
@@ -515,7 +559,7 @@ def train_diffusion(
                             )
                     save_last(step, seconds)
                 barrier(world)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):  # keep what was done: the same command resumes
         if is_main:
             save_last(step, elapsed_before + time.perf_counter() - started)
         raise

@@ -143,14 +143,14 @@ def scan_and_mask_pickers(
     from napari_medood._napari._roles import (
         ANOMALY_MAP,
         BRAIN_MASK,
+        BY_PRODUCT,
         GROUND_TRUTH,
-        RECONSTRUCTION,
         SCAN,
         THRESHOLD,
     )
 
     scans = LayerComboBox(
-        viewer, (Image,), parent, roles=(SCAN,), exclude=(ANOMALY_MAP, RECONSTRUCTION)
+        viewer, (Image,), parent, roles=(SCAN,), exclude=(ANOMALY_MAP, BY_PRODUCT)
     )
     masks = LayerComboBox(
         viewer,
@@ -293,10 +293,13 @@ def go_to_voxel(viewer: Any, layer: Any, voxel: Sequence[float]) -> None:
     on it."""
     world = np.asarray(layer.data_to_world(np.asarray(voxel, dtype=float)), dtype=float)
     displayed = list(viewer.dims.displayed)
-    for axis in range(min(viewer.dims.ndim, world.size)):
+    # napari right-aligns layers of fewer dimensions (a 3D scan beside a 4D stack of
+    # reconstructions): the layer's axes are the viewer's last ones
+    offset = max(viewer.dims.ndim - world.size, 0)
+    for axis in range(offset, viewer.dims.ndim):
         if axis not in displayed:
-            viewer.dims.set_point(axis, float(world[axis]))
-    centre = [float(world[axis]) for axis in displayed]
+            viewer.dims.set_point(axis, float(world[axis - offset]))
+    centre = [float(world[axis - offset]) for axis in displayed if axis >= offset]
     camera_of(viewer).center = tuple(centre)
 
 

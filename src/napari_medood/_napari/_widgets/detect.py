@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 
 from napari_medood._napari._roles import (
     ANOMALY_MAP,
-    RECONSTRUCTION,
+    BY_PRODUCT,
     THRESHOLD,
     label_colormap,
     role_of,
@@ -498,13 +498,11 @@ class DetectWidget(Panel):
         if self.replace_check.isChecked():
             for layer in self.extras_of(source, self._model):
                 self.viewer.layers.remove(layer)
+        layers = self.viewer.layers
         for layer in outcome.extra_layers:
-            self.viewer.layers.append(layer)
-        if self.map_layer is not None and outcome.extra_layers:
-            # the anomaly map stays on top, where the slider and threshold act
-            self.viewer.layers.move(
-                self.viewer.layers.index(self.map_layer), len(self.viewer.layers)
-            )
+            # under the anomaly map (and its threshold layer), where the slider acts
+            below = layers.index(self.map_layer) if self.map_layer in layers else len(layers)
+            layers.insert(below, layer)
 
     def extras_of(self, source: Any, model: str) -> list[Any]:
         """The extra layers of ``model``'s results on ``source``."""
@@ -535,9 +533,10 @@ class DetectWidget(Panel):
         return found[-1] if found else None
 
     def remove_results(self, source: Any, model: str) -> int:
-        """Remove the results of ``model`` on ``source`` (their maps and threshold layers)."""
+        """Remove the results of ``model`` on ``source`` (their maps, threshold layers and
+        extra layers)."""
         old = self.results_of(source, model)
-        for layer in old:
+        for layer in [*old, *self.extras_of(source, model)]:
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)  # its threshold layers go with it
         return len(old)
@@ -609,10 +608,10 @@ class DetectWidget(Panel):
 EXTRA_MAPS = {
     "mhd": ("Mahalanobis map (MHD)", ANOMALY_MAP, "inferno"),
     "residual": ("single-reconstruction residual", ANOMALY_MAP, "inferno"),
-    "mahalanobis": ("Mahalanobis distance (raw)", ANOMALY_MAP, "magma"),
-    "mean": ("reconstruction mean", RECONSTRUCTION, "gray"),
-    "std": ("reconstruction std", RECONSTRUCTION, "viridis"),
-    "reconstructions": ("reconstructions", RECONSTRUCTION, "gray"),
+    "mahalanobis": ("Mahalanobis distance (raw)", BY_PRODUCT, "magma"),
+    "mean": ("reconstruction mean", BY_PRODUCT, "gray"),
+    "std": ("reconstruction std", BY_PRODUCT, "viridis"),
+    "reconstructions": ("reconstructions", BY_PRODUCT, "gray"),
 }
 
 
@@ -644,11 +643,13 @@ def extra_layers(result: Any, job: dict, map_kwargs: dict) -> list:
     """The result's other maps as hidden napari layers placed exactly over the scan."""
     from napari.layers import Image
 
-    from napari_medood._napari._layers import to_display
+    from napari_medood._napari._layers import METADATA_KEY, to_display
 
     maps = result.extras.get("maps") or {}
     main = result.extras.get("variant")
     placement = {k: v for k, v in job["state"].items() if k != "metadata"}
+    # a 3D extra is saved like the map: in the source's voxel order, with its exact affine
+    source_volume = map_kwargs["metadata"].get(METADATA_KEY)
     layers = []
     for key, (label, role, colormap) in EXTRA_MAPS.items():
         if key == main or key not in maps:
@@ -673,6 +674,8 @@ def extra_layers(result: Any, job: dict, map_kwargs: dict) -> list:
             },
             role,
         )
+        if values.ndim == 3 and source_volume is not None:
+            metadata[METADATA_KEY] = source_volume
         layers.append(
             Image(
                 data,
@@ -752,6 +755,12 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
         outcome.flagged_at = job["threshold"]
         outcome.peak = tuple(int(v) for v in np.unravel_index(int(np.argmax(data)), data.shape))
         outcome.extra_layers = extra_layers(result, job, kwargs)
+        if "maps" in result.extras:  # the layers hold them now: do not keep them twice
+            from dataclasses import replace
+
+            outcome.result = replace(
+                result, extras={k: v for k, v in result.extras.items() if k != "maps"}
+            )
         windows = result.extras.get("windows", {}).get("windows_run")
         how = result.extras.get("execution", result.extras.get("device"))
         where = f" {windows} windows ({how})." if windows else ""
