@@ -409,10 +409,10 @@ def test_a_diffusion_model_shows_its_reconstructions_and_maps_and_cancels(
     world = widget.map_layer.data_to_world(peak)
     assert viewer.dims.point[1] == pytest.approx(world[0], abs=2.1)
     # cancel during the reconstructions: nothing is added
-    original = widget._progress
+    show_progress = widget._progress
 
     def cancel_on_reconstructions(report):
-        original(report)
+        show_progress(report)
         if report[2].startswith("reconstructions") and not widget._cancel.is_set():
             widget.cancel()
 
