@@ -567,3 +567,38 @@ def test_the_reference_settings_are_the_defaults():
     assert process == DiffusionProcess()  # a card round trip keeps the process
     with pytest.raises(MedoodError, match="unknown schedule 'cosin'"):
         DiffusionProcess.from_card({"schedule": "cosin"})
+
+
+def test_the_shipped_model_maps_the_sample_on_the_command_line(tmp_path, capsys):
+    import nibabel as nib
+
+    from napari_medood.cli import predict_main
+    from napari_medood.models.checkpoint import Checkpoint
+
+    samples = Path(__file__).resolve().parents[1] / "src" / "napari_medood" / "samples"
+    scan = samples / "ixi048_t1_2mm.nii.gz"
+    mask = samples / "ixi048_brainmask_2mm.nii.gz"
+    code = predict_main(
+        [
+            "--model",
+            "brain-t1-mhd",
+            "--mask",
+            str(mask),
+            "--device",
+            "cpu",
+            str(scan),
+            str(tmp_path),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    written = nib.load(tmp_path / "ixi048_t1_2mm.nii.gz")
+    source = nib.load(scan)
+    values = written.get_fdata()
+    assert written.shape == source.shape and np.array_equal(written.affine, source.affine)
+    assert values.min() >= 0 and values.max() <= 1 and values.max() > 0
+    assert not values[np.asarray(nib.load(mask).dataobj) == 0].any()
+    card = Checkpoint.open("brain-t1-mhd").card  # the weights match the card's sha256
+    assert card["detector"] == "diffusion2d" and card["expects"]["contrast"] == "T1w"
+    tested = card["metrics"]["test"]
+    assert set(tested["model"]) == {"ixi-held-out", "ms-t1", "ms-flair"}
+    assert set(tested["variants"]["residual"]) == set(tested["model"])
