@@ -83,3 +83,14 @@ def nifti_like(path: Path, data: np.ndarray, reference: nib.Nifti1Image) -> Path
     image.set_data_dtype(data.dtype)
     nib.save(image, path)
     return path
+
+
+def after_steps(out: Path, steps: int):
+    """A ``cancelled`` predicate for a training run in ``out``: true once its log holds
+    ``steps`` rows (the run stops during the step after)."""
+
+    def cancelled() -> bool:
+        log = out / "train_log.csv"
+        return log.exists() and len(log.read_text().splitlines()) - 1 >= steps
+
+    return cancelled

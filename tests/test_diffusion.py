@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import shared, tiny_diffusion_settings
+from helpers import after_steps
 from napari_medood.errors import Cancelled, MedoodError
 from napari_medood.inference.mahalanobis import (
     PostProcessing,
@@ -253,14 +254,6 @@ def test_a_training_step_lowers_the_loss_on_a_fixed_batch(ixi_t1):
     assert losses[-1] < 0.85 * losses[0] and losses[-1] == min(losses), losses
 
 
-def _after_steps(out: Path, steps: int):
-    def cancelled() -> bool:
-        log = out / "train_log.csv"
-        return log.exists() and len(log.read_text().splitlines()) - 1 >= steps
-
-    return cancelled
-
-
 def test_training_resumes_keeps_the_best_by_validation_loss_and_writes_its_card(
     diffusion_scans, tmp_path
 ):
@@ -279,7 +272,7 @@ def test_training_resumes_keeps_the_best_by_validation_loss_and_writes_its_card(
     )
     with pytest.raises(Cancelled):  # stop during step 5
         train_diffusion(
-            load_config(None, settings, DiffusionTrainConfig), cancelled=_after_steps(out, 4)
+            load_config(None, settings, DiffusionTrainConfig), cancelled=after_steps(out, 4)
         )
     assert (out / "last" / "state.pt").exists() and (out / "best" / "card.json").exists()
     result = train_diffusion(load_config(None, settings, DiffusionTrainConfig))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import shared
+from helpers import after_steps
 from napari_medood.errors import Cancelled, MedoodError
 from napari_medood.models.checkpoint import load_checkpoint
 from napari_medood.training.config import load_config
@@ -86,7 +87,7 @@ def test_an_interrupted_run_resumes_and_keeps_the_best_checkpoint(data, tmp_path
         None, tiny(root, dlmuse, out, f"val={root / 'val'}", "steps=6", "val_interval=3")
     )
     with pytest.raises(Cancelled):  # stop during step 5
-        train_unet(config, progress=None, cancelled=_after_steps(out, 4))
+        train_unet(config, progress=None, cancelled=after_steps(out, 4))
     assert (out / "last" / "state.pt").exists() and (out / "best" / "card.json").exists()
     result = train_unet(
         load_config(
@@ -111,14 +112,6 @@ def test_an_interrupted_run_resumes_and_keeps_the_best_checkpoint(data, tmp_path
     )
     with pytest.raises(MedoodError, match="started with steps=6"):
         train_unet(load_config(None, tiny(root, dlmuse, out, "steps=9")))
-
-
-def _after_steps(out: Path, steps: int):
-    def cancelled() -> bool:
-        log = out / "train_log.csv"
-        return log.exists() and len(log.read_text().splitlines()) - 1 >= steps
-
-    return cancelled
 
 
 def test_ddp_with_two_gloo_processes_trains_and_saves_one_checkpoint(data, tmp_path):

@@ -14,6 +14,7 @@ sees them scaled to [-1, 1], as the schedulers' clipping expects.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -171,6 +172,10 @@ class DiffusionProcess:
         octaves, persistence, frequency = self.simplex
         return noise_fields(self.noise, count, shape, generator, octaves, persistence, frequency)
 
+    def alphas(self) -> torch.Tensor:
+        """The schedule's cumulative alphas (float32, CPU), computed once per process."""
+        return _alphas_cumprod(self.timesteps, self.schedule).clone()
+
     def scheduler(self):
         """MONAI's DDPM scheduler for this process (its ``alphas_cumprod`` and ``add_noise``)."""
         from monai.networks.schedulers import DDPMScheduler
@@ -179,6 +184,11 @@ class DiffusionProcess:
         return DDPMScheduler(
             num_train_timesteps=self.timesteps, schedule=schedule, prediction_type="sample"
         )
+
+
+@functools.lru_cache(maxsize=8)
+def _alphas_cumprod(timesteps: int, schedule: str) -> torch.Tensor:
+    return DiffusionProcess(timesteps, schedule).scheduler().alphas_cumprod.float()
 
 
 # -- noise ----------------------------------------------------------------------------
@@ -307,8 +317,7 @@ def reconstruct(
     batch, count = slices.shape[0], noise.shape[0]
     height, width = slices.shape[-2:]
     autocast = autocast or contextlib.nullcontext
-    scheduler = process.scheduler()
-    alphas = scheduler.alphas_cumprod.to(slices.device, torch.float32)
+    alphas = process.alphas().to(slices.device)
     clean = to_model_units(slices.float())
     # (B*N, 1, H, W): slice-major, so that a slice's N reconstructions are neighbours
     clean_repeated = clean.repeat_interleave(count, dim=0)

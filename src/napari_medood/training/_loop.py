@@ -32,6 +32,37 @@ def setup_distributed(device_name: str) -> tuple[int, int, str]:
     return rank, world, device
 
 
+def distributed_model(model, device: str, world: int):
+    """``model`` wrapped for DDP when there are several processes (as it is otherwise)."""
+    if world <= 1:
+        return model
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None
+    )
+
+
+def training_loader(dataset, config, rank: int, world: int, start_step: int, device: str):
+    """The loader of a training run: this process's share of ``dataset``'s items from the
+    step it starts at (a resumed run goes on where it stopped), ``config.batch_size`` per
+    step, ``config.workers`` workers."""
+    from torch.utils.data import DataLoader
+
+    from napari_medood.training.data import OffsetSampler
+
+    sampler = OffsetSampler(len(dataset), rank, world, start_step * config.batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=device.startswith("cuda"),
+        drop_last=True,
+    )
+
+
 def barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist

@@ -66,20 +66,9 @@ class UNetTrainConfig:
     contrast: str = "T1w"
 
     def validate(self) -> UNetTrainConfig:
-        if not self.train:
-            raise MedoodError("the training configuration needs 'train' (normal scans)")
-        if self.steps < 1 or self.batch_size < 1:
-            raise MedoodError("steps and batch_size must be >= 1")
+        check_run_settings(self, "normal scans")
         if not 0 <= self.p_anomaly <= 1 or not 0 <= self.fpi_fraction <= 1:
             raise MedoodError("p_anomaly and fpi_fraction must be within [0, 1]")
-        from napari_medood.device import check_device_name
-        from napari_medood.execution import PRECISIONS
-
-        self.device = check_device_name(self.device)
-        if self.precision not in PRECISIONS:
-            raise MedoodError(
-                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
-            )
         if len(self.spacing) != 3 or len(self.patch) != 3:
             raise MedoodError("spacing and patch need three values")
         from napari_medood.models.unet import PRESETS
@@ -97,6 +86,22 @@ class UNetTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_run_settings(config: Any, what: str) -> None:
+    """The checks every family's training configuration shares: data given (``what`` it
+    is), positive steps and batch size, a device's spelling (normalised in place), a known
+    precision."""
+    from napari_medood.device import check_device_name
+    from napari_medood.execution import PRECISIONS
+
+    if not config.train:
+        raise MedoodError(f"the training configuration needs 'train' ({what})")
+    if config.steps < 1 or config.batch_size < 1:
+        raise MedoodError("steps and batch_size must be >= 1")
+    config.device = check_device_name(config.device)
+    if config.precision not in PRECISIONS:
+        raise MedoodError(f"unknown precision {config.precision!r}; valid: {', '.join(PRECISIONS)}")
 
 
 def _coerce(value: str) -> Any:

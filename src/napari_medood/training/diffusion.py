@@ -36,13 +36,15 @@ from napari_medood._progress import (
     report,
 )
 from napari_medood.errors import MedoodError
-from napari_medood.execution import PRECISIONS, plan_execution
+from napari_medood.execution import plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
 from napari_medood.training._loop import (
     barrier,
     device_description,
+    distributed_model,
     finish_distributed,
     setup_distributed,
+    training_loader,
     write_row,
 )
 from napari_medood.training.registry import Trainer, TrainResult
@@ -109,18 +111,10 @@ class DiffusionTrainConfig:
     contrast: str = "T1w"
 
     def validate(self) -> DiffusionTrainConfig:
-        from napari_medood.device import check_device_name
         from napari_medood.models.diffusion import NOISE_KINDS
+        from napari_medood.training.config import check_run_settings
 
-        if not self.train:
-            raise MedoodError("the training configuration needs 'train' (healthy scans)")
-        if self.steps < 1 or self.batch_size < 1:
-            raise MedoodError("steps and batch_size must be >= 1")
-        self.device = check_device_name(self.device)
-        if self.precision not in PRECISIONS:
-            raise MedoodError(
-                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
-            )
+        check_run_settings(self, "healthy scans")
         if self.noise not in NOISE_KINDS:
             raise MedoodError(f"unknown noise {self.noise!r}; valid: {', '.join(NOISE_KINDS)}")
         if len(self.spacing) != 3 or len(self.slice_size) != 2:
@@ -372,12 +366,11 @@ def train_diffusion(
 ) -> TrainResult:
     """Train (or resume) as ``config`` says; returns where the best checkpoint is."""
     import torch
-    from torch.utils.data import DataLoader
 
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.checkpoint import save_checkpoint
     from napari_medood.models.diffusion import build_slice_diffusion, to_model_units
-    from napari_medood.training.data import OffsetSampler, expected_scans, prepare_scans
+    from napari_medood.training.data import expected_scans, prepare_scans
 
     config.validate()
     rank, world, device = setup_distributed(config.device)
@@ -387,7 +380,7 @@ def train_diffusion(
     torch.manual_seed(config.seed)
     execution = plan_execution(device, config.precision if config.amp else "float32")
     process = config.process()
-    alphas = process.scheduler().alphas_cumprod.float()
+    alphas = process.alphas()
     model = execution.prepare(build_slice_diffusion(config.architecture()), fold_batch_norm=False)
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -443,24 +436,11 @@ def train_diffusion(
                 )
             )[:, None]
 
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(
-            model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None
-        )
+    model = distributed_model(model, device, world)
     module = getattr(model, "module", model)
     length = config.steps * config.batch_size * world
     dataset = SliceSamples(train_slices, config.slice_size, length, config.seed, config.augment)
-    sampler = OffsetSampler(length, rank, world, start_step * config.batch_size)
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        pin_memory=device.startswith("cuda"),
-        drop_last=True,
-    )
+    loader = training_loader(dataset, config, rank, world, start_step, device)
     training_info = {
         "precision": execution.precision,
         "data": [c.name for c in train_cases],

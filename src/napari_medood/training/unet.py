@@ -19,7 +19,13 @@ from napari_medood._progress import CancelledPredicate, ProgressCallback, check_
 from napari_medood.errors import MedoodError
 from napari_medood.execution import plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
-from napari_medood.training._loop import device_description, setup_distributed, write_row
+from napari_medood.training._loop import (
+    device_description,
+    distributed_model,
+    setup_distributed,
+    training_loader,
+    write_row,
+)
 from napari_medood.training.config import UNetTrainConfig
 from napari_medood.training.registry import Trainer, TrainResult
 
@@ -96,13 +102,11 @@ def train_unet(
 ) -> TrainResult:
     """Train (or resume) as ``config`` says; returns where the best checkpoint is."""
     import torch
-    from torch.utils.data import DataLoader
 
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.checkpoint import save_checkpoint
     from napari_medood.models.unet import PRESETS, UNet3DDeepSup, deep_supervision_loss
     from napari_medood.training.data import (
-        OffsetSampler,
         SyntheticAnomalyPatches,
         expected_scans,
         prepare_scans,
@@ -153,12 +157,7 @@ def train_unet(
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(
-            model, device_ids=[torch.cuda.current_device()] if device.startswith("cuda") else None
-        )
+    model = distributed_model(model, device, world)
     module = getattr(model, "module", model)
 
     train_cases = discover_cases(config.train, masks=config.masks)
@@ -179,16 +178,7 @@ def train_unet(
         config.spacing,
         config.flip_p,
     )
-    sampler = OffsetSampler(length, rank, world, start_step * config.batch_size)
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        pin_memory=device.startswith("cuda"),
-        persistent_workers=False,
-        drop_last=True,
-    )
+    loader = training_loader(dataset, config, rank, world, start_step, device)
     writer = None
     if config.tensorboard and is_main:
         try:
