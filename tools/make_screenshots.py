@@ -11,7 +11,11 @@ Writes, into docs/images/:
   the playground, the view at the map's peak, its colour bar, the flagged voxels in orange;
 - napari-detect-flair.png: the shipped T1 model on an MS patient's FLAIR scan (from
   ../shared/data): the panel says what is wrong before the map is read, the lesions (ground
-  truth) are green and were not taken as the brain mask.
+  truth) are green and were not taken as the brain mask;
+- napari-detect-mhd.png: brain-t1-mhd on the sample: the MHD map over one of its ten
+  reconstructions (the stack's slider above the canvas), the other by-products listed hidden.
+
+``--only NAME`` takes one of them (inspector, playground, detect, detect_flair, detect_mhd).
 """
 
 from __future__ import annotations
@@ -143,15 +147,52 @@ def detect_flair(shared: Path) -> None:
     viewer.close()
 
 
+def detect_mhd() -> None:
+    """The MHD model on the sample: its map over a reconstruction, the stack's slider."""
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    scan, _ = viewer.open_sample("napari-medood", "ixi_brain_t1")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medood", "Detect anomalies")
+    widget.device_choice.value = "cpu"
+    widget.model_choice.value = "brain-t1-mhd"
+    widget.run()
+    wait_until_idle(widget)
+    extras = {
+        layer.metadata["medood_detection"]["extra"]: layer
+        for layer in widget.extras_of(scan, "brain-t1-mhd")
+    }
+    scan.visible = False
+    extras["reconstructions"].visible = True
+    widget.map_layer.opacity = 0.7
+    viewer.layers.selection.active = extras["reconstructions"]
+    viewer.reset_view()
+    viewer.dims.set_point(0, 3)  # the fourth of the ten reconstructions
+    widget.go_to_peak()
+    settle()
+    viewer.screenshot(str(OUT / "napari-detect-mhd.png"), canvas_only=False, flash=False)
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument(
+        "--only",
+        choices=("inspector", "playground", "detect", "detect_flair", "detect_mhd"),
+        help="take one screenshot",
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    inspector()
-    playground()
-    detect()
-    detect_flair(args.shared)
+    shots = {
+        "inspector": inspector,
+        "playground": playground,
+        "detect": detect,
+        "detect_flair": lambda: detect_flair(args.shared),
+        "detect_mhd": detect_mhd,
+    }
+    for name, shot in shots.items():
+        if args.only in (None, name):
+            shot()
     print(f"wrote the screenshots to {OUT}")
 
 

@@ -606,11 +606,11 @@ class DetectWidget(Panel):
 
 #: a detector's extra maps (``extras["maps"]``) as layers: name, role, colormap
 EXTRA_MAPS = {
-    "mhd": ("Mahalanobis map (MHD)", ANOMALY_MAP, "inferno"),
-    "residual": ("single-reconstruction residual", ANOMALY_MAP, "inferno"),
-    "mahalanobis": ("Mahalanobis distance (raw)", BY_PRODUCT, "magma"),
-    "mean": ("reconstruction mean", BY_PRODUCT, "gray"),
-    "std": ("reconstruction std", BY_PRODUCT, "viridis"),
+    "mhd": ("MHD map", ANOMALY_MAP, "inferno"),
+    "residual": ("residual", ANOMALY_MAP, "inferno"),
+    "mahalanobis": ("raw distance", BY_PRODUCT, "magma"),
+    "mean": ("recon mean", BY_PRODUCT, "gray"),
+    "std": ("recon std", BY_PRODUCT, "viridis"),
     "reconstructions": ("reconstructions", BY_PRODUCT, "gray"),
 }
 
@@ -662,7 +662,10 @@ def extra_layers(result: Any, job: dict, map_kwargs: dict) -> list:
         else:
             data = to_display(grid.with_data(values))[0]
             where = placement
-        high = float(np.percentile(data[data > 0], 99.5)) if (data > 0).any() else 1.0
+        if key in ("reconstructions", "mean"):
+            high = 1.0  # in the model space's normalised intensities, [0, 1]
+        else:
+            high = float(np.percentile(data[data > 0], 99.5)) if (data > 0).any() else 1.0
         metadata = with_role(
             {
                 DETECTION_KEY: {
@@ -679,7 +682,8 @@ def extra_layers(result: Any, job: dict, map_kwargs: dict) -> list:
         layers.append(
             Image(
                 data,
-                name=f"{job['source_layer']} {label} ({job['model']})",
+                # what it is first: the layer list elides the middle of long names
+                name=f"{label}: {job['source_layer']}",
                 colormap=colormap,
                 contrast_limits=(0.0, max(high, 1e-6)),
                 blending="additive" if role == ANOMALY_MAP else "translucent",
