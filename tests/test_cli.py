@@ -56,8 +56,12 @@ def test_predict_sample_scores_for_a_folder(ixi_t1, tmp_path):
         shutil.copy(ixi_t1, scans / name)
     out = tmp_path / "scores"
     assert predict_main(["--task", "sample", str(scans), str(out)]) == 0
-    scores = {p.name: float(p.read_text()) for p in out.iterdir()}
+    scores = {p.name: float(p.read_text()) for p in out.glob("*.txt")}
     assert set(scores) == {"a.nii.gz.txt", "b.nii.gz.txt"}
+    # beside each score, the trust gate's verdict (a whole head without its brain mask is
+    # unlike the masked training brains, and the gate says so)
+    verdicts = sorted(p.name for p in out.glob("*.trust.json"))
+    assert verdicts == ["a.nii.gz.trust.json", "b.nii.gz.trust.json"]
     assert all(0.0 < s < 1.0 for s in scores.values())
     assert scores["a.nii.gz.txt"] == scores["b.nii.gz.txt"]  # the same scan, the same score
 
@@ -72,7 +76,8 @@ def test_one_bad_case_does_not_sink_the_batch(ixi_t1, tmp_path, capsys):
     code = predict_main([str(scans), str(out)])
     err = capsys.readouterr().err
     assert code == 2
-    assert sorted(p.name for p in out.iterdir()) == ["good1.nii.gz", "good2.nii.gz"]
+    maps = sorted(p.name for p in out.iterdir() if not p.name.endswith(".trust.json"))
+    assert maps == ["good1.nii.gz", "good2.nii.gz"]
     assert f"failed: broken: {scans / 'broken.nii.gz'}: not a readable NIfTI" in err
     assert "2 written, 0 skipped, 1 failed" in err
     assert "Traceback" not in err

@@ -120,7 +120,8 @@ def test_the_precision_is_recorded_with_the_outputs(tmp_path, capsys):
     header = nib.load(maps / SCAN.name).header
     assert bytes(header["descrip"]).startswith(b"napari-medood brain-t1-unet (cpu, float32")
     assert "brain-t1-unet on cpu at float32" in capsys.readouterr().err
-    assert sorted(p.name for p in maps.iterdir()) == [SCAN.name]  # MOOD: the outputs alone
+    # MOOD's outputs, and beside the map the trust gate's verdict (issue 11)
+    assert sorted(p.name for p in maps.iterdir()) == [SCAN.name, f"{SCAN.name}.trust.json"]
     scores = tmp_path / "scores"
     assert predict_main(["--task", "sample", str(SCAN), str(scores)]) == 0
     auto = execution.resolve_precision("auto", "cpu")

@@ -149,9 +149,12 @@ def predict_case(case: Case, detector, masks: str | os.PathLike | None = None, c
 
 def write_result(result, out_dir: str | os.PathLike, image: str | os.PathLike, tasks) -> list[Path]:
     """The one MOOD writer: the map and/or score of ``result`` for the ``tasks`` asked."""
-    from napari_medood.io.mood import write_map, write_score
+    from napari_medood.io.mood import write_map, write_score, write_trust
 
     written = []
+    trust = result.extras.get("trust")
+    if trust is not None and result.anomaly_map is not None:  # the gate's verdict, beside the map
+        write_trust(trust.as_dict(), out_dir, image)
     for task in tasks:
         if task == "pixel" and result.anomaly_map is not None:
             written.append(write_map(result.anomaly_map, out_dir, image))

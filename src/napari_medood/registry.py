@@ -169,6 +169,26 @@ def _register_builtins() -> None:
             train_name="diffusion",
         )
     )
+    register_family(
+        Family(
+            name="classifier3d",
+            description="3D ResNet classifier: the frozen feature network of feature-OOD models",
+            detector="napari_medood.detectors.feature_ood:ClassifierDetector.from_checkpoints",
+            architectures={"ResNet3D": "napari_medood.models.features:build_classifier"},
+            trainer="napari_medood.training.classifier:TRAINER",
+            train_name="classifier",
+        )
+    )
+    register_family(
+        Family(
+            name="feature-ood",
+            description="normalizing flow (and OOD baselines) on a frozen network's features "
+            "(MedOODFlow): is this scan like the training data?",
+            detector="napari_medood.detectors.feature_ood:FeatureOODDetector.from_checkpoints",
+            trainer="napari_medood.training.flow:TRAINER",
+            train_name="flow",
+        )
+    )
     baselines = "napari_medood.detectors.baselines"
     register_detector(
         "intensity",

@@ -89,6 +89,17 @@ def add_variant_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_gate_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-gate",
+        dest="gate",
+        action="store_false",
+        help="skip the trust gate a model's card names (is the scan like the training "
+        "data?); by default it runs first, warns on one line and writes "
+        "<case>.trust.json beside the map",
+    )
+
+
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",

@@ -11,6 +11,7 @@ from napari_medood.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
     add_device_option,
+    add_gate_option,
     add_mask_option,
     add_model_option,
     add_precision_option,
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(parser)
     add_precision_option(parser)
     add_variant_option(parser)
+    add_gate_option(parser)
     parser.add_argument(
         "--overlap", type=float, default=None, help="sliding-window overlap (default: the card's)"
     )
@@ -130,6 +132,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.precision,
         args.variant,
         extra_maps=False,  # only the map and the score are written
+        gate=args.gate,
     )
     detector = get_detector(args.model or default_model(), options)
     check_task(detector, args.task)  # a score-only detector cannot write maps: say so now

@@ -85,7 +85,9 @@ def get_detector(name: str, options: DetectorOptions | None = None, **option_val
             look_up_option(options.variant, variants, f"variant of {name}")
         except ValueError as exc:
             raise MedoodError(str(exc)) from None
-    return resolve(family.detector)(checkpoints, options)
+    detector = resolve(family.detector)(checkpoints, options)
+    detector.gate_enabled = options.gate
+    return detector
 
 
 __all__ = [

@@ -62,6 +62,8 @@ class DetectorOptions:
             give several (their detector class lists them in ``variants``; None: its default).
         extra_maps: also return the by-product maps a family can give (reconstructions,
             their mean and spread; the Detect panel shows them); batch runs skip them.
+        gate: run the trust gate a model's card names (``"gate"``: a feature-OOD model)
+            before its map, and report whether the scan is like the training data.
     """
 
     device: str = "auto"
@@ -70,6 +72,7 @@ class DetectorOptions:
     precision: str = "auto"
     variant: str | None = None
     extra_maps: bool = True
+    gate: bool = True
 
     def __post_init__(self) -> None:
         from napari_medood.execution import PRECISIONS
@@ -151,6 +154,43 @@ class BaseDetector:
     stages: ClassVar[tuple[str, ...]] = ("computing",)
     variants: ClassVar[tuple[str, ...]] = ()
     card: Mapping[str, Any] | None = None
+    #: run the card's trust gate (``DetectorOptions.gate``; set by ``get_detector``)
+    gate_enabled: bool = True
+    _gate: Any = None
+
+    @property
+    def gate_name(self) -> str | None:
+        """The feature-OOD model the card names as this model's trust gate, if it is used."""
+        name = (self.card or {}).get("gate")
+        return str(name) if name and self.gate_enabled else None
+
+    def trust(
+        self,
+        volume: Volume,
+        mask: np.ndarray | None = None,
+        cancelled: CancelledPredicate | None = None,
+    ):
+        """Is ``volume`` like this model's training scans? The gate's
+        :class:`~napari_medood.detectors.feature_ood.TrustReport`, or None without a gate."""
+        name = self.gate_name
+        if name is None:
+            return None
+        if self._gate is None:
+            from napari_medood.detectors import get_detector
+
+            device = getattr(self, "device", "auto")
+            try:
+                self._gate = get_detector(name, DetectorOptions(device=str(device), gate=False))
+            except MedoodError as exc:  # a missing gate must not stop the map
+                import warnings
+
+                warnings.warn(
+                    f"the trust gate {name} named by {self.name}'s card cannot be used: {exc}",
+                    stacklevel=2,
+                )
+                self.gate_enabled = False
+                return None
+        return self._gate.predict(volume, mask, cancelled=cancelled).extras.get("trust")
 
     def run(
         self, volume: Volume, mask: np.ndarray, stages: Stages, cancelled: CancelledPredicate | None
@@ -163,7 +203,10 @@ class BaseDetector:
         mask: np.ndarray | None = None,
         progress: ProgressCallback | None = None,
         cancelled: CancelledPredicate | None = None,
+        trust: Any = None,
     ) -> AnomalyResult:
+        """The shared preamble, the trust gate (unless ``trust``, its report, is given), the
+        family's :meth:`run`, and the shared checks of what it returned."""
         from napari_medood.detectors.compatibility import check_scan, scan_notes
 
         check_scan(volume)
@@ -171,6 +214,10 @@ class BaseDetector:
         mask = foreground_of(volume, mask)
         notes = scan_notes(volume, mask, given, self.card)
         check_cancelled(cancelled)
+        if trust is None and self.gate_name is not None:
+            trust = self.trust(volume, mask, cancelled)
+        if trust is not None and not trust.in_distribution:
+            notes.append(trust.verdict())
         try:
             output = self.run(volume, mask, Stages(progress, self.stages), cancelled)
         except PreprocessingError as exc:  # name the file, not only the problem
@@ -193,7 +240,10 @@ class BaseDetector:
             if output.score is None:
                 raise MedoodError(f"the {self.name} detector declares a score but returned none")
             score = float(output.score)
-        return AnomalyResult(anomaly_map, score, dict(output.extras), tuple(notes))
+        extras = dict(output.extras)
+        if trust is not None:
+            extras["trust"] = trust
+        return AnomalyResult(anomaly_map, score, extras, tuple(notes))
 
 
 def foreground_of(volume: Volume, mask: np.ndarray | None) -> np.ndarray:

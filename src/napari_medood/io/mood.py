@@ -47,6 +47,20 @@ def write_score(score: float, out_dir: str | os.PathLike, image: str | os.PathLi
     return write_text_atomic(output_path(out_dir, image, "sample"), f"{float(score):.6f}\n")
 
 
+def trust_path(out_dir: str | os.PathLike, image: str | os.PathLike) -> Path:
+    """Where the trust gate's verdict on ``image`` goes, beside its map and score."""
+    return Path(out_dir) / (output_name(image) + ".trust.json")
+
+
+def write_trust(report: dict, out_dir: str | os.PathLike, image: str | os.PathLike) -> Path:
+    """The trust gate's report (score, percentile, verdict) as JSON, atomically."""
+    import json
+
+    from napari_medood.io.atomic import write_text_atomic
+
+    return write_text_atomic(trust_path(out_dir, image), json.dumps(report, indent=1) + "\n")
+
+
 def read_score(path: str | os.PathLike) -> float:
     """The number in a score file (ValueError/OSError when it holds none)."""
     value = float(Path(path).read_text().strip())
