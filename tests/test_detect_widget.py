@@ -318,6 +318,7 @@ def test_all_panels_fit_a_1000_px_screen(make_napari_viewer, qtbot):
         "Detect anomalies",
         "Anomaly playground",
         "Evaluate",
+        "Is this scan in distribution?",
     ):
         _, docks[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     qtbot.wait(300)
@@ -331,6 +332,7 @@ def test_all_panels_fit_a_1000_px_screen(make_napari_viewer, qtbot):
     assert [dock.tabText(i) for i in range(dock.count())] == [
         "Scan",
         "Detect",
+        "Trust",
         "Playground",
         "Evaluate",
     ]

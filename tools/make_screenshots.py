@@ -15,7 +15,8 @@ Writes, into docs/images/:
 - napari-detect-mhd.png: brain-t1-mhd on the sample: the MHD map over one of its ten
   reconstructions (the stack's slider above the canvas), the other by-products listed hidden.
 
-``--only NAME`` takes one of them (inspector, playground, detect, detect_flair, detect_mhd).
+``--only NAME`` takes one of them (inspector, playground, detect, detect_flair, detect_mhd,
+trust_gate).
 """
 
 from __future__ import annotations
@@ -173,12 +174,32 @@ def detect_mhd() -> None:
     viewer.close()
 
 
+def trust_gate(shared: Path) -> None:
+    """The T1 brain model asked about a trunk CT: its trust gate's verdict comes first."""
+    ct = shared / "totalsegmentator-example" / "example_ct.nii.gz"
+    if not ct.is_file():
+        print(f"skipping napari-trust-gate.png: {ct} not found")
+        return
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.open(ct, plugin="napari-medood")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medood", "Detect anomalies")
+    widget.device_choice.value = "cpu"
+    widget.run()
+    wait_until_idle(widget)
+    widget.map_layer.opacity = 0.6
+    viewer.reset_view()
+    settle()
+    viewer.screenshot(str(OUT / "napari-trust-gate.png"), canvas_only=False, flash=False)
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument(
         "--only",
-        choices=("inspector", "playground", "detect", "detect_flair", "detect_mhd"),
+        choices=("inspector", "playground", "detect", "detect_flair", "detect_mhd", "trust_gate"),
         help="take one screenshot",
     )
     args = parser.parse_args()
@@ -189,6 +210,7 @@ def main() -> None:
         "detect": detect,
         "detect_flair": lambda: detect_flair(args.shared),
         "detect_mhd": detect_mhd,
+        "trust_gate": lambda: trust_gate(args.shared),
     }
     for name, shot in shots.items():
         if args.only in (None, name):

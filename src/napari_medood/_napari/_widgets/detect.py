@@ -138,6 +138,7 @@ class DetectWidget(Panel):
         self.map_layer = None
         self.threshold_layer = None
         self.last_result = None
+        self.trust_report = None
         self.last_error: str | None = None
         self.notes: tuple[str, ...] = ()
         self._worker = None
@@ -178,6 +179,16 @@ class DetectWidget(Panel):
         self.notes_label.setStyleSheet("color: #ffb347;")
         self.notes_label.hide()
         self.replace_check = QCheckBox("replace this scan's result from this model", checked=True)
+        self.gate_check = QCheckBox(
+            "trust gate first: is the scan like the training data?", checked=True
+        )
+        self.gate_check.setToolTip(
+            "the model's card names a feature-OOD model that checks the scan before the map"
+        )
+        self.gate_check.hide()
+        from napari_medood._napari._widgets.trust import TrustView
+
+        self.trust_view = TrustView()
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -211,10 +222,12 @@ class DetectWidget(Panel):
         layout.addLayout(form)
         layout.addWidget(self.options.native)
         layout.addWidget(self.card_label)
+        layout.addWidget(self.gate_check)
         layout.addWidget(self.replace_check)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
+        layout.addWidget(self.trust_view)
         layout.addWidget(self.notes_label)
         layout.addWidget(self.peak_button)
         layout.addWidget(QLabel("Flag voxels above"))
@@ -261,6 +274,7 @@ class DetectWidget(Panel):
         from napari_medood.registry import FAMILIES, NAMED_DETECTORS, declared_outputs
 
         name = self.model_choice.value
+        self.gate_check.hide()
         if name in NAMED_DETECTORS:
             self.card_label.setText(f"{NAMED_DETECTORS[name].description}. No training, no card.")
             return
@@ -295,6 +309,9 @@ class DetectWidget(Panel):
             parts.append("lesion AP " + ", ".join(lesions))
         if card.get("training", {}).get("device"):
             parts.append(f"trained on {card['training']['device']}")
+        if card.get("gate"):
+            parts.append(f"checked first by its trust gate {card['gate']}")
+            self.gate_check.show()
         self.card_label.setText("; ".join(parts) + ".")
 
     def add_checkpoint(self, folder: str | Path) -> None:
@@ -337,6 +354,7 @@ class DetectWidget(Panel):
             "device": self.device_choice.value,
             "precision": self.precision_choice.value,
             "overlap": float(self.overlap_spin.value),
+            "gate": self.gate_check.isChecked(),
             "name": f"{source.name} anomaly ({self.model_choice.value})",
             "source_layer": source.name,
             "source_id": str(source.unique_id),
@@ -347,6 +365,8 @@ class DetectWidget(Panel):
         self._model = job["model"]
         self.notes = ()
         self.notes_label.hide()
+        self.trust_view.hide()
+        self.trust_report = None
         self.status.setText(f"{self._model}: starting...")
         self.progress_bar.setRange(0, 0)  # busy until the first count
         self.run_button.setEnabled(False)
@@ -373,7 +393,12 @@ class DetectWidget(Panel):
             self.status.setText("cancelling...")
 
     def _progress(self, report: tuple[int, int, str]) -> None:
+        from napari_medood._napari._widgets.trust import TrustNotice
+
         done, total, message = report
+        if isinstance(message, TrustNotice):  # the verdict comes before the map
+            self.trust_report = message.report
+            self.trust_view.show_report(message.report, message.picture)
         if total > 0:
             self.progress_bar.setRange(0, total)
             self.progress_bar.setValue(done)
@@ -713,9 +738,22 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
     check_cancelled(cancelled)
     say(f"loading {job['model']}")
     detector = get_detector(
-        job["model"], device=job["device"], overlap=job["overlap"], precision=job["precision"]
+        job["model"],
+        device=job["device"],
+        overlap=job["overlap"],
+        precision=job["precision"],
+        gate=job.get("gate", True),
     )
-    result = detector.predict(volume, mask, progress=progress, cancelled=cancelled)
+    trust = None
+    if detector.gate_name is not None:
+        from napari_medood._napari._widgets.trust import TrustNotice
+        from napari_medood.detectors.base import foreground_of
+
+        say(f"trust gate {detector.gate_name}: is this scan like the training data?")
+        trust = detector.trust(volume, foreground_of(volume, mask), cancelled)
+        if trust is not None and progress is not None:
+            progress(0, 0, TrustNotice.of(trust))
+    result = detector.predict(volume, mask, progress=progress, cancelled=cancelled, trust=trust)
     check_cancelled(cancelled)
     say(PREPARING)
     info = detector.score_info

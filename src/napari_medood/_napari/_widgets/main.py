@@ -1,4 +1,5 @@
-"""The MedOOD dock: every panel in one dock, as tabs (Scan, Detect, Playground, Evaluate).
+"""The MedOOD dock: every panel in one dock, as tabs (Scan, Detect, Trust, Playground,
+Evaluate).
 
 One dock keeps the window within the screen however many tools are in use; each panel also
 opens on its own from the Plugins menu.
@@ -22,6 +23,7 @@ class MedoodDock(QTabWidget):
         from napari_medood._napari._widgets.evaluate import EvaluateWidget
         from napari_medood._napari._widgets.inspector import AnomalyInspector
         from napari_medood._napari._widgets.playground import PlaygroundWidget
+        from napari_medood._napari._widgets.trust import TrustWidget
 
         super().__init__(parent)
         self.setObjectName("medood-dock")
@@ -30,8 +32,10 @@ class MedoodDock(QTabWidget):
         self.detect = DetectWidget(napari_viewer)
         self.playground = PlaygroundWidget(napari_viewer)
         self.evaluate = EvaluateWidget(napari_viewer)
+        self.trust = TrustWidget(napari_viewer)
         self.addTab(self.inspector, "Scan")
         self.addTab(self.detect, "Detect")
+        self.addTab(self.trust, "Trust")
         self.addTab(self.playground, "Playground")
         self.addTab(self.evaluate, "Evaluate")
         self.setCurrentWidget(self.detect)
