@@ -55,7 +55,10 @@ def test_detect_warns_on_a_ct_before_its_map(make_napari_viewer, qtbot):
     assert widget.trust_view.verdict.text().startswith("NOT like the training data")
     assert "#ffb347" in widget.trust_view.verdict.styleSheet()
     assert any(note.startswith("NOT like the training data") for note in widget.notes)
+    # the other notes (a CT, no brain mask) are listed; the verdict is not repeated there
     assert widget.notes_label.isVisibleTo(widget)
+    assert "Hounsfield" in widget.notes_label.text()
+    assert "NOT like the training data" not in widget.notes_label.text()
     assert widget.map_layer is not None  # the map is still there to read, under the warning
 
 

@@ -446,9 +446,13 @@ class DetectWidget(Panel):
         self.last_result = result
         self.last_error = None
         self.notes = tuple(result.notes)
-        if self.notes:
-            self.notes_label.setText("Before you read this result:\n- " + "\n- ".join(self.notes))
+        trust = result.extras.get("trust")
+        # the gate's verdict has its own place above; the list holds the other notes
+        listed = [n for n in self.notes if trust is None or n != trust.verdict()]
+        if listed:
+            self.notes_label.setText("Before you read this result:\n- " + "\n- ".join(listed))
             self.notes_label.show()
+        if self.notes:
             show_warning(f"Detect anomalies ({outcome.detector_name}): " + " ".join(self.notes))
         source = self._source
         self.status.setText(outcome.score_text)
