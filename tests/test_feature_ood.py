@@ -358,3 +358,58 @@ def test_medood_predict_writes_the_gate_verdict_beside_the_map(tmp_path, ct_scan
         text=True,
     )
     assert run.returncode == 0 and not (tmp_path / "plain" / f"{name}.trust.json").exists()
+
+
+def test_ddp_with_two_gloo_processes_fits_the_same_heads_as_one_process(tiny_classifier, tmp_path):
+    """Each process computes a share of the features; gathered, every process fits the same
+    heads, and rank 0 writes the checkpoint: the reference confidences equal one process's."""
+    npz = shared(*ADRENAL28)
+    settings = [
+        f"backbone={tiny_classifier}",
+        f"train={npz}:val",
+        f"reference={npz}:val",
+        "reference_views=1",
+        "augment=false",
+        "epochs=2",
+        "batch_size=32",
+        "device=cpu",
+        "heads=[mds,knn,energy]",
+    ]
+    medood_train = str(Path(sys.executable).with_name("medood-train"))
+    one = subprocess.run(
+        [
+            medood_train,
+            "flow",
+            *sum((["--set", s] for s in [*settings, f"out={tmp_path / 'one'}"]), []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            medood_train,
+            "flow",
+            *sum((["--set", s] for s in [*settings, f"out={tmp_path / 'two'}"]), []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert two.returncode == 0, two.stdout + two.stderr
+    card_one = json.loads((tmp_path / "one" / "best" / "card.json").read_text())
+    card_two = json.loads((tmp_path / "two" / "best" / "card.json").read_text())
+    assert card_two["training"]["processes"] == 2
+    for head in ("mds", "knn", "energy"):
+        np.testing.assert_allclose(
+            card_two["heads"][head]["reference"],
+            card_one["heads"][head]["reference"],
+            rtol=1e-4,
+            atol=1e-4,
+        )
