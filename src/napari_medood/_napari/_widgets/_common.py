@@ -347,3 +347,29 @@ def progress_generator(function, *args, cancel_event=None, **kwargs):
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+def scan_job(source: Any, mask_layer: Any | None) -> dict[str, Any]:
+    """A scan layer and its mask layer as a worker reads them: references to the arrays and
+    small state, taken on the GUI thread (no copy); :func:`job_volume` builds the volume."""
+
+    def state(layer: Any) -> dict[str, Any]:
+        return {**placement_of(layer), "metadata": dict(layer.metadata)}
+
+    return {
+        "data": source.data,
+        "state": state(source),
+        "mask_data": None if mask_layer is None else mask_layer.data,
+        "mask_state": None if mask_layer is None else state(mask_layer),
+    }
+
+
+def job_volume(job: dict[str, Any]):
+    """``(Volume, mask or None)`` of a :func:`scan_job`, built off the GUI thread."""
+    from napari_medood._napari._layers import layer_data_to_volume
+
+    volume = layer_data_to_volume(np.asarray(job["data"]), job["state"])
+    mask = None
+    if job["mask_data"] is not None:
+        mask = layer_data_to_volume(np.asarray(job["mask_data"]), job["mask_state"]).data > 0
+    return volume, mask

@@ -44,10 +44,11 @@ from napari_medood._napari._roles import (
 from napari_medood._napari._widgets._common import (
     Panel,
     go_to_voxel,
-    placement_of,
+    job_volume,
     progress_generator,
     remove_derived,
     scan_and_mask_pickers,
+    scan_job,
     show_labels,
     wrapping_label,
 )
@@ -119,11 +120,6 @@ class ColourBar(QLabel):
                 0, self.HEIGHT, self.width(), 12, align | Qt.AlignmentFlag.AlignTop, f"{value:g}"
             )
         painter.end()
-
-
-def layer_state(layer: Any) -> dict[str, Any]:
-    """What ``layer_data_to_volume`` needs of a layer, read on the GUI thread (no copy)."""
-    return {**placement_of(layer), "metadata": dict(layer.metadata)}
 
 
 class DetectWidget(Panel):
@@ -346,10 +342,7 @@ class DetectWidget(Panel):
             return
         # only references and small state are taken here: the volumes are built in the worker
         job = {
-            "data": source.data,
-            "state": layer_state(source),
-            "mask_data": None if mask_layer is None else mask_layer.data,
-            "mask_state": None if mask_layer is None else layer_state(mask_layer),
+            **scan_job(source, mask_layer),
             "model": self.model_choice.value,
             "device": self.device_choice.value,
             "precision": self.precision_choice.value,
@@ -726,7 +719,7 @@ def extra_layers(result: Any, job: dict, map_kwargs: dict) -> list:
 
 def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
     """The whole run, off the GUI thread: layers to volumes, the detector, layer data back."""
-    from napari_medood._napari._layers import layer_data_to_volume, volume_to_layer_data
+    from napari_medood._napari._layers import volume_to_layer_data
     from napari_medood._progress import check_cancelled
     from napari_medood.detectors import get_detector
 
@@ -735,10 +728,7 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
             progress(0, 0, message)
 
     say(READING)
-    volume = layer_data_to_volume(np.asarray(job["data"]), job["state"])
-    mask = None
-    if job["mask_data"] is not None:
-        mask = layer_data_to_volume(np.asarray(job["mask_data"]), job["mask_state"]).data > 0
+    volume, mask = job_volume(job)
     check_cancelled(cancelled)
     say(f"loading {job['model']}")
     detector = get_detector(

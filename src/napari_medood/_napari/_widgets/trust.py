@@ -29,8 +29,10 @@ from qtpy.QtWidgets import (
 
 from napari_medood._napari._widgets._common import (
     Panel,
+    job_volume,
     progress_generator,
     scan_and_mask_pickers,
+    scan_job,
     wrapping_label,
 )
 
@@ -263,8 +265,6 @@ class TrustWidget(Panel):
     def run(self) -> None:
         from napari.qt.threading import create_worker
 
-        from napari_medood._napari._widgets.detect import layer_state
-
         if self._worker is not None:
             return
         source = self.image_combo.current_layer()
@@ -273,10 +273,7 @@ class TrustWidget(Panel):
             return
         mask_layer = self.mask_combo.current_layer()
         job = {
-            "data": source.data,
-            "state": layer_state(source),
-            "mask_data": None if mask_layer is None else mask_layer.data,
-            "mask_state": None if mask_layer is None else layer_state(mask_layer),
+            **scan_job(source, mask_layer),
             "model": self.model_choice.value,
             "head": self.head_choice.value,
             "threshold": float(self.threshold_spin.value),
@@ -344,15 +341,11 @@ class TrustWidget(Panel):
 
 def trust_job(job: dict, progress=None, cancelled=None):
     """Off the GUI thread: the layers to a volume, the model, its report."""
-    from napari_medood._napari._layers import layer_data_to_volume
     from napari_medood.detectors import get_detector
 
     if progress is not None:
         progress(0, 0, "reading the layers")
-    volume = layer_data_to_volume(np.asarray(job["data"]), job["state"])
-    mask = None
-    if job["mask_data"] is not None:
-        mask = layer_data_to_volume(np.asarray(job["mask_data"]), job["mask_state"]).data > 0
+    volume, mask = job_volume(job)
     if progress is not None:
         progress(0, 0, f"loading {job['model']}")
     detector = get_detector(job["model"], variant=job["head"])
