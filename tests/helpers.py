@@ -94,3 +94,30 @@ def after_steps(out: Path, steps: int):
         return log.exists() and len(log.read_text().splitlines()) - 1 >= steps
 
     return cancelled
+
+
+def medood_train_under_torchrun(method: str, settings: list[str], processes: int = 2):
+    """``torchrun --standalone --nproc_per_node N medood-train METHOD --set ...`` with one
+    thread per process (gloo on the CPU); the finished process."""
+    import os
+    import subprocess
+    import sys
+
+    command = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        str(Path(sys.executable).with_name("medood-train")),
+        method,
+        *sum((["--set", item] for item in settings), []),
+    ]
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )

@@ -4,9 +4,6 @@ through the CLI, and the slice cache it trains from."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -315,34 +312,12 @@ def test_config_errors_name_the_problem():
 
 @pytest.mark.slow
 def test_ddp_with_two_gloo_processes_trains_the_diffusion_model(diffusion_scans, tmp_path):
+    from helpers import medood_train_under_torchrun
     from napari_medood.models.checkpoint import load_checkpoint
 
     out = tmp_path / "ddp"
-    command = [
-        str(Path(sys.executable).with_name("torchrun")),
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(Path(sys.executable).with_name("medood-train")),
-        "diffusion",
-        *sum(
-            (
-                ["--set", item]
-                for item in tiny_diffusion_settings(
-                    diffusion_scans, out, "steps=3", "val_interval=3"
-                )
-            ),
-            [],
-        ),
-    ]
-    run = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    run = medood_train_under_torchrun(
+        "diffusion", tiny_diffusion_settings(diffusion_scans, out, "steps=3", "val_interval=3")
     )
     assert run.returncode == 0, run.stdout + run.stderr
     model, card = load_checkpoint(out / "best")

@@ -4,7 +4,6 @@ trust gate in front of a map, medood-predict --task sample (MedOODFlow, issue 11
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -205,24 +204,11 @@ def test_medood_predict_writes_sample_scores_and_refuses_maps(tiny_flow, tmp_pat
 
 
 def test_ddp_with_two_gloo_processes_trains_the_classifier(tmp_path):
+    from helpers import medood_train_under_torchrun
+
     out = tmp_path / "ddp"
-    command = [
-        str(Path(sys.executable).with_name("torchrun")),
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(Path(sys.executable).with_name("medood-train")),
-        "classifier",
-        *sum(
-            (["--set", item] for item in classifier_settings(out, "steps=4", "val_interval=4")), []
-        ),
-    ]
-    run = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    run = medood_train_under_torchrun(
+        "classifier", classifier_settings(out, "steps=4", "val_interval=4")
     )
     assert run.returncode == 0, run.stdout + run.stderr
     card = json.loads((out / "best" / "card.json").read_text())
@@ -387,21 +373,9 @@ def test_ddp_with_two_gloo_processes_fits_the_same_heads_as_one_process(tiny_cla
         timeout=600,
     )
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("torchrun")),
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            medood_train,
-            "flow",
-            *sum((["--set", s] for s in [*settings, f"out={tmp_path / 'two'}"]), []),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    from helpers import medood_train_under_torchrun
+
+    two = medood_train_under_torchrun("flow", [*settings, f"out={tmp_path / 'two'}"])
     assert two.returncode == 0, two.stdout + two.stderr
     card_one = json.loads((tmp_path / "one" / "best" / "card.json").read_text())
     card_two = json.loads((tmp_path / "two" / "best" / "card.json").read_text())

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -116,27 +113,10 @@ def test_an_interrupted_run_resumes_and_keeps_the_best_checkpoint(data, tmp_path
 
 def test_ddp_with_two_gloo_processes_trains_and_saves_one_checkpoint(data, tmp_path):
     root, dlmuse = data
+    from helpers import medood_train_under_torchrun
+
     out = tmp_path / "ddp"
-    command = [
-        str(Path(sys.executable).with_name("torchrun")),
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(Path(sys.executable).with_name("medood-train")),
-        "unet",
-        *sum(
-            (["--set", item] for item in tiny(root, dlmuse, out, "steps=3", "val_interval=3")), []
-        ),
-    ]
-    run = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    run = medood_train_under_torchrun("unet", tiny(root, dlmuse, out, "steps=3", "val_interval=3"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert sorted(p.name for p in out.iterdir()) == ["best", "config.json", "last", "train_log.csv"]
     model, card = load_checkpoint(out / "best")
