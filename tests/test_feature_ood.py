@@ -100,6 +100,18 @@ def test_the_classifier_trains_logs_and_keeps_its_best_by_weighted_f1(tiny_class
     assert len(log) == 3  # header + steps 3 and 6
 
 
+def test_a_classifier_checkpoint_scores_by_its_softmax(tiny_classifier):
+    """A classifier3d checkpoint is a detector too: 1 - MSP, rescaled to [0, 1]."""
+    from napari_medood.detectors import get_detector
+
+    detector = get_detector(str(tiny_classifier))
+    assert detector.outputs == ("score",)
+    result = detector.predict(adrenal_volume(2))
+    probabilities = result.extras["probabilities"]
+    assert probabilities.shape == (2,) and probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    assert result.score == pytest.approx(2 * (1 - probabilities.max()), abs=1e-5)
+
+
 def test_the_flow_checkpoint_holds_every_head_and_its_reference(tiny_flow):
     from napari_medood.models.checkpoint import Checkpoint
 
