@@ -12,7 +12,7 @@ from napari_medood.models.features import FeatureBatch
 from napari_medood.ood.corruptions import SHIFTS, corrupt
 from napari_medood.ood.flow import FlowRecipe
 from napari_medood.ood.heads import HEADS, make_head
-from napari_medood.ood.metrics import auroc, average_precision, fpr_at_tpr, ood_metrics
+from napari_medood.ood.metrics import auroc, average_precision, fpr_at_id_recall, openood_metrics
 from napari_medood.ood.reference import ReferenceScores
 
 
@@ -195,10 +195,12 @@ def test_ood_metrics_match_scikit_learn_and_a_hand_count():
     )
     # 20 ID scores 1..20: 95 % of them are <= 19; OOD at 5, 19.5, 25, 30: one of four accepted
     assert (
-        fpr_at_tpr(np.r_[np.arange(1, 21), [5, 19.5, 25, 30]], np.r_[np.zeros(20), np.ones(4)])
+        fpr_at_id_recall(
+            np.r_[np.arange(1, 21), [5, 19.5, 25, 30]], np.r_[np.zeros(20), np.ones(4)]
+        )
         == 0.25
     )
-    metrics = ood_metrics(scores, labels)
+    metrics = openood_metrics(scores, labels)
     assert metrics["aupr_in"] == pytest.approx(average_precision_score(1 - labels, -scores))
 
 

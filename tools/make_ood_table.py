@@ -79,7 +79,7 @@ def table(
 
 
 def score_sets(confidence_id: dict, sets: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    from napari_medood.ood.metrics import ood_metrics
+    from napari_medood.ood.metrics import openood_metrics
 
     rows = {}
     for name, confidences in sets.items():
@@ -87,7 +87,7 @@ def score_sets(confidence_id: dict, sets: dict[str, dict]) -> dict[str, dict[str
         for head, values in confidences.items():
             scores = -np.r_[confidence_id[head], values]
             labels = np.r_[np.zeros(len(confidence_id[head])), np.ones(len(values))]
-            rows[name][head] = {**ood_metrics(scores, labels), "n": int(len(values))}
+            rows[name][head] = {**openood_metrics(scores, labels), "n": int(len(values))}
     return rows
 
 

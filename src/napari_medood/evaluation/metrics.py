@@ -19,6 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# the curve metrics of scores against labels live one layer down, where the OOD heads use them
+from napari_medood.ood.metrics import (  # noqa: F401 - re-exported
+    _auroc,
+    _average_precision,
+    _binary_curve,
+    auroc,
+    average_precision,
+)
+
 #: float16 bit patterns 0x0000 (0.0) to 0x3C00 (1.0)
 N_BINS = 0x3C00 + 1
 BIN_VALUES = np.arange(N_BINS, dtype=np.uint16).view(np.float16).astype(np.float64)
@@ -49,22 +58,6 @@ def _curve_from_counts(pos: np.ndarray, neg: np.ndarray, values: np.ndarray):
     keep = (pos + neg) > 0
     order = np.flatnonzero(keep)[::-1]
     return values[order], np.cumsum(pos[order]), np.cumsum(neg[order])
-
-
-def _average_precision(tps: np.ndarray, fps: np.ndarray) -> float:
-    if tps.size == 0 or tps[-1] == 0:
-        return float("nan")
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
-
-
-def _auroc(tps: np.ndarray, fps: np.ndarray) -> float:
-    if tps.size == 0 or tps[-1] == 0 or fps[-1] == 0:
-        return float("nan")
-    tpr = np.concatenate([[0.0], tps / tps[-1]])
-    fpr = np.concatenate([[0.0], fps / fps[-1]])
-    return float(np.trapezoid(tpr, fpr))
 
 
 @dataclass
@@ -258,29 +251,6 @@ def best_dice_sweep(
 
 
 # ------------------------------------------------------------------- sample-level metrics
-def _binary_curve(scores: np.ndarray, labels: np.ndarray):
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    distinct = np.flatnonzero(np.diff(scores)) if scores.size else np.array([], int)
-    ends = np.concatenate([distinct, [scores.size - 1]]) if scores.size else distinct
-    tps = np.cumsum(labels)[ends]
-    fps = (ends + 1) - tps
-    return scores[ends], tps.astype(np.float64), fps.astype(np.float64)
-
-
-def average_precision(scores, labels) -> float:
-    """sklearn-equivalent average precision (abnormal = label 1, higher score = abnormal)."""
-    _, tps, fps = _binary_curve(scores, labels)
-    return _average_precision(tps, fps)
-
-
-def auroc(scores, labels) -> float:
-    _, tps, fps = _binary_curve(scores, labels)
-    return _auroc(tps, fps)
-
-
 def fpr_at_tpr(scores, labels, tpr: float = 0.95) -> float:
     """False-positive rate at the first threshold whose true-positive rate reaches ``tpr``."""
     _, tps, fps = _binary_curve(scores, labels)

@@ -1,14 +1,60 @@
-"""Sample-level OOD metrics as OpenOOD reports them (MedOODFlow's tables).
+"""Metrics of scores against binary labels: shared by the OOD heads (the flow's epoch
+selection), ``evaluation`` (which builds its MOOD metrics on them) and the OOD tables.
 
-Scores are OOD scores (higher = more out of distribution); ``labels`` are 1 for OOD, 0 for
-in-distribution. AUROC treats OOD as positive; FPR@95 is the fraction of OOD samples
-accepted at the threshold that accepts 95 % of the in-distribution ones; AUPR-In takes the
-in-distribution samples as positives (scored by -score), AUPR-Out the OOD ones.
+Scores are abnormality scores (higher = more out of distribution); ``labels`` are 1 for
+OOD / abnormal, 0 for in distribution. :func:`openood_metrics` reports what OpenOOD (and
+MedOODFlow's tables) report: AUROC with OOD as positive, FPR@95 as OpenOOD's ``fpr_recall``
+(the fraction of OOD samples accepted at the threshold that accepts 95 % of the
+in-distribution ones; ``evaluation.metrics.fpr_at_tpr`` is the other common reading, the
+false-positive rate at 95 % of the OOD samples found), AUPR-In (in distribution as the
+positive class, scored by -score) and AUPR-Out.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def _average_precision(tps: np.ndarray, fps: np.ndarray) -> float:
+    """Step-wise average precision from cumulative true/false positives per threshold."""
+    if tps.size == 0 or tps[-1] == 0:
+        return float("nan")
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def _auroc(tps: np.ndarray, fps: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half) from cumulative true/false positives."""
+    if tps.size == 0 or tps[-1] == 0 or fps[-1] == 0:
+        return float("nan")
+    tpr = np.concatenate([[0.0], tps / tps[-1]])
+    fpr = np.concatenate([[0.0], fps / fps[-1]])
+    return float(np.trapezoid(tpr, fpr))
+
+
+def _binary_curve(scores: np.ndarray, labels: np.ndarray):
+    """Distinct thresholds from the highest down, with cumulative true/false positives."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    distinct = np.flatnonzero(np.diff(scores)) if scores.size else np.array([], int)
+    ends = np.concatenate([distinct, [scores.size - 1]]) if scores.size else distinct
+    tps = np.cumsum(labels)[ends]
+    fps = (ends + 1) - tps
+    return scores[ends], tps.astype(np.float64), fps.astype(np.float64)
+
+
+def average_precision(scores, labels) -> float:
+    """sklearn-equivalent average precision (abnormal = label 1, higher score = abnormal)."""
+    _, tps, fps = _binary_curve(scores, labels)
+    return _average_precision(tps, fps)
+
+
+def auroc(scores, labels) -> float:
+    _, tps, fps = _binary_curve(scores, labels)
+    return _auroc(tps, fps)
 
 
 def _checked(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -21,43 +67,21 @@ def _checked(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     return scores, labels
 
 
-def auroc(scores, labels) -> float:
-    """Area under the ROC curve (ties count half), via the rank-sum statistic."""
-    from scipy.stats import rankdata
-
-    scores, labels = _checked(scores, labels)
-    ranks = rankdata(scores)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def average_precision(scores, labels) -> float:
-    """Step-wise average precision (as scikit-learn's), tied scores taken together."""
-    scores, labels = _checked(scores, labels)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
-    tp = np.cumsum(labels)[last_of_tie]
-    precision = tp / (last_of_tie + 1)
-    recall = tp / labels.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def fpr_at_tpr(scores, labels, tpr: float = 0.95) -> float:
-    """The fraction of OOD samples accepted as in-distribution when ``tpr`` of the
+def fpr_at_id_recall(scores, labels, recall: float = 0.95) -> float:
+    """The fraction of OOD samples accepted as in-distribution when ``recall`` of the
     in-distribution samples are (OpenOOD's ``fpr_recall``)."""
     scores, labels = _checked(scores, labels)
     id_scores = np.sort(scores[~labels])
-    threshold = id_scores[max(int(np.ceil(tpr * id_scores.size)) - 1, 0)]
+    threshold = id_scores[max(int(np.ceil(recall * id_scores.size)) - 1, 0)]
     return float(np.mean(scores[labels] <= threshold))
 
 
-def ood_metrics(scores, labels) -> dict[str, float]:
-    """AUROC, FPR@95, AUPR-In and AUPR-Out of OOD ``scores`` (higher = more OOD)."""
+def openood_metrics(scores, labels) -> dict[str, float]:
+    """AUROC, FPR@95, AUPR-In and AUPR-Out of OOD ``scores`` as OpenOOD reports them."""
     scores, labels = _checked(scores, labels)
     return {
         "auroc": auroc(scores, labels),
-        "fpr95": fpr_at_tpr(scores, labels),
+        "fpr95": fpr_at_id_recall(scores, labels),
         "aupr_in": average_precision(-scores, ~labels),
         "aupr_out": average_precision(scores, labels),
     }
