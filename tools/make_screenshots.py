@@ -16,7 +16,7 @@ Writes, into docs/images/:
   reconstructions (the stack's slider above the canvas), the other by-products listed hidden.
 
 ``--only NAME`` takes one of them (inspector, playground, detect, detect_flair, detect_mhd,
-trust_gate).
+trust_gate, trust_panel).
 """
 
 from __future__ import annotations
@@ -194,12 +194,39 @@ def trust_gate(shared: Path) -> None:
     viewer.close()
 
 
+def trust_panel() -> None:
+    """The "Is this scan in distribution?" panel on the bundled sample, in the dock's Trust tab."""
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.open_sample("napari-medood", "ixi_brain_t1")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-medood", "MedOOD (all panels)")
+    widget = dock.trust
+    dock.setCurrentWidget(widget)
+    widget.model_choice.value = "brain-t1-gate"
+    widget.run()
+    while widget.busy:
+        settle(0.2)
+    settle(0.5)
+    viewer.reset_view()
+    settle()
+    viewer.screenshot(str(OUT / "napari-trust-panel.png"), canvas_only=False, flash=False)
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument(
         "--only",
-        choices=("inspector", "playground", "detect", "detect_flair", "detect_mhd", "trust_gate"),
+        choices=(
+            "inspector",
+            "playground",
+            "detect",
+            "detect_flair",
+            "detect_mhd",
+            "trust_gate",
+            "trust_panel",
+        ),
         help="take one screenshot",
     )
     args = parser.parse_args()
@@ -211,6 +238,7 @@ def main() -> None:
         "detect_flair": lambda: detect_flair(args.shared),
         "detect_mhd": detect_mhd,
         "trust_gate": lambda: trust_gate(args.shared),
+        "trust_panel": trust_panel,
     }
     for name, shot in shots.items():
         if args.only in (None, name):
