@@ -399,3 +399,48 @@ def test_ddp_with_two_gloo_processes_fits_the_same_heads_as_one_process(tiny_cla
             rtol=1e-4,
             atol=1e-4,
         )
+
+
+def test_the_gate_reads_a_scan_at_its_own_coarser_spacing():
+    from napari_medood.io import read_volume
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.preprocessing.feature_input import feature_inputs
+    from napari_medood.training.flow import open_backbone
+
+    gate = Checkpoint.open("brain-t1-gate").card["input"]
+    unet = Checkpoint.open("brain-t1-unet").card["preprocessing"]
+    assert gate["preprocessing"]["spacing"] == [4.0, 4.0, 4.0] and unet["spacing"] == [2.0] * 3
+    # the recipe medood-train flow writes: the detector's model space at the given spacing
+    _, _, recipe, _ = open_backbone("brain-t1-unet", spacing=[4, 4, 4])
+    assert recipe["preprocessing"] == {**unet, "spacing": [4.0, 4.0, 4.0]}
+    volume, mask = sample_scan()
+    coarse = feature_inputs(volume, mask, gate)
+    fine = feature_inputs(volume, mask, {**gate, "preprocessing": unet})
+    assert len(coarse) == len(fine) == 1
+    assert all(s % 16 == 0 for s in coarse[0].shape)
+    # an eighth of the voxels, give or take the padding to a multiple of 16
+    assert 1 / 12 < coarse[0].size / fine[0].size < 1 / 5
+    # a 1 mm MNI brain comes to the same physical size
+    ms = read_volume(
+        shared(
+            "open-ms-lesjak-mni",
+            "patient07",
+            "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+        )
+    )
+    (ms_input,) = feature_inputs(ms, ms.data > 0, gate)
+    assert all(abs(a - b) <= 16 for a, b in zip(ms_input.shape, coarse[0].shape, strict=True))
+
+
+@pytest.mark.parametrize("spacing", ["[4,4]", "[0,4,4]", "[-2,2,2]"])
+def test_a_flow_config_refuses_a_spacing_that_is_not_three_voxel_sizes(spacing):
+    from napari_medood.errors import MedoodError
+    from napari_medood.training.config import load_config
+    from napari_medood.training.flow import FlowTrainConfig
+
+    with pytest.raises(MedoodError, match="spacing must be three positive voxel sizes"):
+        load_config(
+            None,
+            ["backbone=brain-t1-unet", "train=scans/", f"spacing={spacing}"],
+            FlowTrainConfig,
+        )

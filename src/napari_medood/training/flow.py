@@ -42,6 +42,9 @@ class FlowTrainConfig:
     backbone: a classifier3d checkpoint or a unet3d detector (shipped name or folder).
     window: for a detector's encoder, the windows (voxels of its model space) a scan is cut
         into; its confidence is the mean over its windows (None: the whole brain at once).
+    spacing: for a detector's encoder, the voxel size (mm) the scan is read at (None: the
+        detector's own). Coarser is cheaper: a gate asks what a scan looks like overall,
+        and at twice the detector's spacing its encoder reads an eighth of the voxels.
     reference_folds: without a ``reference`` set, score each fresh view with heads fitted
         on the other folds of training volumes (cross-fitting: the percentiles then say
         where a new healthy subject falls, not a subject the heads have seen); 0 = off.
@@ -67,6 +70,7 @@ class FlowTrainConfig:
     val_ood_masks: str | None = None
     out: str = "runs/flow"
     window: list[int] | None = None
+    spacing: list[float] | None = None
     views: int = 1
     reference_views: int = 4
     reference_folds: int = 0
@@ -108,6 +112,12 @@ class FlowTrainConfig:
             raise MedoodError("reference_folds must be 0 (off) or at least 2")
         if self.reference is None and self.reference_views < 1:
             raise MedoodError("without a 'reference' set, reference_views must be >= 1")
+        if self.spacing is not None and (
+            len(self.spacing) != 3 or not all(float(s) > 0 for s in self.spacing)
+        ):
+            raise MedoodError(
+                f"spacing must be three positive voxel sizes in mm, not {self.spacing}"
+            )
         if not 0 < self.threshold_percentile < 100:
             raise MedoodError("threshold_percentile must be within (0, 100)")
         return self
@@ -116,7 +126,7 @@ class FlowTrainConfig:
         return asdict(self)
 
 
-def open_backbone(name: str, window=None):
+def open_backbone(name: str, window=None, spacing=None):
     """``(checkpoint, card's backbone entry, input recipe, weights to copy)`` of ``name``."""
     from napari_medood.models.checkpoint import Checkpoint, bundled_models
 
@@ -141,14 +151,17 @@ def open_backbone(name: str, window=None):
             "architecture": card["architecture"],
         }
         stages = len(card["architecture"].get("features") or [0] * 5)
+        preprocessing = dict(card["preprocessing"])
+        if spacing is not None:
+            preprocessing["spacing"] = [float(s) for s in spacing]
         recipe = {
             "kind": "model-space",
-            "preprocessing": card["preprocessing"],
+            "preprocessing": preprocessing,
             "margin": 4,
             "divisor": 2 ** (stages - 1),
             **({"window": [int(w) for w in window], "min_foreground": 0.5} if window else {}),
-            "how": "the detector's model space (RAS, its spacing and normalisation, zero "
-            "outside the brain mask), cropped to the mask's box plus 4 voxels, zero-padded to "
+            "how": "the detector's model space (RAS, its normalisation, zero outside the "
+            "brain mask) at the spacing given above, cropped to the mask's box plus 4 voxels, zero-padded to "
             "a multiple of the encoder's stride; read whole, or as a grid of windows at least "
             "half inside the brain whose confidences are averaged",
         }
@@ -281,7 +294,7 @@ def train_flow(
     is_main = rank == 0
     out = Path(config.out)
     checkpoint, backbone_spec, input_spec, backbone_state = open_backbone(
-        config.backbone, config.window
+        config.backbone, config.window, config.spacing
     )
     if backbone_spec["kind"] == "resnet":
         network = build_classifier(backbone_spec["architecture"])
