@@ -9,8 +9,10 @@ two warm-up steps, at each of ``--precisions`` through the execution plan that t
 (``auto``: bfloat16 autocast on CPUs that compute it, float16 with a gradient scaler on CUDA;
 channels-last on the CPU), the first being the baseline; then the synthetic-anomaly data
 pipeline (IXI scans at 2 mm, foreign patches, real-lesion shapes and FPI outliers, as
-brain-t1-unet is trained) through a torch DataLoader with ``--workers`` workers; prints the
-rates and their ratios.
+brain-t1-unet is trained) through a torch DataLoader with ``--workers`` workers, once from
+the real scans and once with every sample drawn in a random contrast from the scans' DLMUSE
+parcellations (``contrast_randomisation=1``, ``synth.contrast``); prints the rates and their
+ratios.
 """
 
 from __future__ import annotations
@@ -67,16 +69,27 @@ def train_rate(
     return steps / (time.perf_counter() - start)
 
 
-def data_rate(patch: int, workers: int, samples: int) -> float:
+def data_rate(patch: int, workers: int, samples: int, contrast: float = 0.0) -> float:
     from torch.utils.data import DataLoader
 
     from napari_medood.io.cohort import discover_cases
     from napari_medood.preprocessing.model_space import ModelSpace
+    from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
     from napari_medood.training.data import SyntheticAnomalyPatches, prepare_scans
 
     ixi = shared_dir() / "ixi-t1-2mm"
-    scans = prepare_scans(discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:6], ModelSpace())
-    dataset = SyntheticAnomalyPatches(scans, (patch,) * 3, samples, seed=0)
+    space = ModelSpace(spacing=(2.0, 2.0, 2.0))
+    cases = discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:6]
+    scans = prepare_scans(cases, space, labels=contrast > 0)
+    dataset = SyntheticAnomalyPatches(
+        scans,
+        (patch,) * 3,
+        samples,
+        seed=0,
+        contrast=ContrastRandomiser(groups=DLMUSE_STRUCTURES) if contrast > 0 else None,
+        p_contrast=contrast,
+        normalisation=space.normalisation,
+    )
     loader = DataLoader(dataset, batch_size=1, num_workers=workers)
     start = time.perf_counter()
     count = sum(1 for _ in loader)
@@ -113,6 +126,12 @@ def main() -> None:
     print(
         f"data pipeline, {args.workers} workers: {supply:.1f} samples/s supplied "
         f"= {supply / need:.1f}x what training consumes"
+    )
+    randomised = data_rate(args.patch, args.workers, args.samples, contrast=1.0)
+    print(
+        f"data pipeline, every sample in a random contrast: {randomised:.1f} samples/s "
+        f"({randomised / supply:.2f}x the real scans' rate) = {randomised / need:.1f}x what "
+        "training consumes"
     )
 
 

@@ -124,3 +124,49 @@ def test_ddp_with_two_gloo_processes_trains_and_saves_one_checkpoint(data, tmp_p
     rows = (out / "train_log.csv").read_text().splitlines()
     assert len(rows) == 4  # one header, one row per step, written by rank 0 only
     assert "medood-train: 3 steps" in run.stderr
+
+
+def test_contrast_randomised_training_runs_and_its_card_expects_any_contrast(data, tmp_path):
+    import numpy as np
+
+    from napari_medood.detectors.compatibility import card_mismatches
+    from napari_medood.io import read_volume
+
+    root, dlmuse = data
+    out = tmp_path / "any-contrast"
+    config = load_config(
+        None, tiny(root, dlmuse, out, "steps=2", "contrast_randomisation=0.5", "workers=0")
+    )
+    train_unet(config)
+    _, card = load_checkpoint(out / "last")
+    assert card["training"]["recipe"]["contrast_randomisation"] == 0.5
+    assert card["expects"]["contrast"] == "any"
+    assert card["expects"].get("deep_to_superficial") is None
+    # such a model is not warned off a FLAIR by the scan's name
+    flair = read_volume(
+        shared(
+            "open-ms-lesjak-mni",
+            "patient07",
+            "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+        )
+    )
+    notes = card_mismatches(flair, flair.data > 0, True, card)
+    assert not any("FLAIR" in note for note in notes)
+    # a run asked to randomise contrasts from plain brain masks says what it needs
+    masks = tmp_path / "binary"
+    masks.mkdir()
+    import nibabel as nib
+
+    for path in sorted(dlmuse.glob("*.nii.gz")):
+        image = nib.load(path)
+        binary = (np.asarray(image.dataobj) > 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(binary, image.affine), masks / path.name)
+    with pytest.raises(MedoodError, match="parcellation"):
+        train_unet(
+            load_config(
+                None,
+                tiny(root, masks, tmp_path / "refused", "steps=2", "contrast_randomisation=0.5"),
+            )
+        )
+    with pytest.raises(MedoodError, match="contrast_groups"):
+        load_config(None, tiny(root, dlmuse, out, "contrast_groups=aseg")).validate()

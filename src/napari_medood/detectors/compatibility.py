@@ -79,7 +79,12 @@ def card_mismatches(
             f"intensities go below -500 like CT Hounsfield units; {model} was "
             f"trained on {expects.get('modality', 'MR')} {contrast or ''} scans".rstrip()
         )
-    elif contrast and profile.named_contrast and profile.named_contrast != contrast:
+    elif (
+        contrast
+        and contrast != "any"  # contrast-randomised training: every MR contrast is expected
+        and profile.named_contrast
+        and profile.named_contrast != contrast
+    ):
         notes.append(
             f"the name or header says {profile.named_contrast}; {model} was trained "
             f"on {contrast} scans, so expect false alarms on normal tissue"

@@ -107,6 +107,21 @@ class ModelSpace:
         report(progress, 3, 3, "preprocessed")
         return Prepared(image, model_mask, ras_grid, model_grid, transform)
 
+    def labels_to_model(self, labels: np.ndarray, prepared: Prepared) -> np.ndarray:
+        """A label map on the scan's grid (a parcellation, say) in model space, as
+        :meth:`prepare` put the scan there: the same reorientation, nearest-neighbour
+        resampling (labels are never blended)."""
+        from nibabel.orientations import apply_orientation
+
+        from napari_medood.preprocessing.resample import resample_to_grid
+
+        labels = np.ascontiguousarray(apply_orientation(np.asarray(labels), prepared.transform))
+        if prepared.model_grid is not prepared.ras_grid:
+            labels = resample_to_grid(
+                Volume(labels, prepared.ras_grid.affine), prepared.model_grid, "nearest"
+            ).data
+        return np.ascontiguousarray(labels).astype(np.int32)
+
     def to_input_grid(self, values: np.ndarray, prepared: Prepared) -> np.ndarray:
         """A model-space map back on the scan's own grid and voxel order."""
         from nibabel.orientations import apply_orientation

@@ -1,5 +1,6 @@
 """Synthetic anomalies: training anomalies (foreign patches in random and real-lesion shapes)
-and FPI/MOOD-style validation outliers, all seeded and deterministic."""
+and FPI/MOOD-style validation outliers, and images of random contrast drawn from a
+parcellation (SynthSeg-style), all seeded and deterministic."""
 
 from napari_medood.synth.anomaly import (
     Implant,
@@ -10,6 +11,7 @@ from napari_medood.synth.anomaly import (
     uniform_noise_texture,
 )
 from napari_medood.synth.blending import blend
+from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser, ContrastSample
 from napari_medood.synth.lesions import LesionShapeBank
 from napari_medood.synth.patches import ForeignPatchBank, PatchTexture
 from napari_medood.synth.shapes import (
@@ -23,8 +25,11 @@ from napari_medood.synth.shapes import (
 from napari_medood.synth.smoothing import gaussian_kernel_1d, sample_kernel_size, smooth_alpha
 
 __all__ = [
+    "DLMUSE_STRUCTURES",
     "SHAPE_KINDS",
     "BrushParameters",
+    "ContrastRandomiser",
+    "ContrastSample",
     "ForeignPatchBank",
     "Implant",
     "LesionShapeBank",

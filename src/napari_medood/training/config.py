@@ -9,6 +9,9 @@ from typing import Any
 
 from napari_medood.errors import MedoodError
 
+#: how contrast randomisation groups a parcellation's labels (``synth.contrast``)
+CONTRAST_GROUPS = ("dlmuse", "labels")
+
 
 @dataclass
 class UNetTrainConfig:
@@ -25,6 +28,12 @@ class UNetTrainConfig:
         p_anomaly: share of patches that get one; fpi_fraction: share of those that are FPI-style
         outliers (noise, deformation, shift, reflection) rather than foreign patches;
         fp_size: foreign-patch box (voxels); shape_weights: odds of the foreign-patch shapes.
+    Contrast randomisation (SynthSeg-style, ``synth.contrast``):
+        contrast_randomisation: share of samples drawn from the scans' parcellations (their
+            ``masks`` must be parcellations) in a random contrast, with lesion-like blobs, so
+            that one model serves T1, T2 and FLAIR; 0 trains on the real scans only.
+        contrast_groups: ``dlmuse`` (DLMUSE labels grouped into structures) or ``labels``
+            (every label its own structure).
     Optimisation (mood22: AdamW 1e-4, wd 1e-5, OneCycle max 1e-3, AMP on CUDA):
         steps, batch_size (per process), lr, max_lr, weight_decay; precision of the forward
         pass (``auto``: bfloat16 autocast on CPUs that compute it, float16 with a gradient
@@ -48,6 +57,8 @@ class UNetTrainConfig:
         default_factory=lambda: {"cuboid": 1.0, "sphere": 1.0, "brush": 1.0, "lesion": 2.0}
     )
     flip_p: float = 0.5
+    contrast_randomisation: float = 0.0
+    contrast_groups: str = "dlmuse"
     steps: int = 2000
     batch_size: int = 2
     lr: float = 1e-4
@@ -69,6 +80,13 @@ class UNetTrainConfig:
         check_run_settings(self, "normal scans")
         if not 0 <= self.p_anomaly <= 1 or not 0 <= self.fpi_fraction <= 1:
             raise MedoodError("p_anomaly and fpi_fraction must be within [0, 1]")
+        if not 0 <= self.contrast_randomisation <= 1:
+            raise MedoodError("contrast_randomisation must be within [0, 1]")
+        if self.contrast_groups not in CONTRAST_GROUPS:
+            raise MedoodError(
+                f"unknown contrast_groups {self.contrast_groups!r}; valid: "
+                f"{', '.join(CONTRAST_GROUPS)}"
+            )
         if len(self.spacing) != 3 or len(self.patch) != 3:
             raise MedoodError("spacing and patch need three values")
         from napari_medood.models.unet import PRESETS

@@ -20,13 +20,18 @@ class ModelSpaceScan:
     image: np.ndarray  # float32
     mask: np.ndarray  # bool
     profile: ScanProfile | None = None
+    labels: np.ndarray | None = None  # int32 parcellation in model space, for random contrasts
 
 
-def prepare_scans(cases: Sequence[Case], space: ModelSpace) -> list[ModelSpaceScan]:
+def prepare_scans(
+    cases: Sequence[Case], space: ModelSpace, labels: bool = False
+) -> list[ModelSpaceScan]:
     """Read each normal scan and put it into ``space`` (the model space that the card will
-    describe): RAS, the model's spacing, normalised and masked."""
+    describe): RAS, the model's spacing, normalised and masked. With ``labels``, each
+    case's mask file must be a parcellation (DLMUSE, say: brain = label > 0); its labels
+    come along in model space, for contrast randomisation."""
     from napari_medood.io.readers import read_volume
-    from napari_medood.preprocessing.masks import load_mask, mask_from_threshold
+    from napari_medood.preprocessing.masks import align_to_grid, load_mask, mask_from_threshold
     from napari_medood.preprocessing.profile import scan_profile
 
     scans = []
@@ -39,8 +44,33 @@ def prepare_scans(cases: Sequence[Case], space: ModelSpace) -> list[ModelSpaceSc
         )
         prepared = space.prepare(volume, mask)
         profile = scan_profile(volume, mask, brain_mask=case.mask is not None)
-        scans.append(ModelSpaceScan(case.name, prepared.image, prepared.mask, profile))
+        label_map = None
+        if labels:
+            label_map = _parcellation(case, volume, align_to_grid)
+            label_map = space.labels_to_model(label_map, prepared)
+        scans.append(ModelSpaceScan(case.name, prepared.image, prepared.mask, profile, label_map))
     return scans
+
+
+def _parcellation(case: Case, volume, align_to_grid) -> np.ndarray:
+    from napari_medood.errors import MedoodError
+    from napari_medood.io.readers import read_volume
+
+    if case.mask is None:
+        raise MedoodError(
+            f"{case.image}: contrast randomisation draws images from a parcellation, and "
+            "this scan has none; give parcellations (DLMUSE, say) as its masks"
+        )
+    data = np.asarray(align_to_grid(read_volume(case.mask), volume.grid).data)
+    if not np.allclose(data, np.round(data)) or data.min() < 0:
+        raise MedoodError(f"{case.mask}: a parcellation holds non-negative whole numbers")
+    data = np.round(data).astype(np.int32)
+    if np.unique(data[data > 0]).size < 2:
+        raise MedoodError(
+            f"{case.mask}: contrast randomisation needs a parcellation (many labels: "
+            "DLMUSE, say), and this mask holds a single label"
+        )
+    return data
 
 
 def expected_scans(
@@ -64,22 +94,33 @@ def expected_scans(
     }
 
 
-def random_patch(scan: ModelSpaceScan, size: Sequence[int], rng: np.random.Generator):
-    """A random crop of ``size`` (zero-padded where the scan is smaller), biased to hold brain."""
+def random_patch(
+    scan: ModelSpaceScan,
+    size: Sequence[int],
+    rng: np.random.Generator,
+    image: np.ndarray | None = None,
+    target: np.ndarray | None = None,
+):
+    """A random crop of ``size`` (zero-padded where the scan is smaller), biased to hold
+    brain: ``(image, mask)``, or ``(image, mask, target)`` when a ``target`` of the scan's
+    shape is given; ``image`` replaces the scan's own."""
     size = np.asarray(size)
     shape = np.asarray(scan.image.shape)
     pad = np.maximum(size - shape, 0)
-    image, mask = scan.image, scan.mask
+    image = scan.image if image is None else image
+    mask = scan.mask
     if pad.any():
         widths = [(int(p) // 2, int(p) - int(p) // 2) for p in pad]
         image, mask = np.pad(image, widths), np.pad(mask, widths)
+        target = None if target is None else np.pad(target, widths)
         shape = np.asarray(image.shape)
     # centre the crop on a random brain voxel, clamped to the volume
     brain = np.flatnonzero(mask)
     centre = np.asarray(np.unravel_index(int(brain[rng.integers(len(brain))]), mask.shape))
     start = np.clip(centre - size // 2, 0, shape - size)
     region = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size, strict=True))
-    return np.ascontiguousarray(image[region]), np.ascontiguousarray(mask[region])
+    crops = (np.ascontiguousarray(image[region]), np.ascontiguousarray(mask[region]))
+    return crops if target is None else (*crops, np.ascontiguousarray(target[region]))
 
 
 class SyntheticAnomalyPatches:
@@ -98,7 +139,14 @@ class SyntheticAnomalyPatches:
         shape_weights: dict | None = None,
         spacing=(2.0, 2.0, 2.0),
         flip_p: float = 0.5,
+        contrast=None,
+        p_contrast: float = 0.0,
+        normalisation: dict | None = None,
     ):
+        """``contrast`` (a :class:`~napari_medood.synth.contrast.ContrastRandomiser`) draws
+        a share ``p_contrast`` of the samples from the scans' parcellations in a random
+        contrast, normalised as model space normalises a scan (``normalisation``, the
+        card's entry); their lesion-like blobs are anomalies like the implanted ones."""
         from napari_medood.synth.anomaly import SyntheticAnomaly3D
 
         self.scans = list(scans)
@@ -108,6 +156,11 @@ class SyntheticAnomalyPatches:
         self.p_anomaly = p_anomaly
         self.fpi_fraction = fpi_fraction
         self.flip_p = flip_p
+        self.contrast = contrast
+        self.p_contrast = float(p_contrast) if contrast is not None else 0.0
+        self.normalisation = dict(normalisation or {"method": "percentile"})
+        if self.p_contrast > 0 and any(scan.labels is None for scan in self.scans):
+            raise ValueError("contrast randomisation needs every scan's parcellation (labels)")
         self.foreign = SyntheticAnomaly3D(
             p_anomaly=1.0,
             fp_size=fp_size,
@@ -125,22 +178,43 @@ class SyntheticAnomalyPatches:
 
         rng = np.random.default_rng([self.seed, int(index)])
         scan = self.scans[int(rng.integers(len(self.scans)))]
-        image, mask = random_patch(scan, self.patch, rng)
+        prefix = ""
+        if self.p_contrast > 0 and rng.random() < self.p_contrast:
+            image, blobs = self.random_contrast(scan, rng)
+            image, mask, base = random_patch(scan, self.patch, rng, image, blobs)
+            prefix = "contrast+"
+        else:
+            image, mask = random_patch(scan, self.patch, rng)
+            base = np.zeros_like(image)
         if rng.random() < self.flip_p:  # left-right (RAS axis 0): brains are near symmetric
-            image, mask = image[::-1].copy(), mask[::-1].copy()
+            image, mask, base = image[::-1].copy(), mask[::-1].copy(), base[::-1].copy()
         draw = rng.random()
         if draw >= self.p_anomaly or not mask.any():
             # keep the foreign-patch bank fed with normal tissue as well
             self.foreign.bank.push_from(image, rng)
-            return image, np.zeros_like(image), "normal"
+            return image, base, prefix + ("blobs" if base.any() else "normal")
         if draw < self.p_anomaly * self.fpi_fraction:
             kind = str(rng.choice(OUTLIER_KINDS))
             corrupted, label, _ = make_outlier(
                 image, kind, rng, foreground=mask, edges=str(rng.choice(EDGE_MODES)), reflect_axis=0
             )
-            return corrupted, label.astype(np.float32), kind
+            return corrupted, np.maximum(base, label.astype(np.float32)), prefix + kind
         result = self.foreign.generate(image, rng, foreground=mask)
-        return result.image, result.target, result.params.get("kind", "none")
+        kind = result.params.get("kind", "none")
+        return result.image, np.maximum(base, result.target), prefix + kind
+
+    def random_contrast(self, scan: ModelSpaceScan, rng: np.random.Generator):
+        """``(image, blob target)``: the whole scan drawn from its parcellation in a random
+        contrast, normalised inside the brain as model space does, zero outside."""
+        from napari_medood.preprocessing.intensity import normalise
+
+        sample = self.contrast(scan.labels, rng, foreground=scan.mask)
+        options = {k: v for k, v in self.normalisation.items() if k != "method"}
+        image = normalise(
+            sample.image, self.normalisation.get("method", "percentile"), scan.mask, **options
+        ).astype(np.float32, copy=False)
+        image[~scan.mask] = 0.0
+        return image, sample.target * scan.mask
 
     def __getitem__(self, index: int):
         import torch

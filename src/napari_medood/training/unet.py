@@ -39,6 +39,14 @@ def model_space(config: UNetTrainConfig) -> ModelSpace:
     return ModelSpace(spacing=tuple(float(s) for s in config.spacing))
 
 
+def contrast_randomiser(config: UNetTrainConfig):
+    """The run's SynthSeg-style generator (``synth.contrast``), at the model's spacing."""
+    from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
+
+    groups = DLMUSE_STRUCTURES if config.contrast_groups == "dlmuse" else None
+    return ContrastRandomiser(groups=groups, spacing=tuple(config.spacing))
+
+
 def model_card(
     config: UNetTrainConfig,
     features,
@@ -162,8 +170,11 @@ def train_unet(
 
     train_cases = discover_cases(config.train, masks=config.masks)
     space = model_space(config)
-    scans = prepare_scans(train_cases, space)
+    randomised = config.contrast_randomisation > 0
+    scans = prepare_scans(train_cases, space, labels=randomised)
     expects = expected_scans(scans, space, config.modality, config.contrast)
+    if randomised:  # one model for every MR contrast: no contrast check before its maps
+        expects = {**expects, "contrast": "any", "deep_to_superficial": None}
     val_cases = discover_cases(config.val) if config.val else []
     length = config.steps * config.batch_size * world
     dataset = SyntheticAnomalyPatches(
@@ -177,6 +188,9 @@ def train_unet(
         dict(config.shape_weights),
         config.spacing,
         config.flip_p,
+        contrast_randomiser(config) if randomised else None,
+        config.contrast_randomisation,
+        space.normalisation,
     )
     loader = training_loader(dataset, config, rank, world, start_step, device)
     writer = None
