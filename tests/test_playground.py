@@ -226,3 +226,140 @@ def test_the_view_goes_to_each_new_anomaly(playground_widget, qtbot):
     widget.random_button.click()
     wait_idle(qtbot, widget)
     assert viewer.dims.point[0] == pytest.approx(scan.translate[0])
+
+
+# ------------------------------------------------------------------- random contrast
+@pytest.fixture
+def contrast_widget(make_napari_viewer, ixi_t1, ixi_parcellation):
+    """An IXI T1 and its DLMUSE parcellation, opened through the plugin, and the panel."""
+    viewer = make_napari_viewer()
+    [scan] = viewer.open(ixi_t1, plugin=PLUGIN)
+    [parcellation] = viewer.open(ixi_parcellation, plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly playground")
+    return viewer, widget, scan, parcellation
+
+
+def draw(qtbot, widget, seed):
+    widget.seed_spin.setValue(seed)
+    widget.contrast_button.click()
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    return widget._contrast_layer
+
+
+@pytest.mark.gui
+def test_random_contrast_is_the_generators_image_over_the_scan(
+    contrast_widget, qtbot, ixi_parcellation
+):
+    from napari.layers import Image, Labels
+
+    from napari_medood._napari._layers import to_display
+    from napari_medood._napari._roles import GROUND_TRUTH, SCAN, role_of
+    from napari_medood._napari._widgets._common import scan_and_mask_pickers
+    from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
+
+    viewer, widget, scan, parcellation = contrast_widget
+    assert isinstance(parcellation, Labels)
+    assert widget.source_combo.current_layer() is scan
+    assert widget.parcellation_combo.current_layer() is parcellation
+    assert widget.groups_combo.currentData() == "dlmuse"
+    # the layer holds the file's labels turned to the display axes (S, P, L): the widget
+    # hands the generator the layer's array, so the expected image is drawn from it too
+    np.testing.assert_array_equal(parcellation.data, to_display(read_volume(ixi_parcellation))[0])
+    scan_before, labels_before = scan.data.copy(), parcellation.data.copy()
+    before = len(viewer.layers)
+
+    image = draw(qtbot, widget, 3)
+
+    assert isinstance(image, Image) and image in viewer.layers
+    assert image.name == f"{scan.name} random contrast (seed 3)"
+    # on the source's grid: same shape, same data-to-world transform
+    assert image.data.shape == scan.data.shape
+    for key in ("scale", "translate", "rotate", "shear"):
+        np.testing.assert_allclose(getattr(image, key), getattr(scan, key))
+    np.testing.assert_allclose(image.affine.affine_matrix, scan.affine.affine_matrix)
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in scan.data.shape])).reshape(3, -1).T
+    for corner in corners.astype(float):
+        np.testing.assert_allclose(image.data_to_world(corner), scan.data_to_world(corner))
+    # exactly the generator's image, drawn from the layer's labels with the scan's spacing
+    labels = np.asarray(parcellation.data)
+    spacing = np.abs(np.asarray(scan.scale))
+    np.testing.assert_allclose(spacing, (2.0, 2.0, 2.0))
+    expected = ContrastRandomiser(groups=DLMUSE_STRUCTURES, spacing=spacing)(
+        labels, 3, foreground=labels > 0
+    )
+    np.testing.assert_array_equal(image.data, expected.image)
+    # the blobs, as ground truth over the scan; the image, a scan the Detect panel picks
+    blobs = [b for b in expected.params["lesions"] if b["voxels"] > 0]
+    assert role_of(image) == SCAN
+    if blobs:
+        truth = widget._blobs_layer
+        assert truth.name == f"{scan.name} random-contrast blobs"
+        assert role_of(truth) == GROUND_TRUTH
+        np.testing.assert_array_equal(truth.data, (expected.target > 0.5).astype(np.uint8))
+        np.testing.assert_allclose(truth.scale, scan.scale)
+        np.testing.assert_allclose(truth.translate, scan.translate)
+    assert len(viewer.layers) == before + 1 + bool(blobs)
+    kinds = ", ".join("brighter" if b["brighter"] else "darker" for b in blobs)
+    assert widget.status.text().startswith("random contrast, seed 3: 15 structures, ")
+    assert (
+        f"{len(blobs)} lesion-like blob" in widget.status.text() and kinds in widget.status.text()
+    )
+    detect_scans, _ = scan_and_mask_pickers(viewer, widget, "none")
+    assert detect_scans.default_layer() is image
+    # the sources are untouched, and stay chosen; the seed moved on
+    np.testing.assert_array_equal(scan.data, scan_before)
+    np.testing.assert_array_equal(parcellation.data, labels_before)
+    assert widget.source_combo.current_layer() is scan
+    assert widget.parcellation_combo.current_layer() is parcellation
+    assert widget.seed_spin.value() == 4
+
+
+@pytest.mark.gui
+def test_random_contrast_seeds_repeat_and_replace(contrast_widget, qtbot):
+    from napari_medood._napari._widgets.playground import CONTRAST_KEY
+
+    viewer, widget, scan, parcellation = contrast_widget
+    first = draw(qtbot, widget, 3)
+    three = first.data.copy()
+    count = len(viewer.layers)
+    second = draw(qtbot, widget, 4)
+    assert second is first and second.name.endswith("(seed 4)")
+    assert not np.array_equal(second.data, three)
+    # a draw without blobs leaves no blob layer of an earlier draw behind
+    has_blobs = bool((widget.last_contrast.target > 0.5).any())
+    assert (widget._blobs_layer in viewer.layers) == has_blobs
+    again = draw(qtbot, widget, 3)
+    assert again is first and again.name.endswith("(seed 3)")
+    np.testing.assert_array_equal(again.data, three)
+    # one image (and at most one blob layer) however many draws
+    made = [layer for layer in viewer.layers if CONTRAST_KEY in layer.metadata]
+    assert len(made) in (1, 2) and len(viewer.layers) == count
+    # one intensity per label is another image of the same seed
+    widget.groups_combo.setCurrentIndex(widget.groups_combo.findData("labels"))
+    per_label = draw(qtbot, widget, 3)
+    assert per_label is first and not np.array_equal(per_label.data, three)
+    assert "labels, each its own intensity" in widget.status.text()
+
+
+@pytest.mark.gui
+def test_random_contrast_refuses_a_parcellation_on_another_grid(contrast_widget, qtbot):
+    viewer, widget, scan, parcellation = contrast_widget
+    before = len(viewer.layers)
+    viewer.add_labels(np.ones((10, 10, 10), np.uint8), name="small labels")
+    shifted = np.asarray(scan.translate) + (0.0, 10.0, 0.0)
+    viewer.add_labels(
+        parcellation.data.copy(), name="shifted labels", scale=scan.scale, translate=shifted
+    )
+    for name, message in (
+        ("small labels", "the parcellation 'small labels' has shape (10, 10, 10) but the scan"),
+        ("shifted labels", "the parcellation 'shifted labels' is not on the grid of the scan"),
+    ):
+        widget.parcellation_combo.setCurrentIndex(widget.parcellation_combo.findText(name))
+        assert widget.parcellation_combo.current_layer().name == name
+        widget.contrast_button.click()
+        wait_idle(qtbot, widget)
+        assert message in widget.last_error
+        assert widget.status.text().startswith("Could not draw a random contrast: " + message)
+        assert widget._contrast_layer is None and len(viewer.layers) == before + 2
+    assert widget.seed_spin.value() == 0  # nothing drawn, the seed stays

@@ -13,10 +13,13 @@ Writes, into docs/images/:
   ../shared/data): the panel says what is wrong before the map is read, the lesions (ground
   truth) are green and were not taken as the brain mask;
 - napari-detect-mhd.png: brain-t1-mhd on the sample: the MHD map over one of its ten
-  reconstructions (the stack's slider above the canvas), the other by-products listed hidden.
+  reconstructions (the stack's slider above the canvas), the other by-products listed hidden;
+- napari-random-contrast.png: the playground's "Random contrast" on an IXI T1 and its DLMUSE
+  parcellation (from ../shared/data): a training image of the contrast-agnostic detector
+  (seed 3) with its lesion-like blobs outlined in green.
 
 ``--only NAME`` takes one of them (inspector, playground, detect, detect_flair, detect_mhd,
-trust_gate, trust_panel).
+trust_gate, trust_panel, random_contrast).
 """
 
 from __future__ import annotations
@@ -75,6 +78,33 @@ def playground() -> None:
     viewer.reset_view()
     settle()
     viewer.screenshot(str(OUT / "napari-playground.png"), canvas_only=False, flash=False)
+    viewer.close()
+
+
+def random_contrast(shared: Path) -> None:
+    """A random-contrast training image drawn from an IXI T1's DLMUSE parcellation."""
+    subject = "IXI048-HH-1326-T1_ds"
+    t1 = shared / "ixi-t1-2mm" / "t1" / f"{subject}.nii.gz"
+    dlmuse = shared / "ixi-t1-2mm" / "dlmuse" / f"{subject}_DLMUSE.nii.gz"
+    if not (t1.is_file() and dlmuse.is_file()):
+        print(f"skipping napari-random-contrast.png: {t1} or {dlmuse} not found")
+        return
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.open(t1, plugin="napari-medood")
+    [parcellation] = viewer.open(dlmuse, plugin="napari-medood")
+    parcellation.visible = False
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medood", "Anomaly playground")
+    widget.seed_spin.setValue(3)
+    viewer.reset_view()
+    widget.draw_contrast()
+    while widget._worker is not None:
+        settle(0.1)
+    if widget.last_error is not None:
+        raise RuntimeError(widget.last_error)
+    viewer.layers.selection.active = widget._contrast_layer
+    settle()
+    viewer.screenshot(str(OUT / "napari-random-contrast.png"), canvas_only=False, flash=False)
     viewer.close()
 
 
@@ -226,6 +256,7 @@ def main() -> None:
             "detect_mhd",
             "trust_gate",
             "trust_panel",
+            "random_contrast",
         ),
         help="take one screenshot",
     )
@@ -239,6 +270,7 @@ def main() -> None:
         "detect_mhd": detect_mhd,
         "trust_gate": lambda: trust_gate(args.shared),
         "trust_panel": trust_panel,
+        "random_contrast": lambda: random_contrast(args.shared),
     }
     for name, shot in shots.items():
         if args.only in (None, name):

@@ -4,13 +4,21 @@ Pick a healthy scan (and its brain mask), a shape (cuboid, sphere, random brush,
 its size in mm, opacity, edge softness and texture, then click in the 2D view or press
 "Random place". The anomaly is previewed in two new layers (the corrupted scan and its label
 map, placed exactly over the source); Commit keeps it, Discard drops it, Undo and Clear take
-committed ones back, Save writes both layers as NIfTI with the source's geometry. The work runs
-off the GUI thread and the source layer is never modified.
+committed ones back, Save writes both layers as NIfTI with the source's geometry.
+
+"Random contrast" shows what the contrast-agnostic detector trains on: from a parcellation of
+the scan (DLMUSE, say: a Labels layer on the scan's grid), every tissue gets a random
+intensity, lesion-like blobs are drawn in, then blur, a bias field, gamma and noise
+(:class:`~napari_medood.synth.contrast.ContrastRandomiser`, seeded by the panel's seed). The
+image and its blobs appear as a scan and its ground truth over the source, ready for Detect.
+
+The work runs off the GUI thread and the source layers are never modified.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,16 +30,19 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGridLayout,
+    QGroupBox,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_medood._napari._layers import DISPLAY_AXCODES, METADATA_KEY
+from napari_medood._napari._layers import DISPLAY_AXCODES, METADATA_KEY, _layer_world_affine
 from napari_medood._napari._roles import (
+    BRAIN_MASK,
     GROUND_TRUTH,
     SCAN,
+    THRESHOLD,
     label_colormap,
     with_role,
 )
@@ -44,6 +55,7 @@ from napari_medood._napari._widgets._common import (
     unwrap,
     wrapping_label,
 )
+from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser, ContrastSample
 from napari_medood.synth.playground import TEXTURE_LABELS, AnomalySettings, Placement, Playground
 
 if TYPE_CHECKING:
@@ -57,6 +69,97 @@ SHAPE_LABELS = {
 }
 EDGE_LABELS = {1: "hard", 3: "soft (3 voxels)", 5: "softer (5 voxels)", 7: "softest (7 voxels)"}
 PENDING_LABEL = 99  # label value of an anomaly shown but not committed
+#: the tissue groups of a random contrast: DLMUSE's structures, or one per label (SynthSeg)
+GROUP_LABELS = {"dlmuse": "DLMUSE structures", "labels": "every label its own"}
+#: metadata keys of the layers this panel makes (never offered as a parcellation)
+PLAYGROUND_KEY = "medood_playground"
+CONTRAST_KEY = "medood_random_contrast"
+_PARCELLATION_NAME = re.compile(r"(dlmuse|muse|parc|aseg|synthseg|atlas)", re.IGNORECASE)
+
+
+class ParcellationComboBox(LayerComboBox):
+    """The viewer's Labels layers that can be a parcellation of the scan: never a threshold
+    or a layer this panel made; by default the newest on the scan's shape whose name says
+    parcellation (DLMUSE, aparc, aseg, ...), else the newest brain mask."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget, like: Any):
+        from napari.layers import Labels
+
+        super().__init__(
+            viewer, (Labels,), parent, roles=(BRAIN_MASK,), exclude=(THRESHOLD,), like=like
+        )
+
+    def layers(self) -> list[Any]:
+        return [
+            layer
+            for layer in super().layers()
+            if PLAYGROUND_KEY not in layer.metadata and CONTRAST_KEY not in layer.metadata
+        ]
+
+    def default_layer(self) -> Any | None:
+        like = self._like() if self._like is not None else None
+        named = [
+            layer
+            for layer in self.layers()
+            if _PARCELLATION_NAME.search(layer.name)
+            and (like is None or np.shape(layer.data) == np.shape(like.data))
+        ]
+        return named[-1] if named else super().default_layer()
+
+
+def world_matrix(layer: Any) -> np.ndarray:
+    """The 4x4 data-to-world matrix napari draws ``layer`` with."""
+    return _layer_world_affine(placement_of(layer), ndim=3)
+
+
+def check_same_grid(parcellation: Any, source: Any) -> None:
+    """Raise ValueError unless ``parcellation`` lies voxel for voxel on ``source``'s grid."""
+    shape, wanted = np.shape(parcellation.data), np.shape(source.data)
+    if shape != wanted:
+        raise ValueError(
+            f"the parcellation '{parcellation.name}' has shape {shape} but the scan "
+            f"'{source.name}' has {wanted}: pick the parcellation made for this scan"
+        )
+    if parcellation.ndim != 3:
+        raise ValueError(f"the parcellation '{parcellation.name}' is not 3D")
+    spacing = np.abs(np.asarray(source.scale, dtype=float))
+    tolerance = 0.01 * float(spacing.min()) if spacing.size else 1e-3  # 1% of a voxel
+    if not np.allclose(world_matrix(parcellation), world_matrix(source), rtol=0, atol=tolerance):
+        raise ValueError(
+            f"the parcellation '{parcellation.name}' is not on the grid of the scan "
+            f"'{source.name}' (same shape, but its voxels lie elsewhere in the world): pick "
+            "the parcellation made for this scan"
+        )
+
+
+def draw_random_contrast(job: dict[str, Any]) -> dict[str, Any]:
+    """One :class:`ContrastRandomiser` draw from a parcellation layer's data (run off the GUI
+    thread: the labels are copied here, never written); returns the sample, the number of
+    tissue groups present and the lesion bank used."""
+    labels = np.array(job["labels"])  # a private copy: the layer is never written
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"the parcellation '{job['name']}' does not hold integer labels")
+    if not labels.any():
+        raise ValueError(f"the parcellation '{job['name']}' has no labels (all voxels are 0)")
+    groups = job["groups"]
+    randomiser = ContrastRandomiser(
+        groups=groups, spacing=job["spacing"], lesion_bank=job["lesion_bank"]
+    )
+    sample = randomiser(labels, job["seed"], foreground=labels > 0)
+    present = np.unique(labels[labels > 0])
+    if groups is None:
+        structures, known = len(present), len(present)
+    else:
+        structures = len({groups.get(int(v), ("label", int(v))) for v in present})
+        known = sum(int(v) in groups for v in present)
+    return {
+        "sample": sample,
+        "structures": structures,
+        "known": known,
+        "bank": randomiser.lesion_bank,
+    }
 
 
 class PlaygroundWidget(Panel):
@@ -77,6 +180,10 @@ class PlaygroundWidget(Panel):
         self._labels_layer = None
         self._worker = None
         self.lesion_bank = None  # None: the bank shipped with napari-medood
+        self._default_bank = None  # the shipped bank, once a random contrast has read it
+        self._contrast_layer = None
+        self._blobs_layer = None
+        self.last_contrast: ContrastSample | None = None
 
         form = QFormLayout()
         self.source_combo, self.mask_combo = scan_and_mask_pickers(
@@ -128,10 +235,37 @@ class PlaygroundWidget(Panel):
         self.go_check = QCheckBox("go to each new anomaly", checked=True)
         self.status = wrapping_label()
 
+        # what the contrast-agnostic detector trains on, drawn from a parcellation
+        contrast_box = QGroupBox("Random contrast")
+        contrast_box.setToolTip(
+            "The training images of the contrast-agnostic detector: every tissue of a "
+            "parcellation gets a random intensity, lesion-like blobs are drawn in, then blur, "
+            "a bias field, gamma and noise. Uses the Seed above."
+        )
+        self.parcellation_combo = ParcellationComboBox(
+            napari_viewer, self, self.source_combo.current_layer
+        )
+        self.parcellation_combo.setToolTip(
+            "A label map of the healthy scan (DLMUSE, say), on the scan's grid"
+        )
+        self.groups_combo = self._combo(GROUP_LABELS)
+        self.groups_combo.setToolTip(
+            "DLMUSE structures: the labels of one structure (the cortex, the white-matter "
+            "lobes, ...) share an intensity. Every label its own: one intensity per label."
+        )
+        self.contrast_button = QPushButton("Draw a random contrast")
+        contrast_form = QFormLayout()
+        contrast_form.addRow("Parcellation", self.parcellation_combo)
+        contrast_form.addRow("Tissue groups", self.groups_combo)
+        contrast_layout = QVBoxLayout(contrast_box)
+        contrast_layout.addLayout(contrast_form)
+        contrast_layout.addWidget(self.contrast_button)
+
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.go_check)
+        layout.addWidget(contrast_box)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
@@ -143,6 +277,7 @@ class PlaygroundWidget(Panel):
         self.clear_button.clicked.connect(self.clear)
         self.save_button.clicked.connect(self._ask_save)
         self.lesion_button.clicked.connect(self._ask_lesion_masks)
+        self.contrast_button.clicked.connect(self.draw_contrast)
         self.texture_combo.currentIndexChanged.connect(self._update_enabled)
         self.source_combo.currentIndexChanged.connect(self._source_changed)
         self.mask_combo.currentIndexChanged.connect(self._source_changed)
@@ -170,6 +305,7 @@ class PlaygroundWidget(Panel):
 
     def _pick_matching_mask(self) -> None:
         self.mask_combo.choose_default()
+        self.parcellation_combo.choose_default()
 
     def _update_enabled(self, *args: Any) -> None:
         busy = self._worker is not None
@@ -177,6 +313,7 @@ class PlaygroundWidget(Panel):
         has_history = self.session is not None and self.session.count > 0
         self.other_combo.setEnabled(self.texture_combo.currentData() == "layer")
         self.random_button.setEnabled(not busy)
+        self.contrast_button.setEnabled(not busy)
         self.commit_button.setEnabled(has_pending and not busy)
         self.discard_button.setEnabled(has_pending and not busy)
         self.undo_button.setEnabled((has_pending or has_history) and not busy)
@@ -269,13 +406,16 @@ class PlaygroundWidget(Panel):
         self._worker = None
         self._update_enabled()
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, what: str = "place the anomaly") -> None:
         from napari.utils.notifications import show_error
 
         self.last_error = str(exc)
-        self.status.setText(f"Could not place the anomaly: {exc}")
+        self.status.setText(f"Could not {what}: {exc}")
         show_error(f"Anomaly playground: {exc}")
         self._update_enabled()
+
+    def _fail_contrast(self, exc: BaseException) -> None:
+        self._fail(exc, "draw a random contrast")
 
     def _show_preview(self, placement: Placement) -> None:
         self._restore_pending_region()
@@ -470,6 +610,134 @@ class PlaygroundWidget(Panel):
         if paths:
             self.load_lesion_masks(paths)
 
+    # ----------------------------------------------------------------- random contrast
+    def draw_contrast(self) -> None:
+        """Draw a training image of random contrast from the chosen parcellation (with the
+        panel's seed), off the GUI thread; it appears over the healthy scan."""
+        if self._worker is not None:
+            return
+        from napari.qt.threading import create_worker
+
+        source = self.source_combo.current_layer()
+        parcellation = self.parcellation_combo.current_layer()
+        try:
+            if source is None:
+                raise ValueError("open a healthy scan first (File > Open, or File > Open Sample)")
+            if source.data.ndim != 3:
+                raise ValueError(f"'{source.name}' is {source.data.ndim}D; the playground needs 3D")
+            if parcellation is None:
+                raise ValueError(
+                    "open a parcellation of the scan (a Labels layer such as its DLMUSE "
+                    "label map) and pick it under Random contrast"
+                )
+            check_same_grid(parcellation, source)
+        except ValueError as exc:
+            self._fail_contrast(exc)
+            return
+        seed = self.seed_spin.value()
+        grouping = self.groups_combo.currentData()
+        # only references and small state here: the labels are copied in the worker
+        job = {
+            "labels": parcellation.data,
+            "name": parcellation.name,
+            "groups": DLMUSE_STRUCTURES if grouping == "dlmuse" else None,
+            "spacing": tuple(float(s) for s in np.abs(np.asarray(source.scale, dtype=float))),
+            "seed": seed,
+            "lesion_bank": self._default_bank if self.lesion_bank is None else self.lesion_bank,
+        }
+        context = {
+            "source": source,
+            "parcellation": parcellation.name,
+            "placement": placement_of(source),
+            "metadata": dict(source.metadata),
+            "seed": seed,
+            "grouping": grouping,
+        }
+        self.status.setText(f"drawing a random contrast (seed {seed})...")
+        self._worker = create_worker(
+            draw_random_contrast,
+            job,
+            _connect={
+                "returned": lambda outcome: self._show_contrast(outcome, context),
+                "errored": self._fail_contrast,
+                "finished": self._finished,
+            },
+        )
+        self._update_enabled()
+
+    def _show_contrast(self, outcome: dict[str, Any], context: dict[str, Any]) -> None:
+        sample: ContrastSample = outcome["sample"]
+        source, seed = context["source"], context["seed"]
+        if self.lesion_bank is None and outcome["bank"] is not None:
+            self._default_bank = outcome["bank"]
+        self.last_contrast = sample
+        blobs = [b for b in sample.params["lesions"] if b.get("voxels", 0) > 0]
+        metadata = dict(context["metadata"])
+        metadata.pop(PLAYGROUND_KEY, None)
+        metadata[CONTRAST_KEY] = {
+            "source_layer": source.name,
+            "parcellation_layer": context["parcellation"],
+            "seed": seed,
+            "groups": GROUP_LABELS[context["grouping"]],
+            "lesions": blobs,
+        }
+        placement = context["placement"]
+        # the new scan must not take the place of its source in the pickers
+        for combo in (self.source_combo, self.mask_combo, self.parcellation_combo):
+            combo.keep_current()
+        self._contrast_layer = self._put_layer(
+            self._contrast_layer,
+            "image",
+            sample.image,
+            f"{source.name} random contrast (seed {seed})",
+            with_role(metadata, SCAN),
+            placement,
+            colormap="gray",
+            contrast_limits=(0.0, 1.0),
+        )
+        target = (sample.target > 0.5).astype(np.uint8)
+        if target.any():
+            self._blobs_layer = self._put_layer(
+                self._blobs_layer,
+                "labels",
+                target,
+                f"{source.name} random-contrast blobs",
+                with_role(metadata, GROUND_TRUTH),
+                placement,
+                colormap=label_colormap(GROUND_TRUTH),
+                opacity=0.8,
+            )
+            self._blobs_layer.contour = 1  # outlines: the blob itself stays visible
+            if self.go_check.isChecked():
+                go_to_voxel(self.viewer, self._contrast_layer, blobs[0]["centre"])
+        else:
+            if self._blobs_layer is not None and self._blobs_layer in self.viewer.layers:
+                self.viewer.layers.remove(self._blobs_layer)
+            self._blobs_layer = None
+        if self.new_seed_check.isChecked() and self.seed_spin.value() == seed:
+            self.seed_spin.setValue(seed + 1)
+        self.last_error = None
+        self.status.setText(contrast_summary(seed, outcome, context["grouping"], blobs))
+        self._update_enabled()
+
+    def _put_layer(self, existing, kind, data, name, metadata, placement, **style):
+        """``existing`` (still in the viewer, same shape and place) given ``data``, or else a
+        new layer placed with ``placement`` in its stead."""
+        if existing is not None and existing in self.viewer.layers:
+            same_place = existing.data.shape == data.shape and np.allclose(
+                world_matrix(existing), _layer_world_affine(placement, ndim=3)
+            )
+            if same_place:
+                existing.data = data
+                existing.name = name
+                existing.metadata = metadata
+                if kind == "image":
+                    existing.contrast_limits = style["contrast_limits"]
+                return existing
+            self.viewer.layers.remove(existing)
+        add = self.viewer.add_image if kind == "image" else self.viewer.add_labels
+        return unwrap(add(data, name=name, metadata=metadata, **style, **placement))
+
     # ------------------------------------------------------------------------ clicking
     def _toggle_clicking(self, on: bool) -> None:
         callbacks = self.viewer.mouse_drag_callbacks
@@ -494,3 +762,20 @@ class PlaygroundWidget(Panel):
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
         self._toggle_clicking(False)
         super().closeEvent(event)
+
+
+def contrast_summary(seed: int, outcome: dict[str, Any], grouping: str, blobs: list) -> str:
+    """One line on a random contrast: its seed, its tissue groups, its blobs."""
+    count = outcome["structures"]
+    if grouping == "dlmuse":
+        tissues = f"{count} structure{'s' * (count != 1)}"
+        if outcome["known"] == 0:
+            tissues += " (no DLMUSE label in this parcellation: one intensity per label)"
+    else:
+        tissues = f"{count} label{'s' * (count != 1)}, each its own intensity"
+    if blobs:
+        kinds = ", ".join("brighter" if b["brighter"] else "darker" for b in blobs)
+        found = f"{len(blobs)} lesion-like blob{'s' * (len(blobs) != 1)} ({kinds})"
+    else:
+        found = "no lesion-like blob"
+    return f"random contrast, seed {seed}: {tissues}, {found}"
