@@ -37,10 +37,26 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     assert "validation pixel AP" in widget.card_label.text()
     assert "for MR T1w scans" in widget.card_label.text()
     assert widget.mask_combo.current_layer() is mask  # the brain mask was picked by its role
+    # the slider starts at the card's calibrated threshold (1 % of healthy brain voxels)
+    from napari_medood.models.checkpoint import Checkpoint
+
+    calibrated = Checkpoint.open("brain-t1-unet").card["calibration"]["voxel_threshold"]
+    assert widget.threshold == pytest.approx(calibrated, abs=0.0005)
+    assert "calibrated threshold" in widget.card_label.text()
     widget.run_button.click()
     assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
     wait(qtbot, widget)
     assert widget.last_error is None, widget.last_error
+    # the flagged volume at that threshold, as the detector counted it
+    calibration = widget.map_layer.metadata["medood_detection"]["calibration"]
+    assert calibration["voxel_threshold"] == calibrated
+    qtbot.waitUntil(lambda: "ml" in widget.threshold_label.text(), timeout=10_000)
+    label = widget.threshold_label.text()
+    assert "(calibrated: 1 % of healthy brain voxels)" in label
+    above = (widget.map_layer.data > widget.threshold).sum() * 8 / 1000
+    assert f"{above:.1f} ml" in label
+    # the slider holds thousandths: the same volume, give or take the rounding
+    assert calibration["flagged_ml"] == pytest.approx(above, abs=0.5)
     assert widget.notes == ()  # a T1 brain with its mask: nothing to warn about
     assert not widget.notes_label.isVisible()
     layer = widget.map_layer
@@ -64,7 +80,7 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     np.testing.assert_array_equal(scan.data, source)  # the scan is never modified
     assert role_of(scan) == "scan" and "medood_detection" not in scan.metadata
     # the threshold slider makes an orange Labels layer of the flagged voxels, in ml
-    widget.slider.setValue(30)
+    widget.slider.setValue(300)
     assert widget.colour_bar.marker == pytest.approx(0.3)
     flagged = widget.threshold_layer
     assert role_of(flagged) == THRESHOLD
@@ -89,7 +105,7 @@ def test_a_second_run_replaces_only_this_scans_result_from_this_model(detect, qt
     viewer, widget, scan, mask = detect
     other = viewer.add_image(scan.data.copy(), name="second scan", **_placement(scan))
     widget.model_choice.value = "intensity"
-    for value, source in ((60, scan), (70, other)):
+    for value, source in ((600, scan), (700, other)):
         widget.image_combo.setCurrentIndex(widget.image_combo.findData(source))
         widget.run_button.click()
         wait(qtbot, widget)
@@ -206,7 +222,7 @@ def test_a_flair_scan_and_its_lesions(make_napari_viewer, qtbot, ms_t1, ms_lesio
     assert any("says FLAIR; brain-t1-unet was trained on T1w scans" in n for n in widget.notes)
     assert widget.notes_label.isVisibleTo(widget) and "FLAIR" in widget.notes_label.text()
     # Evaluate starts from the map and the lesions, and never offers thresholds as truth
-    widget.slider.setValue(45)
+    widget.slider.setValue(450)
     _, evaluate = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate")
     assert evaluate.map_combo.current_layer() is widget.map_layer
     assert evaluate.truth_combo.current_layer() is lesions
@@ -350,11 +366,13 @@ def test_the_flagged_volume_follows_a_slider_moved_during_the_run(detect, qtbot)
     viewer, widget, scan, mask = detect
     widget.model_choice.value = "intensity"
     widget.run_button.click()
-    widget.slider.setValue(70)  # before the result arrives: the worker computed at 0.50
+    widget.slider.setValue(
+        700
+    )  # before the result arrives: the worker computed at the earlier value
     wait(qtbot, widget)
     layer = widget.map_layer
     ml = (layer.data > 0.7).sum() * float(np.prod(layer.scale)) / 1000
-    assert widget.threshold_label.text() == f"threshold 0.70: {ml:.1f} ml"
+    assert widget.threshold_label.text() == f"threshold 0.700: {ml:.1f} ml"
     np.testing.assert_array_equal(widget.threshold_layer.data.astype(bool), layer.data > 0.7)
 
 
@@ -395,7 +413,7 @@ def test_a_diffusion_model_shows_its_reconstructions_and_maps_and_cancels(
         assert role_of(extra) == expected
     # results_of finds the map alone, so a rerun replaces it and its extras
     assert widget.results_of(scan, widget.model_choice.value) == [layer]
-    widget.slider.setValue(30)  # a threshold layer over the map
+    widget.slider.setValue(300)  # a threshold layer over the map
     threshold = widget.threshold_layer
     count = len(viewer.layers)
     widget.run_button.click()
@@ -422,3 +440,39 @@ def test_a_diffusion_model_shows_its_reconstructions_and_maps_and_cancels(
     widget.run_button.click()
     wait(qtbot, widget)
     assert len(viewer.layers) == count and "Cancelled" in widget.status.text()
+
+
+def test_the_flip_tta_box_reaches_the_detector(detect, qtbot, monkeypatch):
+    import napari_medood.detectors as detectors
+
+    viewer, widget, scan, mask = detect
+    asked = []
+    real = detectors.get_detector
+
+    def recording(name, options=None, **values):
+        asked.append((name, values.get("tta")))
+        return real(name, options, **values)
+
+    monkeypatch.setattr(detectors, "get_detector", recording)
+    assert widget.model_choice.value == "brain-t1-unet"
+    assert widget.tta_check.enabled and widget.tta_check.value is False  # off by default
+    assert "mirror left-right" in widget.tta_check.text and "2x time" in widget.tta_check.text
+    widget.gate_check.setChecked(False)
+    widget.tta_check.value = True
+    widget.run_button.click()
+    wait(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert asked == [("brain-t1-unet", True)]
+    assert widget.last_result.extras["tta"] == "left-right flip"
+    assert widget.map_layer.metadata["medood_detection"]["tta"] == "left-right flip"
+    assert "flip TTA" in widget.status.text()  # "N windows (cpu, ..., flip TTA)."
+    # a baseline has no TTA: the box is greyed out and the run goes without it
+    widget.model_choice.value = "intensity"
+    assert not widget.tta_check.enabled and widget.tta_check.value is True
+    widget.run_button.click()
+    wait(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert asked[-1] == ("intensity", False)
+    # back on the U-Net the box is offered again, as the user left it
+    widget.model_choice.value = "brain-t1-unet"
+    assert widget.tta_check.enabled and widget.tta_check.value is True

@@ -170,3 +170,37 @@ def test_contrast_randomised_training_runs_and_its_card_expects_any_contrast(dat
         )
     with pytest.raises(MedoodError, match="contrast_groups"):
         load_config(None, tiny(root, dlmuse, out, "contrast_groups=aseg")).validate()
+
+
+def test_a_run_can_start_from_another_checkpoint_of_the_same_architecture(data, tmp_path):
+    import torch
+
+    root, dlmuse = data
+    first = tmp_path / "first"
+    train_unet(load_config(None, tiny(root, dlmuse, first, "steps=1")))
+    start, start_card = load_checkpoint(first / "last")
+    # a near-zero learning rate: the fine-tuned weights are the ones it started from
+    tuned = tmp_path / "tuned"
+    train_unet(
+        load_config(
+            None,
+            tiny(root, dlmuse, tuned, "steps=1", f"init={first / 'last'}", "lr=1e-12")
+            + ["max_lr=1e-12", "weight_decay=0"],
+        )
+    )
+    model, card = load_checkpoint(tuned / "last")
+    assert card["training"]["init"]["sha256"] == start_card["weights"]["sha256"]
+    for (name, a), (_, b) in zip(
+        start.state_dict().items(), model.state_dict().items(), strict=True
+    ):
+        if name.endswith(".weight") and a.ndim == 5:  # the convolutions
+            assert torch.allclose(a, b, atol=1e-6), name
+    # another architecture is refused, naming both
+    with pytest.raises(MedoodError, match="features"):
+        train_unet(
+            load_config(
+                None,
+                tiny(root, dlmuse, tmp_path / "other", "steps=1", f"init={first / 'last'}")
+                + ["features=[4,8,32]"],
+            )
+        )

@@ -213,11 +213,12 @@ def test_an_ensemble_of_two_identical_checkpoints_equals_one(sample, tmp_path):
     np.testing.assert_allclose(both.anomaly_map.data, single.anomaly_map.data, atol=1e-6)
 
 
-def test_cuda_out_of_memory_falls_back_to_the_cpu(sample, tmp_path):
+@pytest.mark.parametrize("tta", [False, True])
+def test_cuda_out_of_memory_falls_back_to_the_cpu(sample, tmp_path, tta):
     image, brain = sample
     random_checkpoint(tmp_path / "ckpt")
-    expected = UNetDetector([tmp_path / "ckpt"], device="cpu").predict(image, brain)
-    detector = UNetDetector([tmp_path / "ckpt"], device="cpu")
+    expected = UNetDetector([tmp_path / "ckpt"], device="cpu", tta=tta).predict(image, brain)
+    detector = UNetDetector([tmp_path / "ckpt"], device="cpu", tta=tta)
     original = detector.models[0].predict
     calls = {"n": 0}
 
@@ -231,6 +232,7 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu(sample, tmp_path):
     with pytest.warns(DeviceFallbackWarning, match="ran out of memory; going on on the CPU"):
         result = detector.predict(image, brain)
     assert detector.device == "cpu"
+    assert result.extras["tta"] == ("left-right flip" if tta else None)
     np.testing.assert_allclose(result.anomaly_map.data, expected.anomaly_map.data, atol=1e-6)
 
 
@@ -285,3 +287,161 @@ def test_predict_cli_with_a_checkpoint_path_and_the_shipped_model(sample, tmp_pa
     assert 0 <= score <= 1
     card = json.loads((tmp_path / "ckpt" / "card.json").read_text())
     assert card["architecture"]["features"] == [4, 8, 16]
+
+
+# --------------------------------------------------------------- flip test-time augmentation
+class OneConvolution(torch.nn.Module):
+    """A stand-in network: one 3x3x3 convolution (padding 1, no stride), its kernel made
+    mirror-symmetric along x (RAS left-right, dim 2 of (n, c, x, y, z)) when asked, so that
+    mirroring its input left-right mirrors its output."""
+
+    def __init__(self, symmetric: bool):
+        super().__init__()
+        generator = torch.Generator().manual_seed(7)
+        self.conv = torch.nn.Conv3d(1, 1, 3, padding=1)
+        weight = torch.randn(self.conv.weight.shape, generator=generator) * 2.0
+        with torch.no_grad():
+            self.conv.weight.copy_((weight + weight.flip(2)) / 2 if symmetric else weight)
+            self.conv.bias.fill_(-1.0)
+
+    def forward(self, x):
+        return self.conv(x)
+
+    def predict(self, x):
+        return self.forward(x)
+
+
+def shipped_card() -> dict:
+    from napari_medood.models.checkpoint import Checkpoint
+
+    return Checkpoint.open("brain-t1-unet").card
+
+
+def stand_in_maps(sample, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    image, brain = sample
+    maps = []
+    for tta in (False, True):
+        detector = UNetDetector.from_models(
+            [OneConvolution(symmetric)],
+            [shipped_card()],
+            device="cpu",
+            tta=tta,
+            precision="float32",
+        )
+        detector.gate_enabled = False
+        result = detector.predict(image, brain)
+        assert result.extras["tta"] == ("left-right flip" if tta else None)
+        maps.append(result.anomaly_map.data)
+    return maps[0], maps[1]
+
+
+def test_flip_tta_of_a_mirror_symmetric_model_changes_nothing(sample):
+    """A model that commutes with the left-right mirror gives the same map with flip TTA;
+    the same convolution before it was made symmetric does not (the check can fail)."""
+    image, brain = sample
+    plain, tta = stand_in_maps(sample, symmetric=True)
+    assert plain[brain].std() > 0.05  # a map with structure, not a constant
+    np.testing.assert_allclose(tta, plain, atol=1e-5)
+    plain, tta = stand_in_maps(sample, symmetric=False)
+    assert np.abs(tta - plain).max() > 0.05
+    # training validation builds its detectors this way: no TTA unless asked
+    assert not UNetDetector.from_models([OneConvolution(True)], [shipped_card()]).tta
+
+
+def test_flip_tta_of_the_shipped_model_averages_the_map_of_the_mirrored_scan(sample):
+    """brain-t1-unet is not mirror-symmetric: with --tta its map is the mean of its plain map
+    and of its map of the scan mirrored left-right (the stored axis whose code is L or R),
+    mirrored back. At the model's 2 mm the scan is only reoriented, the 90 voxels across are
+    one window padded by 3 on each side, so the mirrored scan's windows are exactly the
+    mirrored windows."""
+    import nibabel as nib
+
+    image, brain = sample
+    across = [code in "LR" for code in nib.aff2axcodes(image.affine)].index(True)
+    mirrored = image.with_data(np.flip(image.data, across).copy())
+    mirrored_brain = np.flip(brain, across).copy()
+
+    def run(volume, mask, tta):
+        detector = get_detector(
+            "brain-t1-unet", device="cpu", precision="float32", gate=False, tta=tta
+        )
+        assert detector.tta is tta
+        return detector.predict(volume, mask)
+
+    plain = run(image, brain, False).anomaly_map.data
+    with_tta = run(image, brain, True)
+    back = np.flip(run(mirrored, mirrored_brain, False).anomaly_map.data, across)
+    assert with_tta.extras["tta"] == "left-right flip"
+    assert "flip TTA" in with_tta.extras["execution"]
+    assert "flip TTA" in with_tta.anomaly_map.meta["description"]
+    tta = with_tta.anomaly_map.data
+    assert np.abs(tta - plain).max() > 0.05 and np.abs(back - plain).max() > 0.05
+    np.testing.assert_allclose(tta, (plain + back) / 2, atol=1e-5)
+
+
+def test_tta_is_off_by_default_and_families_without_it_ignore_it(sample):
+    from napari_medood.detectors import DetectorOptions
+
+    image, brain = sample
+    assert DetectorOptions().tta is False
+    assert get_detector("brain-t1-unet", device="cpu", gate=False).tta is False
+    maps = [get_detector("intensity", tta=tta).predict(image, brain) for tta in (False, True)]
+    np.testing.assert_array_equal(maps[1].anomaly_map.data, maps[0].anomaly_map.data)
+
+
+def test_predict_cli_tta_is_recorded_in_the_map_header_and_console(tmp_path, capsys):
+    import nibabel as nib
+
+    from napari_medood.cli import predict_main
+
+    scan = f"{SAMPLE}/ixi048_t1_2mm.nii.gz"
+    mask = f"{SAMPLE}/ixi048_brainmask_2mm.nii.gz"
+    args = ["--device", "cpu", "--precision", "float32", "--no-gate", "--mask", mask, scan]
+    assert predict_main(["--tta", *args, str(tmp_path / "tta")]) == 0
+    err = capsys.readouterr().err
+    assert "brain-t1-unet on cpu at float32 with left-right flip test-time augmentation" in err
+    header = nib.load(tmp_path / "tta" / "ixi048_t1_2mm.nii.gz").header
+    assert bytes(header["descrip"]).startswith(b"napari-medood brain-t1-unet (cpu, float32")
+    assert bytes(header["descrip"]).rstrip(b"\0").endswith(b", flip TTA)")
+    # without --tta: another map, and neither the header nor the console mention TTA
+    assert predict_main([*args, str(tmp_path / "plain")]) == 0
+    assert "test-time augmentation" not in capsys.readouterr().err
+    plain = nib.load(tmp_path / "plain" / "ixi048_t1_2mm.nii.gz")
+    assert b"TTA" not in bytes(plain.header["descrip"])
+    written = nib.load(tmp_path / "tta" / "ixi048_t1_2mm.nii.gz").get_fdata()
+    assert np.abs(written - plain.get_fdata()).max() > 0.05
+    from napari_medood.cli.predict import build_parser
+
+    assert "twice the time" in " ".join(build_parser().format_help().split())
+
+
+def test_eval_cli_passes_tta_to_the_detector(tmp_path, monkeypatch, capsys):
+    import napari_medood.detectors as detectors
+    from napari_medood.cli import eval_main
+    from napari_medood.errors import MedoodError
+
+    seen = []
+
+    def stop(name, options=None, **values):
+        seen.append(options)
+        raise MedoodError("stopped here by the test")
+
+    monkeypatch.setattr(detectors, "get_detector", stop)
+    args = ["--model", "brain-t1-unet", str(tmp_path / "set"), "-o", str(tmp_path / "r")]
+    assert eval_main(["--tta", *args]) == 2
+    assert eval_main(args) == 2
+    assert [options.tta for options in seen] == [True, False]
+    assert "stopped here by the test" in capsys.readouterr().err
+    # without a model to run, --tta means nothing: say so
+    assert (
+        eval_main(["--tta", str(tmp_path / "p"), str(tmp_path / "l"), "-o", str(tmp_path / "r")])
+        == 2
+    )
+    assert "--tta is how a detector runs" in capsys.readouterr().err
+    # what medood-eval keeps in its report's settings (metrics.json) says it
+    from napari_medood.batch import run_record
+
+    monkeypatch.undo()
+    record = run_record(get_detector("brain-t1-unet", device="cpu", gate=False, tta=True), "x")
+    assert record["tta"] == "left-right flip"
+    assert run_record(get_detector("intensity", tta=True), "x")["tta"] is None

@@ -139,7 +139,7 @@ def detect() -> None:
     widget.device_choice.value = "cpu"
     widget.run()
     wait_until_idle(widget)
-    widget.slider.setValue(45)
+    widget.slider.setValue(450)
     viewer.layers.selection.active = widget.map_layer
     viewer.reset_view()
     widget.go_to_peak()

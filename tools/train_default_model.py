@@ -1,11 +1,13 @@
 """Train the shipped model brain-t1-unet on the shared IXI scans.
 
     python tools/train_default_model.py [--shared ../shared/data] [--out work/brain-t1-unet]
+                                        [--config configs/brain-t1-unet.yaml]
                                         [--set key=value ...]
 
 Six IXI subjects train; two (IXI039, IXI048 = the bundled sample) are held out and turned into
 a labelled validation set (medood-synth: the five FPI outlier kinds + one normal copy each,
-seed 0) that picks the best checkpoint. The recipe is configs/brain-t1-unet.yaml; the best
+seed 0) that picks the best checkpoint. The recipe is configs/brain-t1-unet.yaml (the
+contrast-randomised one: --config configs/brain-any-unet.yaml); the best
 checkpoint ends in OUT/best (copy it to models/brain-t1-unet).
 """
 
@@ -31,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "work" / "brain-t1-unet")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "brain-t1-unet.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     ixi = args.shared / "ixi-t1-2mm"
@@ -47,7 +50,7 @@ def main() -> None:
     valset = args.out / "valset"
     build_validation_set(held_out, valset, ValidationSetConfig(seed=0))
     config = load_config(
-        REPO / "configs" / "brain-t1-unet.yaml",
+        args.config,
         [f"train={table}", f"val={valset}", f"out={args.out / 'run'}", *args.set],
     )
     print(

@@ -58,8 +58,9 @@ def check_task(detector, task: str) -> None:
 
 
 def run_record(detector, task: str) -> dict:
-    """What produced a set of outputs: the detector and how it ran (device, precision), for
-    reports and logs (a MOOD output folder holds the outputs alone)."""
+    """What produced a set of outputs: the detector and how it ran (device, precision,
+    test-time augmentation), for reports and logs (a MOOD output folder holds the outputs
+    alone)."""
     import datetime
 
     from napari_medood import __version__
@@ -72,6 +73,7 @@ def run_record(detector, task: str) -> dict:
         "outputs": list(getattr(detector, "outputs", ())),
         "device": getattr(execution, "device", None),
         "precision": getattr(execution, "precision", None),
+        "tta": getattr(detector, "tta_method", None),
         "score": getattr(getattr(detector, "score_info", None), "description", None),
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

@@ -100,6 +100,16 @@ def add_gate_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tta_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="flip test-time augmentation: also run the model on the scan mirrored "
+        "left-right and average its map, mirrored back, with the plain one; about twice the "
+        "time; U-Net (unet3d) models only, other detectors ignore it; recorded in the outputs",
+    )
+
+
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",

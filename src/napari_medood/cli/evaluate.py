@@ -16,6 +16,7 @@ from napari_medood.cli._common import (
     add_mask_option,
     add_model_option,
     add_precision_option,
+    add_tta_option,
     add_variant_option,
     make_parser,
     run_command,
@@ -41,6 +42,7 @@ examples:
   medood-eval predictions/ labels/ -o report/
   medood-eval --model intensity valset/ -o report/
   medood-eval --model intensity --healthy ixi_t1/ --healthy-mask ixi_masks/ ms.csv -o r/
+  medood-eval --model my_checkpoint/ --calibrate 0.01 --healthy ixi_t1/ --healthy-mask m/
 """
 
 
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(parser)
     add_precision_option(parser)
     add_variant_option(parser)
+    add_tta_option(parser)
     add_mask_option(parser, what="the set")
     parser.add_argument(
         "--healthy",
@@ -90,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--fprs",
         default="0.01,0.05,0.1",
         help="voxel false-positive rates for calibrated thresholds",
+    )
+    parser.add_argument(
+        "--calibrate",
+        metavar="FPR",
+        type=float,
+        default=None,
+        help="store in the --model checkpoint folder's card the voxel threshold that flags "
+        "this share of the --healthy scans' brain voxels (e.g. 0.01) and their volumes above "
+        "it; the model's maps are then read against it (Detect panel, flagged ml). No "
+        "labelled set needed",
     )
     parser.add_argument(
         "--all-voxels",
@@ -118,6 +131,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.variant and not args.model:
         raise MedoodError("--variant chooses the map of a detector to run: give --model too")
+    if args.tta and not args.model:
+        raise MedoodError("--tta is how a detector runs: give --model too")
+    if args.calibrate is not None:
+        return _calibrate(args)
     expected = 1 if args.model else 2
     if len(args.inputs) != expected or not args.out:
         what = "a labelled set" if args.model else "a predictions folder and a labelled set"
@@ -127,7 +144,11 @@ def _eval(args: argparse.Namespace) -> int:
         detector = get_detector(
             args.model,
             DetectorOptions(
-                args.device, precision=args.precision, variant=args.variant, extra_maps=False
+                args.device,
+                precision=args.precision,
+                variant=args.variant,
+                extra_maps=False,
+                tta=args.tta,
             ),
         )
         predict = DetectorPredictions(detector, out / "predictions")
@@ -206,6 +227,62 @@ def _eval(args: argparse.Namespace) -> int:
         for entry in problems:
             say(PROG, f"  {entry['case']}: {'; '.join(entry['problems'])}")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from napari_medood.detectors import DetectorOptions, get_detector
+    from napari_medood.evaluation.calibration import calibrate_on_healthy, write_calibration
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.models.checkpoint import Checkpoint
+
+    if not args.model or not args.healthy:
+        raise MedoodError("--calibrate needs --model (a checkpoint folder) and --healthy SCANS")
+    if "," in args.model or not Path(args.model).is_dir():
+        raise MedoodError(
+            f"--calibrate writes into the card of one checkpoint folder, and {args.model!r} is "
+            "not one (copy a shipped model's folder to calibrate it)"
+        )
+    checkpoint = Checkpoint.open(args.model)
+    detector = get_detector(
+        args.model,
+        DetectorOptions(
+            args.device,
+            precision=args.precision,
+            variant=args.variant,
+            extra_maps=False,
+            gate=False,
+            tta=args.tta,
+        ),
+    )
+    cases = discover_cases(args.healthy, masks=args.healthy_mask)
+    with tqdm(total=len(cases), desc="calibrating", unit="scan", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.n = done
+            bar.set_postfix_str(message[-30:], refresh=False)
+            bar.refresh()
+
+        entry = calibrate_on_healthy(detector, cases, args.calibrate, progress)
+    command = "medood-eval --model <this folder> --calibrate {} --healthy {}{}".format(
+        args.calibrate,
+        args.healthy,
+        f" --healthy-mask {args.healthy_mask}" if args.healthy_mask else "",
+    )
+    card = write_calibration(checkpoint, entry, command)
+    flagged = ", ".join(f"{v:g}" for v in entry["healthy_flagged_ml"])
+    say(
+        PROG,
+        f"voxel threshold {entry['voxel_threshold']:.4f} flags {entry['healthy_fpr_pooled']:.2%} "
+        f"of {entry['healthy_voxels']:,} healthy brain voxels ({len(entry['healthy_scans'])} "
+        f"scans; flagged ml: {flagged}); {len(entry['failed'])} failed -> {card}",
+    )
+    for failure in entry["failed"]:
+        say(PROG, f"failed: {failure['case']}: {failure['error']}")
+    return EXIT_ERROR if entry["failed"] else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

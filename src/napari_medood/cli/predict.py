@@ -15,6 +15,7 @@ from napari_medood.cli._common import (
     add_mask_option,
     add_model_option,
     add_precision_option,
+    add_tta_option,
     add_variant_option,
     make_parser,
     run_command,
@@ -35,12 +36,14 @@ outputs (MOOD conventions):
   --task pixel   OUTPUT/<input name>      anomaly map on the input's grid and affine, in [0, 1]
                                           (non-NIfTI inputs: <name>.nii.gz)
   --task sample  OUTPUT/<input name>.txt  one number: the sample's abnormality score
-a map's header (NIfTI descrip) says which model wrote it, on which device, at which precision
+a map's header (NIfTI descrip) says which model wrote it, on which device, at which precision,
+with which test-time augmentation (--tta)
 
 examples:
   medood-predict scan.nii.gz out/
   medood-predict --model intensity --mask brain_mask.nii.gz scan.nii.gz out/
   medood-predict --task sample --mask masks/ scans/ scores/
+  medood-predict --tta --mask brain_mask.nii.gz scan.nii.gz out/
 """
 
 
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_precision_option(parser)
     add_variant_option(parser)
     add_gate_option(parser)
+    add_tta_option(parser)
     parser.add_argument(
         "--overlap", type=float, default=None, help="sliding-window overlap (default: the card's)"
     )
@@ -133,6 +137,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.variant,
         extra_maps=False,  # only the map and the score are written
         gate=args.gate,
+        tta=args.tta,
     )
     detector = get_detector(args.model or default_model(), options)
     check_task(detector, args.task)  # a score-only detector cannot write maps: say so now
@@ -162,7 +167,11 @@ def _predict(args: argparse.Namespace) -> int:
         if shard.rank == 0 and work.todo:
             record = run_record(detector, args.task)
             if record["precision"]:  # maps also carry it in their header (NIfTI descrip)
-                say(prefix, f"{detector.name} on {record['device']} at {record['precision']}")
+                tta = f" with {record['tta']} test-time augmentation" if record["tta"] else ""
+                say(
+                    prefix,
+                    f"{detector.name} on {record['device']} at {record['precision']}{tta}",
+                )
         bar = tqdm(
             total=len(work.todo),
             desc=f"{detector.name} ({args.task}) {shard.label}".strip(),

@@ -50,7 +50,7 @@ def default_model() -> str:
 def get_detector(name: str, options: DetectorOptions | None = None, **option_values) -> Detector:
     """Build the detector called ``name`` (see the module docstring) with ``options`` (or
     the same given as keywords: ``device``, ``overlap``, ``batch_size``, ``precision``,
-    ``variant``)."""
+    ``variant``, ``extra_maps``, ``gate``, ``tta``)."""
     from pathlib import Path
 
     from napari_medood.models.checkpoint import Checkpoint, bundled_models

@@ -64,6 +64,9 @@ class DetectorOptions:
             their mean and spread; the Detect panel shows them); batch runs skip them.
         gate: run the trust gate a model's card names (``"gate"``: a feature-OOD model)
             before its map, and report whether the scan is like the training data.
+        tta: flip test-time augmentation: the model also sees the scan mirrored left-right,
+            and its map of the mirror, mirrored back, is averaged with the plain map (about
+            twice the time); families without it (all but ``unet3d``) ignore it.
     """
 
     device: str = "auto"
@@ -73,6 +76,7 @@ class DetectorOptions:
     variant: str | None = None
     extra_maps: bool = True
     gate: bool = True
+    tta: bool = False
 
     def __post_init__(self) -> None:
         from napari_medood.execution import PRECISIONS
@@ -243,6 +247,12 @@ class BaseDetector:
         extras = dict(output.extras)
         if trust is not None:
             extras["trust"] = trust
+        if anomaly_map is not None:
+            from napari_medood.detectors.calibration import calibration_extras
+
+            calibration = calibration_extras(self.card, anomaly_map.data, volume.affine, mask)
+            if calibration is not None:
+                extras["calibration"] = calibration
         return AnomalyResult(anomaly_map, score, extras, tuple(notes))
 
 

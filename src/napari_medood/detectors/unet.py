@@ -2,7 +2,8 @@
 
 For each scan: into the card's model space (RAS, the model's spacing, normalised in the
 brain mask), the checkpoints window by window (skipping windows without brain, averaging an
-ensemble's probabilities), then back onto the scan's own grid and orientation. The sample
+ensemble's probabilities, and with flip test-time augmentation those of each window mirrored
+left-right, mirrored back), then back onto the scan's own grid and orientation. The sample
 score is the mean of the 100 highest voxels; the other scores of methods.md R13 are in the
 result's extras.
 """
@@ -32,6 +33,10 @@ from napari_medood.io.volume import Volume
 from napari_medood.preprocessing.model_space import ModelSpace
 
 FAMILY = "unet3d"
+#: what the flip test-time augmentation does (``extras["tta"]``, the outputs' records)
+FLIP_TTA = "left-right flip"
+#: RAS x, left-right, in the (n, channel, x, y, z) batches of windows in model space
+LEFT_RIGHT = 2
 
 
 @dataclass
@@ -46,6 +51,9 @@ class UNetDetector(BaseDetector):
         batch_size: windows per forward pass (None: 1 on the CPU, where larger batches only
             cost memory, 8 on a GPU, where they keep it busy).
         top_k: voxels averaged for the sample score.
+        tta: flip test-time augmentation: each model's probabilities are the mean of its
+            probabilities for the window and, mirrored back, for the window mirrored
+            left-right (RAS x in model space); about twice the time.
     """
 
     checkpoints: Sequence[str | os.PathLike] = ("brain-t1-unet",)
@@ -54,6 +62,7 @@ class UNetDetector(BaseDetector):
     batch_size: int | None = None
     top_k: int = 100
     precision: str = "auto"
+    tta: bool = False
     models: list[Any] = field(default_factory=list, repr=False)
     cards: list[dict] = field(default_factory=list, repr=False)
     score_info: ClassVar[ScoreInfo] = ScoreInfo("mean of the 100 highest voxels of the map")
@@ -95,13 +104,15 @@ class UNetDetector(BaseDetector):
             overlap=options.overlap,
             batch_size=options.batch_size,
             precision=options.precision,
+            tta=options.tta,
         )
 
     @classmethod
     def from_models(
         cls, models: Sequence[Any], cards: Sequence[dict], device: str = "auto", **options: Any
     ) -> UNetDetector:
-        """A detector over networks already in memory (validation during training)."""
+        """A detector over networks already in memory (validation during training; no
+        test-time augmentation unless ``tta=True`` is given)."""
         return cls(checkpoints=(), device=device, models=list(models), cards=list(cards), **options)
 
     @property
@@ -113,19 +124,34 @@ class UNetDetector(BaseDetector):
     def card(self) -> dict:
         return self.cards[0]
 
+    @property
+    def tta_method(self) -> str | None:
+        """The test-time augmentation used (:data:`FLIP_TTA`), or None."""
+        return FLIP_TTA if self.tta else None
+
+    def describe_execution(self) -> str:
+        """How it runs: device, precision[, channels-last][, flip TTA] (the map's header)."""
+        return self.execution.describe() + (", flip TTA" if self.tta else "")
+
     def _predictor(self):
         import torch
 
         def run(batch):
             execution = self.execution
-            batch = execution.inputs(batch)
+            views = [execution.inputs(batch)]
+            if self.tta:  # the scan mirrored left-right; its map is mirrored back below
+                views.append(execution.inputs(views[0].flip(LEFT_RIGHT)))
             probabilities = None
             for model in self.models:
-                with execution.autocast():
-                    logits = model.predict(batch)
-                p = torch.sigmoid(logits.float())
-                probabilities = p if probabilities is None else probabilities + p
-            return probabilities / len(self.models)
+                for mirrored, view in enumerate(views):
+                    with execution.autocast():
+                        logits = model.predict(view)
+                    p = torch.sigmoid(logits.float())
+                    if mirrored:
+                        p = p.flip(LEFT_RIGHT)
+                    probabilities = p if probabilities is None else probabilities + p
+            # the mean over the models of each model's mean over the views
+            return probabilities / (len(self.models) * len(views))
 
         def predictor(batch):
             try:
@@ -187,6 +213,7 @@ class UNetDetector(BaseDetector):
                 "windows": stats,
                 "device": self.device,
                 "precision": self.execution.precision,
-                "execution": self.execution.describe(),
+                "tta": self.tta_method,
+                "execution": self.describe_execution(),
             },
         )

@@ -34,6 +34,8 @@ class UNetTrainConfig:
             that one model serves T1, T2 and FLAIR; 0 trains on the real scans only.
         contrast_groups: ``dlmuse`` (DLMUSE labels grouped into structures) or ``labels``
             (every label its own structure).
+    init: a unet3d checkpoint (name or folder) of the same architecture to start from
+        (fine-tuning; a resumed run continues from its own last weights instead).
     Optimisation (mood22: AdamW 1e-4, wd 1e-5, OneCycle max 1e-3, AMP on CUDA):
         steps, batch_size (per process), lr, max_lr, weight_decay; precision of the forward
         pass (``auto``: bfloat16 autocast on CPUs that compute it, float16 with a gradient
@@ -59,6 +61,7 @@ class UNetTrainConfig:
     flip_p: float = 0.5
     contrast_randomisation: float = 0.0
     contrast_groups: str = "dlmuse"
+    init: str | None = None
     steps: int = 2000
     batch_size: int = 2
     lr: float = 1e-4

@@ -39,6 +39,24 @@ def model_space(config: UNetTrainConfig) -> ModelSpace:
     return ModelSpace(spacing=tuple(float(s) for s in config.spacing))
 
 
+def start_from(config: UNetTrainConfig, network) -> dict:
+    """Load the weights of ``config.init`` (a unet3d checkpoint of the same architecture,
+    checked against its sha256) into ``network``; what the card records of it."""
+    from napari_medood.models.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint.open(config.init)
+    if checkpoint.family != FAMILY:
+        raise MedoodError(f"init={config.init}: a {checkpoint.family} checkpoint, not {FAMILY}")
+    features = list(checkpoint.card.get("architecture", {}).get("features") or [])
+    if features != [int(f) for f in network.features]:
+        raise MedoodError(
+            f"init={config.init}: its U-Net has features {features}, this run "
+            f"{list(network.features)}; set features (or preset) to match"
+        )
+    network.load_state_dict(checkpoint.load_state())
+    return {"model": checkpoint.name, "sha256": checkpoint.card["weights"].get("sha256")}
+
+
 def contrast_randomiser(config: UNetTrainConfig):
     """The run's SynthSeg-style generator (``synth.contrast``), at the model's spacing."""
     from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
@@ -131,7 +149,9 @@ def train_unet(
     # precision and memory format as inference runs them: bfloat16 autocast where the CPU
     # computes it, float16 with a gradient scaler on CUDA; the weights stay float32
     execution = plan_execution(device, config.precision if config.amp else "float32")
-    model = execution.prepare(UNet3DDeepSup(1, 1, features), fold_batch_norm=False).train()
+    network = UNet3DDeepSup(1, 1, features)
+    init = start_from(config, network) if config.init else None
+    model = execution.prepare(network, fold_batch_norm=False).train()
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -212,6 +232,7 @@ def train_unet(
             for k, v in config.to_dict().items()
             if k not in ("train", "masks", "val", "out", "name", "description")
         },
+        "init": init,
         "processes": world,
         "device": device_description(device),
         "torch": torch.__version__,

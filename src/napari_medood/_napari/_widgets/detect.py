@@ -1,7 +1,8 @@
 """The "Detect anomalies" panel: run a detector on a scan and go to where it fires.
 
 Choose the scan and its brain mask (picked by role: never a lesion mask), the model (a
-shipped one, a baseline, or a checkpoint folder) and where it runs. Run works off the GUI
+shipped one, a baseline, or a checkpoint folder), where it runs, and (U-Net models) whether
+it also reads the scan mirrored left-right (flip test-time augmentation). Run works off the GUI
 thread in honest stages (reading the layers, the detector's own stages, preparing the
 result layers) with a progress bar and a Cancel button. The panel draws what the detector
 returns: an anomaly-map layer over the scan (inferno, additive, with a colour bar) and/or
@@ -60,6 +61,15 @@ if TYPE_CHECKING:
 DETECTION_KEY = "medood_detection"
 READING, PREPARING = "reading the layers", "preparing the result layers"
 STEP_PAUSE_MS = 30
+#: the families that use flip test-time augmentation (``DetectorOptions.tta``)
+TTA_FAMILIES = ("unet3d",)
+#: the threshold slider's steps over [0, 1]
+SLIDER_STEPS = 1000
+TTA_TEXT = "flip TTA (mirror left-right, ~2x time)"
+TTA_TIP = (
+    "flip test-time augmentation: the model also reads the scan mirrored left-right, and its "
+    "map of the mirror, mirrored back, is averaged with the plain map (about twice the time)"
+)
 
 
 @dataclass
@@ -126,7 +136,7 @@ class DetectWidget(Panel):
     """Dock panel over the detectors (``napari_medood.detectors``)."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
-        from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox
+        from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox
 
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -160,6 +170,8 @@ class DetectWidget(Panel):
         self.overlap_spin = FloatSpinBox(
             label="Window overlap", min=0.0, max=0.9, step=0.05, value=0.5
         )
+        self.tta_check = CheckBox(text=TTA_TEXT, value=False)
+        self.tta_check.tooltip = TTA_TIP
         self.options = Container(
             widgets=[
                 self.model_choice,
@@ -167,6 +179,7 @@ class DetectWidget(Panel):
                 self.device_choice,
                 self.precision_choice,
                 self.overlap_spin,
+                self.tta_check,
             ]
         )
         self.options.margins = (0, 0, 0, 0)
@@ -196,10 +209,11 @@ class DetectWidget(Panel):
         self.peak_button.setToolTip("show the slice through the map's highest voxel")
         self.peak_button.setEnabled(False)
         self.slider = QSlider(Qt.Orientation.Horizontal)
-        self.slider.setRange(0, 100)
-        self.slider.setValue(50)
+        self.slider.setRange(0, SLIDER_STEPS)  # thousandths: calibrated thresholds are fine
+        self.slider.setValue(SLIDER_STEPS // 2)
         self.slider.setEnabled(False)
         self.threshold_label = QLabel("threshold 0.50")
+        self.calibrated: dict | None = None  # the chosen model's card calibration
         self.colour_bar = ColourBar("inferno")
         self.colour_bar.hide()
 
@@ -271,6 +285,8 @@ class DetectWidget(Panel):
 
         name = self.model_choice.value
         self.gate_check.hide()
+        self._offer_tta(None)
+        self.calibrated = None
         if name in NAMED_DETECTORS:
             self.card_label.setText(f"{NAMED_DETECTORS[name].description}. No training, no card.")
             return
@@ -279,6 +295,7 @@ class DetectWidget(Panel):
         except (ValueError, OSError) as exc:
             self.card_label.setText(f"Cannot read this checkpoint: {exc}")
             return
+        self._offer_tta(card.get("detector"))
         validation = card.get("metrics", {}).get("validation", {})
         ap = validation.get("pixel_ap")
         expects = card.get("expects", {})
@@ -308,7 +325,23 @@ class DetectWidget(Panel):
         if card.get("gate"):
             parts.append(f"checked first by its trust gate {card['gate']}")
             self.gate_check.show()
+        calibration = card.get("calibration") or {}
+        if calibration.get("voxel_threshold") is not None:
+            # the slider starts where the model flags the stated share of healthy voxels
+            self.calibrated = dict(calibration)
+            share = 100 * float(calibration.get("healthy_voxel_fpr", 0.0))
+            parts.append(
+                f"calibrated threshold {calibration['voxel_threshold']:.3f} "
+                f"({share:g} % of healthy brain voxels above it)"
+            )
+            self.slider.setValue(round(float(calibration["voxel_threshold"]) * SLIDER_STEPS))
         self.card_label.setText("; ".join(parts) + ".")
+
+    def _offer_tta(self, family: str | None) -> None:
+        """Flip TTA can be chosen for the families that use it; the others would ignore it."""
+        usable = family in TTA_FAMILIES
+        self.tta_check.enabled = usable
+        self.tta_check.tooltip = TTA_TIP if usable else f"{TTA_TIP} (U-Net models only)"
 
     def add_checkpoint(self, folder: str | Path) -> None:
         """Offer a checkpoint folder in the model list and select it."""
@@ -347,6 +380,7 @@ class DetectWidget(Panel):
             "device": self.device_choice.value,
             "precision": self.precision_choice.value,
             "overlap": float(self.overlap_spin.value),
+            "tta": bool(self.tta_check.value and self.tta_check.enabled),
             "gate": self.gate_check.isChecked(),
             "name": f"{source.name} anomaly ({self.model_choice.value})",
             "source_layer": source.name,
@@ -583,7 +617,18 @@ class DetectWidget(Panel):
     # ----------------------------------------------------------------------- threshold
     @property
     def threshold(self) -> float:
-        return self.slider.value() / 100.0
+        return self.slider.value() / SLIDER_STEPS
+
+    def _threshold_text(self, millilitres: float | None = None) -> str:
+        """``threshold 0.177 (calibrated: 1 % of healthy brain voxels): 12.3 ml``."""
+        text = f"threshold {self.threshold:.3f}"
+        calibration = self.calibrated
+        if calibration is not None and (
+            abs(self.threshold - float(calibration["voxel_threshold"])) < 0.5 / SLIDER_STEPS
+        ):
+            share = 100 * float(calibration.get("healthy_voxel_fpr", 0.0))
+            text += f" (calibrated: {share:g} % of healthy brain voxels)"
+        return text if millilitres is None else f"{text}: {millilitres:.1f} ml"
 
     def _show_flagged_volume(self, flagged: np.ndarray | None, flagged_at: float) -> None:
         """The volume above the threshold, before any Labels layer is made."""
@@ -596,9 +641,7 @@ class DetectWidget(Panel):
         ):
             self._threshold_changed(self.slider.value())  # the layer follows the slider
             return
-        self.threshold_label.setText(
-            f"threshold {self.threshold:.2f}: {self._millilitres(flagged, layer):.1f} ml"
-        )
+        self.threshold_label.setText(self._threshold_text(self._millilitres(flagged, layer)))
 
     @staticmethod
     def _millilitres(flagged: np.ndarray, layer: Any) -> float:
@@ -606,21 +649,21 @@ class DetectWidget(Panel):
 
     def _threshold_changed(self, value: int) -> None:
         """Moving the slider makes (or updates) the Labels layer of the flagged voxels."""
-        self.threshold_label.setText(f"threshold {value / 100:.2f}")
-        self.colour_bar.set_marker(value / 100)
+        self.threshold_label.setText(self._threshold_text())
+        self.colour_bar.set_marker(value / SLIDER_STEPS)
         layer = self.map_layer
         if layer is None or layer not in self.viewer.layers:
             return
         flagged = (np.asarray(layer.data) > self.threshold).astype(np.uint8)
         millilitres = self._millilitres(flagged, layer)
-        self.threshold_label.setText(f"threshold {value / 100:.2f}: {millilitres:.1f} ml")
+        self.threshold_label.setText(self._threshold_text(millilitres))
         source_name = layer.metadata.get(DETECTION_KEY, {}).get("source_layer", layer.name)
         self.threshold_layer = show_labels(
             self.viewer,
             self.threshold_layer,
             flagged,
             layer,
-            f"{source_name} anomalies > {self.threshold:.2f}",
+            f"{source_name} anomalies > {self.threshold:.3f}",
             with_role(layer.metadata, THRESHOLD, derived_from=layer.unique_id),
             colormap=label_colormap(THRESHOLD),
         )
@@ -737,6 +780,7 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
         overlap=job["overlap"],
         precision=job["precision"],
         gate=job.get("gate", True),
+        tta=job.get("tta", False),
     )
     trust = None
     if detector.gate_name is not None:
@@ -770,6 +814,9 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
                     "source_id": job["source_id"],
                     "notes": list(result.notes),
                     "precision": result.extras.get("precision"),
+                    "tta": result.extras.get("tta"),
+                    # the card's calibrated threshold and the volume above it (None: none)
+                    "calibration": result.extras.get("calibration"),
                 },
             },
             ANOMALY_MAP,

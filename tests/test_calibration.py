@@ -1,0 +1,128 @@
+"""A map model calibrated on healthy scans (issue 12): medood-eval --calibrate stores the
+voxel threshold at a chosen healthy false-positive rate in the card, and every map is then
+also read as millilitres flagged above it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import shared
+
+HELD_OUT = ("IXI039", "IXI048")
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A copy of brain-t1-unet calibrated at 1 % on two of its IXI training scans."""
+    from napari_medood.cli import eval_main
+    from napari_medood.models.checkpoint import Checkpoint
+
+    root = tmp_path_factory.mktemp("calibration")
+    model = root / "brain-t1-unet"
+    shutil.copytree(Checkpoint.open("brain-t1-unet").folder, model)
+    healthy = root / "healthy"
+    healthy.mkdir()
+    scans = sorted(
+        p for p in shared("ixi-t1-2mm", "t1").glob("*.nii.gz") if p.name[:6] not in HELD_OUT
+    )
+    for scan in scans[:2]:
+        shutil.copy(scan, healthy / scan.name)
+    code = eval_main(
+        [
+            "--model",
+            str(model),
+            "--calibrate",
+            "0.01",
+            "--healthy",
+            str(healthy),
+            "--healthy-mask",
+            str(shared("ixi-t1-2mm", "dlmuse")),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    return model, healthy
+
+
+def test_the_calibrated_threshold_flags_the_stated_share_of_healthy_voxels(calibrated):
+    from napari_medood.detectors import get_detector
+    from napari_medood.io import read_volume
+    from napari_medood.preprocessing.masks import load_mask
+
+    model, healthy = calibrated
+    entry = json.loads((model / "card.json").read_text())["calibration"]
+    assert entry["healthy_voxel_fpr"] == 0.01 and len(entry["healthy_scans"]) == 2
+    assert 0.009 <= entry["healthy_fpr_pooled"] <= 0.01
+    assert "--calibrate 0.01" in entry["command"]
+    # the weights are untouched: the copy still loads against its sha256
+    detector = get_detector(str(model), device="cpu", gate=False)
+    flagged, shares = [], []
+    for scan in sorted(healthy.glob("*.nii.gz")):
+        volume = read_volume(scan)
+        mask_file = next(shared("ixi-t1-2mm", "dlmuse").glob(scan.name[:14] + "*"))
+        mask = load_mask(mask_file, volume.grid)
+        result = detector.predict(volume, mask)
+        extras = result.extras["calibration"]
+        assert extras["voxel_threshold"] == entry["voxel_threshold"]
+        above = result.anomaly_map.data[mask] > entry["voxel_threshold"]
+        shares.append(above.mean())
+        voxel_ml = abs(np.linalg.det(volume.affine[:3, :3])) / 1000
+        assert extras["flagged_ml"] == pytest.approx(above.sum() * voxel_ml, abs=1e-3)
+        flagged.append(extras["flagged_ml"])
+    # pooled over the two scans, 1 % of their brain voxels; each scan's own share near it
+    assert flagged == pytest.approx(entry["healthy_flagged_ml"], abs=1e-3)
+    assert all(0.002 < s < 0.03 for s in shares)
+
+
+def test_a_healthy_brain_flags_less_than_the_same_brain_with_an_anomaly(calibrated):
+    from napari_medood.detectors import get_detector
+    from napari_medood.io import read_volume
+    from napari_medood.preprocessing.masks import load_mask
+    from napari_medood.synth.validation import make_outlier
+
+    model, _ = calibrated
+    detector = get_detector(str(model), device="cpu", gate=False)
+    # a held-out subject, not one the threshold was calibrated on
+    scan = next(p for p in shared("ixi-t1-2mm", "t1").glob("IXI039*"))
+    volume = read_volume(scan)
+    mask = load_mask(next(shared("ixi-t1-2mm", "dlmuse").glob("IXI039*")), volume.grid)
+    plain = detector.predict(volume, mask).extras["calibration"]["flagged_ml"]
+    corrupted, label, _ = make_outlier(
+        volume.data.astype(np.float32), "uniform_noise", 4, foreground=mask, radius=6
+    )
+    anomalous = detector.predict(volume.with_data(corrupted), mask)
+    flagged = anomalous.extras["calibration"]["flagged_ml"]
+    implanted_ml = label.sum() * abs(np.linalg.det(volume.affine[:3, :3])) / 1000
+    assert flagged > plain + 0.25 * implanted_ml
+
+
+def test_calibration_refuses_what_it_cannot_write(tmp_path):
+    from napari_medood.cli import eval_main
+
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    # a shipped model by name is not a folder whose card can be changed
+    assert (
+        eval_main(["--model", "brain-t1-unet", "--calibrate", "0.01", "--healthy", str(healthy)])
+        != 0
+    )
+    # a calibration without healthy scans
+    assert eval_main(["--model", str(tmp_path), "--calibrate", "0.01"]) != 0
+
+
+def test_an_uncalibrated_model_adds_no_calibration():
+    from napari_medood.detectors.calibration import calibration_extras, flagged_ml
+
+    assert calibration_extras({"name": "x"}, np.zeros((2, 2, 2)), np.eye(4), None) is None
+    values = np.zeros((4, 4, 4), np.float32)
+    values[0, 0, :2] = 0.9
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    assert flagged_ml(values, affine, 0.5) == pytest.approx(2 * 8 / 1000)
+    mask = np.zeros_like(values, dtype=bool)
+    mask[0, 0, 0] = True
+    assert flagged_ml(values, affine, 0.5, mask) == pytest.approx(8 / 1000)
