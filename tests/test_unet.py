@@ -445,3 +445,29 @@ def test_eval_cli_passes_tta_to_the_detector(tmp_path, monkeypatch, capsys):
     record = run_record(get_detector("brain-t1-unet", device="cpu", gate=False, tta=True), "x")
     assert record["tta"] == "left-right flip"
     assert run_record(get_detector("intensity", tta=True), "x")["tta"] is None
+
+
+def test_the_contrast_randomised_model_does_not_light_up_a_flair():
+    """brain-t1-unet paints nearly the whole brain of an MS FLAIR; brain-any-unet-cpu,
+    fine-tuned with contrast randomisation, expects any contrast and flags a few percent."""
+    from conftest import shared
+    from napari_medood.detectors import get_detector
+    from napari_medood.io import read_volume
+    from napari_medood.models.checkpoint import Checkpoint
+
+    assert Checkpoint.open("brain-any-unet-cpu").card["expects"]["contrast"] == "any"
+    flair = read_volume(
+        shared(
+            "open-ms-lesjak-mni",
+            "patient07",
+            "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+        )
+    )
+    brain = flair.data > 0
+    lit = {}
+    for name in ("brain-t1-unet", "brain-any-unet-cpu"):
+        result = get_detector(name, device="cpu", gate=False).predict(flair, brain)
+        lit[name] = float((result.anomaly_map.data[brain] > 0.5).mean())
+        notes = " ".join(result.notes)
+        assert ("says FLAIR" in notes) == (name == "brain-t1-unet")
+    assert lit["brain-t1-unet"] > 0.5 and lit["brain-any-unet-cpu"] < 0.1

@@ -121,7 +121,6 @@ def _eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_medood.batch import check_output_folder
-    from napari_medood.detectors import DetectorOptions, get_detector
     from napari_medood.evaluation import DetectorPredictions, EvalOptions, FolderPredictions
     from napari_medood.evaluation import evaluate as run_evaluation
     from napari_medood.evaluation.bias import bias_tables
@@ -141,16 +140,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise MedoodError(f"give {what} and -o REPORT (see --help)")
     out = check_output_folder(args.out)
     if args.model:
-        detector = get_detector(
-            args.model,
-            DetectorOptions(
-                args.device,
-                precision=args.precision,
-                variant=args.variant,
-                extra_maps=False,
-                tta=args.tta,
-            ),
-        )
+        detector = _detector(args)
         predict = DetectorPredictions(detector, out / "predictions")
         labels = args.inputs[0]
         cases = discover_cases(labels, masks=args.mask)
@@ -229,12 +219,26 @@ def _eval(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
+def _detector(args: argparse.Namespace, gate: bool = True):
+    """The --model detector as the options ask, maps only (no by-product maps)."""
+    from napari_medood.detectors import DetectorOptions, get_detector
+
+    options = DetectorOptions(
+        args.device,
+        precision=args.precision,
+        variant=args.variant,
+        extra_maps=False,
+        gate=gate,
+        tta=args.tta,
+    )
+    return get_detector(args.model, options)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from napari_medood.detectors import DetectorOptions, get_detector
     from napari_medood.evaluation.calibration import calibrate_on_healthy, write_calibration
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.checkpoint import Checkpoint
@@ -247,17 +251,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             "not one (copy a shipped model's folder to calibrate it)"
         )
     checkpoint = Checkpoint.open(args.model)
-    detector = get_detector(
-        args.model,
-        DetectorOptions(
-            args.device,
-            precision=args.precision,
-            variant=args.variant,
-            extra_maps=False,
-            gate=False,
-            tta=args.tta,
-        ),
-    )
+    detector = _detector(args, gate=False)  # the gate's verdicts are no part of a threshold
     cases = discover_cases(args.healthy, masks=args.healthy_mask)
     with tqdm(total=len(cases), desc="calibrating", unit="scan", file=sys.stderr) as bar:
 
