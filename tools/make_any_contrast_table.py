@@ -59,7 +59,9 @@ def main() -> None:
         detector = get_detector(name, DetectorOptions("cpu", extra_maps=False, gate=False))
         cells = []
         for key, cases in sets.items():
-            result = evaluate(cases, DetectorPredictions(detector), options=EvalOptions(bootstrap=0))
+            result = evaluate(
+                cases, DetectorPredictions(detector), options=EvalOptions(bootstrap=0)
+            )
             cells.append(f"{result.pixel.get('ap'):.3f}")
             if key == "synthetic":
                 auroc = result.sample.get("auroc")
