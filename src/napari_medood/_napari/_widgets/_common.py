@@ -309,6 +309,51 @@ def camera_of(viewer: Any) -> Any:
     return scene.camera if scene is not None else viewer.camera
 
 
+class CancellableRun:
+    """What a panel with Run and Cancel buttons shares (``run_button``, ``cancel_button``,
+    ``progress_bar``, ``status``; its own ``_progress``, ``_fail`` and ``_finished`` slots):
+    its job runs in a napari worker through :func:`progress_generator`, with a cancel
+    event the core checks; Run is off and Cancel on until the worker finishes."""
+
+    _worker: Any = None
+
+    def start_run(self, job_function, job, returned, aborted) -> None:
+        import threading
+
+        from napari.qt.threading import create_worker
+
+        self._cancel = threading.Event()
+        self.progress_bar.setRange(0, 0)  # busy until the first count
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._worker = create_worker(
+            progress_generator,
+            job_function,
+            job,
+            cancel_event=self._cancel,
+            _connect={
+                "yielded": self._progress,
+                "returned": returned,
+                "errored": self._fail,
+                "finished": self._finished,
+                "aborted": aborted,
+            },
+        )
+
+    def cancel(self) -> None:
+        """Stop the running job at its next check (the core checks between steps)."""
+        if self._worker is not None:
+            self._cancel.set()
+            self._worker.quit()
+            self.status.setText("cancelling...")
+
+    def end_run(self) -> None:
+        """The worker is done: Run on, Cancel off."""
+        self._worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+
 def progress_generator(function, *args, cancel_event=None, **kwargs):
     """Run ``function(*args, progress=..., cancelled=..., **kwargs)`` in a helper thread and
     yield its ``(done, total, message)`` progress reports; return its result.

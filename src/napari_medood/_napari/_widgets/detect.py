@@ -43,10 +43,10 @@ from napari_medood._napari._roles import (
     with_role,
 )
 from napari_medood._napari._widgets._common import (
+    CancellableRun,
     Panel,
     go_to_voxel,
     job_volume,
-    progress_generator,
     remove_derived,
     scan_and_mask_pickers,
     scan_job,
@@ -132,7 +132,7 @@ class ColourBar(QLabel):
         painter.end()
 
 
-class DetectWidget(Panel):
+class DetectWidget(CancellableRun, Panel):
     """Dock panel over the detectors (``napari_medood.detectors``)."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
@@ -356,8 +356,6 @@ class DetectWidget(Panel):
     # ---------------------------------------------------------------------------- run
     def run(self) -> None:
         """Start the detector on the chosen scan, off the GUI thread."""
-        from napari.qt.threading import create_worker
-
         if self._worker is not None:
             return
         source = self.image_combo.current_layer()
@@ -387,7 +385,6 @@ class DetectWidget(Panel):
             "source_id": str(source.unique_id),
             "threshold": self.threshold,
         }
-        self._cancel = threading.Event()
         self._source = source
         self._model = job["model"]
         self.notes = ()
@@ -395,29 +392,7 @@ class DetectWidget(Panel):
         self.trust_view.hide()
         self.trust_report = None
         self.status.setText(f"{self._model}: starting...")
-        self.progress_bar.setRange(0, 0)  # busy until the first count
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._worker = create_worker(
-            progress_generator,
-            detect_job,
-            job,
-            cancel_event=self._cancel,
-            _connect={
-                "yielded": self._progress,
-                "returned": self._show,
-                "errored": self._fail,
-                "finished": self._finished,
-                "aborted": self._aborted,
-            },
-        )
-
-    def cancel(self) -> None:
-        """Stop the running detector at its next check (after the current window)."""
-        if self._worker is not None:
-            self._cancel.set()
-            self._worker.quit()
-            self.status.setText("cancelling...")
+        self.start_run(detect_job, job, self._show, self._aborted)
 
     def _progress(self, report: tuple[int, int, str]) -> None:
         from napari_medood._napari._widgets.trust import TrustNotice
@@ -440,9 +415,7 @@ class DetectWidget(Panel):
         self.progress_bar.setValue(0)
 
     def _finished(self) -> None:
-        self._worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.end_run()
         if self.progress_bar.maximum() == 0:
             self._reset_progress()
 

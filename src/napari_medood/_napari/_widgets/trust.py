@@ -28,9 +28,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medood._napari._widgets._common import (
+    CancellableRun,
     Panel,
     job_volume,
-    progress_generator,
     scan_and_mask_pickers,
     scan_job,
     wrapping_label,
@@ -156,7 +156,7 @@ def feature_ood_models(extra: tuple[str, ...] = ()) -> list[str]:
     return names + [e for e in extra if e not in names]
 
 
-class TrustWidget(Panel):
+class TrustWidget(CancellableRun, Panel):
     """The "Is this scan in distribution?" panel."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
@@ -263,8 +263,6 @@ class TrustWidget(Panel):
             self.view.show_report(self.last_report)
 
     def run(self) -> None:
-        from napari.qt.threading import create_worker
-
         if self._worker is not None:
             return
         source = self.image_combo.current_layer()
@@ -278,30 +276,8 @@ class TrustWidget(Panel):
             "head": self.head_choice.value,
             "threshold": float(self.threshold_spin.value),
         }
-        self._cancel = threading.Event()
         self.status.setText(f"{job['model']}: starting...")
-        self.progress_bar.setRange(0, 0)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._worker = create_worker(
-            progress_generator,
-            trust_job,
-            job,
-            cancel_event=self._cancel,
-            _connect={
-                "yielded": self._progress,
-                "returned": self._show,
-                "errored": self._fail,
-                "finished": self._finished,
-                "aborted": lambda: self.status.setText("Cancelled."),
-            },
-        )
-
-    def cancel(self) -> None:
-        if self._worker is not None:
-            self._cancel.set()
-            self._worker.quit()
-            self.status.setText("cancelling...")
+        self.start_run(trust_job, job, self._show, lambda: self.status.setText("Cancelled."))
 
     @property
     def busy(self) -> bool:
@@ -311,9 +287,7 @@ class TrustWidget(Panel):
         self.status.setText(str(report[2]))
 
     def _finished(self) -> None:
-        self._worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.end_run()
         self.progress_bar.setRange(0, 1)
 
     def _fail(self, exc: BaseException) -> None:
