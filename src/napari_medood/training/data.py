@@ -31,30 +31,34 @@ def prepare_scans(
     case's mask file must be a parcellation (DLMUSE, say: brain = label > 0); its labels
     come along in model space, for contrast randomisation."""
     from napari_medood.io.readers import read_volume
-    from napari_medood.preprocessing.masks import align_to_grid, load_mask, mask_from_threshold
+    from napari_medood.preprocessing.masks import check_mask, load_mask, mask_from_threshold
     from napari_medood.preprocessing.profile import scan_profile
 
     scans = []
     for case in cases:
         volume = read_volume(case.image)
-        mask = (
-            load_mask(case.mask, volume.grid)
-            if case.mask is not None
-            else mask_from_threshold(volume.data, "otsu")
-        )
+        parcellation = _parcellation(case, volume) if labels else None
+        if parcellation is not None:  # the file read once: its brain is the mask
+            mask = check_mask(parcellation > 0, volume.grid, case.mask)
+        elif case.mask is not None:
+            mask = load_mask(case.mask, volume.grid)
+        else:
+            mask = mask_from_threshold(volume.data, "otsu")
         prepared = space.prepare(volume, mask)
         profile = scan_profile(volume, mask, brain_mask=case.mask is not None)
         label_map = None
-        if labels:
-            label_map = _parcellation(case, volume, align_to_grid)
-            label_map = space.labels_to_model(label_map, prepared)
+        if parcellation is not None:
+            label_map = space.labels_to_model(parcellation, prepared)
         scans.append(ModelSpaceScan(case.name, prepared.image, prepared.mask, profile, label_map))
     return scans
 
 
-def _parcellation(case: Case, volume, align_to_grid) -> np.ndarray:
+def _parcellation(case: Case, volume) -> np.ndarray:
+    """The case's mask file as integer labels on the scan's grid, checked to be a
+    parcellation (many labels), not a brain mask."""
     from napari_medood.errors import MedoodError
     from napari_medood.io.readers import read_volume
+    from napari_medood.preprocessing.masks import align_to_grid
 
     if case.mask is None:
         raise MedoodError(
