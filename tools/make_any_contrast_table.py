@@ -1,9 +1,9 @@
 """The any-contrast table: brain U-Nets on T1 and FLAIR of the same MS patients, in one command.
 
     python tools/make_any_contrast_table.py [--shared ../shared/data] [--work work/baselines]
-                                            [--models brain-t1-unet,brain-any-unet-cpu]
+                                            [--models brain-t1-unet,brain-any-unet-cpu,brain-any-unet-cpu+tta]
 
-For each model (and the intensity baseline): MOOD pixel AP and sample AUROC on the synthetic
+For each model (NAME+tta: with flip test-time augmentation; and the intensity baseline): MOOD pixel AP and sample AUROC on the synthetic
 test set of the two held-out IXI subjects, and pixel AP on MS patients 07 and 19, T1 and
 FLAIR (the test sets and cohorts of tools/make_baseline_table.py), plus the share of the MS
 brains each map puts above 0.5 (a T1 model on a scan unlike its training scans lights up
@@ -34,7 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=REPO / "work" / "baselines")
-    parser.add_argument("--models", default="brain-t1-unet,brain-any-unet-cpu")
+    parser.add_argument(
+        "--models", default="brain-t1-unet,brain-any-unet-cpu,brain-any-unet-cpu+tta"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     synthetic = args.work / "ixi-held-out-synthetic"
@@ -56,7 +58,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name in [*args.models.split(","), "intensity"]:
-        detector = get_detector(name, DetectorOptions("cpu", extra_maps=False, gate=False))
+        model, tta = name.removesuffix("+tta"), name.endswith("+tta")
+        options = DetectorOptions("cpu", extra_maps=False, gate=False, tta=tta)
+        detector = get_detector(model, options)
         cells = []
         for key, cases in sets.items():
             result = evaluate(
