@@ -8,7 +8,8 @@ Writes, into docs/images/:
 - napari-playground.png: the Anomaly playground with two committed anomalies (green) and a
   pending preview (yellow);
 - napari-detect.png: the MedOOD dock's Detect tab: the shipped model on an anomaly made in
-  the playground, the view at the map's peak, its colour bar, the flagged voxels in orange;
+  the playground, the view at the map's peak, its colour bar, the flagged voxels in orange
+  at the model's calibrated threshold;
 - napari-detect-flair.png: the shipped T1 model on an MS patient's FLAIR scan (from
   ../shared/data): the panel says what is wrong before the map is read, the lesions (ground
   truth) are green and were not taken as the brain mask;
@@ -139,7 +140,9 @@ def detect() -> None:
     widget.device_choice.value = "cpu"
     widget.run()
     wait_until_idle(widget)
-    widget.slider.setValue(450)
+    # the slider stays at the card's calibrated threshold; the flagged voxels as a layer
+    widget._threshold_changed(widget.slider.value())
+    print(f"detect: {widget.threshold_label.text()}")
     viewer.layers.selection.active = widget.map_layer
     viewer.reset_view()
     widget.go_to_peak()
