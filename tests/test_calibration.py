@@ -101,6 +101,36 @@ def test_a_healthy_brain_flags_less_than_the_same_brain_with_an_anomaly(calibrat
     assert flagged > plain + 0.25 * implanted_ml
 
 
+def test_the_calibrated_sample_score_is_the_flagged_volume_relative_to_healthy(calibrated):
+    from napari_medood.detectors import get_detector, topk_mean
+    from napari_medood.io import read_volume
+    from napari_medood.preprocessing.masks import load_mask
+    from napari_medood.synth.validation import make_outlier
+
+    model, _ = calibrated
+    entry = json.loads((model / "card.json").read_text())["calibration"]
+    assert entry["sample_score"] == "flagged_ml"
+    healthy_ml = float(np.mean(entry["healthy_flagged_ml"]))
+    detector = get_detector(str(model), device="cpu", gate=False)
+    assert "relative to healthy" in detector.describe_score().description
+    scan = next(p for p in shared("ixi-t1-2mm", "t1").glob("IXI048*"))
+    volume = read_volume(scan)
+    mask = load_mask(next(shared("ixi-t1-2mm", "dlmuse").glob("IXI048*")), volume.grid)
+    scores = []
+    for data in (
+        volume.data,
+        make_outlier(volume.data.astype(np.float32), "local_noise", 7, foreground=mask)[0],
+    ):
+        result = detector.predict(volume.with_data(data), mask)
+        flagged = result.extras["calibration"]["flagged_ml"]
+        assert result.score == pytest.approx(flagged / (flagged + healthy_ml), abs=1e-4)
+        # the family's own score is kept beside it
+        uncalibrated = result.extras["scores"]["uncalibrated"]
+        assert uncalibrated == pytest.approx(topk_mean(result.anomaly_map.data, 100, mask))
+        scores.append(result.score)
+    assert 0.0 <= scores[0] < scores[1] <= 1.0
+
+
 def test_calibration_refuses_what_it_cannot_write(tmp_path):
     from napari_medood.cli import eval_main
 
@@ -119,6 +149,14 @@ def test_an_uncalibrated_model_adds_no_calibration():
     from napari_medood.detectors.calibration import calibration_extras, flagged_ml
 
     assert calibration_extras({"name": "x"}, np.zeros((2, 2, 2)), np.eye(4), None) is None
+    # a calibration that names no sample score leaves the family's score alone
+    card = {"calibration": {"voxel_threshold": 0.5, "healthy_flagged_ml": [1.0, 3.0]}}
+    extras = calibration_extras(card, np.ones((2, 2, 2)), np.eye(4), None)
+    assert extras["flagged_ml"] == pytest.approx(0.008) and "sample_score" not in extras
+    card["calibration"]["sample_score"] = "flagged_ml"
+    extras = calibration_extras(card, np.ones((2, 2, 2)), np.eye(4), None)
+    assert extras["sample_score"] == pytest.approx(0.008 / (0.008 + 2.0))
+    assert calibration_extras(card, np.zeros((2, 2, 2)), np.eye(4), None)["sample_score"] == 0
     values = np.zeros((4, 4, 4), np.float32)
     values[0, 0, :2] = 0.9
     affine = np.diag([2.0, 2.0, 2.0, 1.0])

@@ -77,6 +77,17 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     score = detection["score"]
     assert 0 <= score <= 1 and f"Sample score {score:.3f}" in widget.status.text()
     assert "higher = more abnormal, 0 to 1" in widget.status.text()
+    # the calibrated model scores the volume it flags, against its healthy scans
+    calibration = detection["calibration"]
+    assert "relative to healthy scans" in widget.status.text()
+    assert f"{calibration['flagged_ml']:.1f} ml above the calibrated threshold" in (
+        widget.status.text()
+    )
+    assert score == pytest.approx(
+        calibration["flagged_ml"]
+        / (calibration["flagged_ml"] + np.mean(calibration["healthy_flagged_ml"])),
+        abs=1e-4,
+    )
     np.testing.assert_array_equal(scan.data, source)  # the scan is never modified
     assert role_of(scan) == "scan" and "medood_detection" not in scan.metadata
     # the threshold slider makes an orange Labels layer of the flagged voxels, in ml

@@ -347,3 +347,38 @@ def test_a_folder_of_scans_is_not_taken_for_labels(valset, tmp_path, capsys):
     cases = {c.name: c for c in discover_labels(labels)}
     assert cases["extra"].anomalous is True and cases["extra"].label is None
     assert len(cases) == 10
+
+
+def test_eval_scores_a_chosen_sample_score_of_a_calibrated_model(valset, tmp_path, capsys):
+    """--sample-score uncalibrated: brain-t1-unet's own top-100 mean, not its calibrated
+    flagged-volume score (which its written score files keep)."""
+    from napari_medood.detectors import topk_mean
+    from napari_medood.io import read_volume
+    from napari_medood.io.mood import output_path, read_score
+
+    report = tmp_path / "report"
+    args = ["--model", "brain-t1-unet", "--device", "cpu", "--bootstrap", "0"]
+    code = eval_main([*args, "--sample-score", "uncalibrated", str(valset), "-o", str(report)])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["settings"]["predictions"]["score"] == "uncalibrated"
+    with open(report / "cases.csv") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    cases = discover_cases(valset)
+    assert len(rows) == len(cases) == 9
+    for case in cases:
+        anomaly_map = read_volume(output_path(report / "predictions", case.image, "pixel")).data
+        written = read_score(output_path(report / "predictions", case.image, "sample"))
+        score = float(rows[case.name]["score"])
+        assert score == pytest.approx(topk_mean(anomaly_map, 100), abs=2e-3)
+        assert score != pytest.approx(written, abs=1e-3)  # the calibrated one was written
+    # a score the detector does not give fails the case, naming those it gives
+    from napari_medood.detectors import get_detector
+    from napari_medood.errors import MedoodError
+    from napari_medood.evaluation import DetectorPredictions
+
+    detector = get_detector("intensity", device="cpu")
+    with pytest.raises(MedoodError, match="gives no sample score 'topk'.*none besides its own"):
+        DetectorPredictions(detector, score="topk")(cases[0])
+    assert eval_main(["--sample-score", "topk_mean", str(valset), str(valset)]) == 2
+    assert "give --model too" in capsys.readouterr().err

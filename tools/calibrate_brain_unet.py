@@ -1,14 +1,16 @@
-"""Calibrate the shipped brain-t1-unet on healthy scans it has not seen.
+"""Calibrate a shipped brain U-Net on healthy scans it has not seen.
 
-    python tools/calibrate_brain_unet.py [--shared ../shared/data] [--fpr 0.01]
+    python tools/calibrate_brain_unet.py [--model brain-t1-unet] [--shared ../shared/data]
+                                         [--fpr 0.01]
 
 IXI has eight healthy subjects here: the six the U-Net was trained on and the two held out
 (IXI039, IXI048). On its training subjects the U-Net is nearly silent, so a threshold
 calibrated there is far too low for a new brain (at 1 % of the training subjects' voxels it
 flagged 7.6 % and 20 % of the two held-out brains). The threshold is therefore calibrated on
 the two held-out subjects (``medood-eval --calibrate``, written into
-models/brain-t1-unet/card.json), which are also the subjects of its synthetic test set; the
-share it flags in each training subject is recorded beside it.
+models/MODEL/card.json), which are also the subjects of its synthetic test set; the share it
+flags in each training subject is recorded beside it. The same holds for every U-Net trained
+by tools/train_default_model.py (brain-any-unet-cpu too): they share the split.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--model", default="brain-t1-unet", help="a folder under models/")
     parser.add_argument("--fpr", type=float, default=0.01)
     parser.add_argument("--work", type=Path, default=REPO / "work" / "calibration")
     args = parser.parse_args()
@@ -42,12 +45,12 @@ def main() -> None:
     train = [c for c in cases if not c.name.startswith(HELD_OUT)]
     held_out = [c for c in cases if c.name.startswith(HELD_OUT)]
     args.work.mkdir(parents=True, exist_ok=True)
-    table = args.work / "brain-t1-unet-held-out-subjects.csv"
+    table = args.work / f"{args.model}-held-out-subjects.csv"
     with open(table, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["Path", "Mask"])
         writer.writerows([c.image.resolve(), c.mask.resolve()] for c in held_out)
-    model = REPO / "models" / "brain-t1-unet"
+    model = REPO / "models" / args.model
     code = eval_main(
         ["--model", str(model), "--calibrate", str(args.fpr), "--healthy", str(table)]
         + ["--device", "cpu"]
@@ -67,7 +70,9 @@ def main() -> None:
             "voxel_fpr": round(float(np.mean(result.anomaly_map.data[mask] > threshold)), 5),
             "flagged_ml": result.extras["calibration"]["flagged_ml"],
         }
-    card["calibration"]["command"] = "python tools/calibrate_brain_unet.py"
+    card["calibration"]["command"] = "python tools/calibrate_brain_unet.py" + (
+        f" --model {args.model}" if args.model != "brain-t1-unet" else ""
+    )
     card["calibration"]["healthy_scans_are"] = (
         "the two IXI subjects held out of training (also the subjects of the synthetic test set)"
     )

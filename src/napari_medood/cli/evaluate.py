@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_tta_option(parser)
     add_mask_option(parser, what="the set")
     parser.add_argument(
+        "--sample-score",
+        metavar="NAME",
+        default=None,
+        help="with --model: evaluate this one of its sample scores instead of its own "
+        "(topk_mean, mean_in_mask, fpi_slices; uncalibrated: a calibrated model's own score "
+        "before calibration)",
+    )
+    parser.add_argument(
         "--healthy",
         metavar="SCANS",
         help="healthy scans to calibrate thresholds on (default: the set's normal cases)",
@@ -132,6 +140,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise MedoodError("--variant chooses the map of a detector to run: give --model too")
     if args.tta and not args.model:
         raise MedoodError("--tta is how a detector runs: give --model too")
+    if args.sample_score and not args.model:
+        raise MedoodError("--sample-score chooses a score of a detector to run: give --model too")
     if args.calibrate is not None:
         return _calibrate(args)
     expected = 1 if args.model else 2
@@ -141,7 +151,7 @@ def _eval(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out)
     if args.model:
         detector = _detector(args)
-        predict = DetectorPredictions(detector, out / "predictions")
+        predict = DetectorPredictions(detector, out / "predictions", args.sample_score)
         labels = args.inputs[0]
         cases = discover_cases(labels, masks=args.mask)
     else:
@@ -152,7 +162,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.healthy:
         healthy = discover_cases(args.healthy, masks=args.healthy_mask)
         if args.model:
-            healthy_predict = DetectorPredictions(detector, out / "predictions_healthy")
+            healthy_predict = DetectorPredictions(
+                detector, out / "predictions_healthy", args.sample_score
+            )
         elif args.healthy_predictions:
             healthy_predict = FolderPredictions(args.healthy_predictions)
         else:
@@ -187,6 +199,8 @@ def _eval(args: argparse.Namespace) -> int:
         from napari_medood.batch import run_record
 
         result.settings["predictions"] = run_record(detector, "pixel and sample")
+        if args.sample_score:
+            result.settings["predictions"]["score"] = args.sample_score
     written = write_report(result, out, args.title, bias, np.asarray(options.sweep))
     pixel, sample = result.pixel, result.sample
     parts = []

@@ -168,6 +168,19 @@ class BaseDetector:
         name = (self.card or {}).get("gate")
         return str(name) if name and self.gate_enabled else None
 
+    def describe_score(self) -> ScoreInfo:
+        """What this detector's sample score means: the family's ``score_info``, or the
+        calibrated flagged-volume score when its card's calibration names one."""
+        from napari_medood.detectors.calibration import calibrated_score_reference
+
+        reference = calibrated_score_reference(self.card)
+        if reference is None or SCORE not in self.outputs:
+            return self.score_info
+        return ScoreInfo(
+            f"brain volume above the calibrated threshold relative to healthy scans "
+            f"(v / (v + {reference:.1f} ml); 0.5 = as much as an average healthy brain)"
+        )
+
     def trust(
         self,
         volume: Volume,
@@ -253,6 +266,10 @@ class BaseDetector:
             calibration = calibration_extras(self.card, anomaly_map.data, volume.affine, mask)
             if calibration is not None:
                 extras["calibration"] = calibration
+            if calibration is not None and "sample_score" in calibration and SCORE in self.outputs:
+                # the family's own score stays beside the calibrated one
+                extras["scores"] = {**extras.get("scores", {}), "uncalibrated": score}
+                score = calibration["sample_score"]
         return AnomalyResult(anomaly_map, score, extras, tuple(notes))
 
 

@@ -5,6 +5,14 @@ A map in [0, 1] says little until one knows how much of a healthy brain it flags
 1 % by default), measured by ``medood-eval --calibrate`` on healthy scans. Every map a
 calibrated model gives is then also read as a volume: the millilitres of brain above that
 threshold (``flagged_ml``), beside the healthy scans' own flagged volumes.
+
+The calibrated sample score follows from it. The raw score of a map model (the mean of its
+100 highest voxels) rests on a handful of voxels and barely moves when one anomaly is added
+to a brain (on the held-out IXI synthetic set brain-t1-unet separated anomalous from normal
+copies with AUROC 0.70 by it, and 0.875 by the flagged volume). A card whose calibration
+names ``"sample_score": "flagged_ml"`` scores a scan by its flagged volume ``v`` relative to
+the healthy scans' mean ``h``: ``v / (v + h)``, in [0, 1] as the MOOD format wants; 0.5 is
+an average healthy brain, 2/3 twice its volume, 0.9 nine times.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+#: the calibration entry's name for the flagged-volume sample score
+FLAGGED_ML = "flagged_ml"
+
 
 def calibrated_threshold(card: Mapping[str, Any] | None) -> float | None:
     """The card's calibrated voxel threshold, or None when the model was not calibrated."""
@@ -21,6 +32,25 @@ def calibrated_threshold(card: Mapping[str, Any] | None) -> float | None:
     if not isinstance(entry, Mapping) or entry.get("voxel_threshold") is None:
         return None
     return float(entry["voxel_threshold"])
+
+
+def calibrated_score_reference(card: Mapping[str, Any] | None) -> float | None:
+    """The healthy flagged volume ``h`` (ml) a calibrated sample score is relative to, or
+    None when the card's calibration does not name one (or its healthy scans flagged
+    nothing, which leaves no scale)."""
+    if calibrated_threshold(card) is None:
+        return None
+    entry = card["calibration"]
+    healthy = [float(v) for v in entry.get("healthy_flagged_ml", [])]
+    if entry.get("sample_score") != FLAGGED_ML or not healthy or np.mean(healthy) <= 0:
+        return None
+    return float(np.mean(healthy))
+
+
+def calibrated_score(flagged: float, reference: float) -> float:
+    """``flagged / (flagged + reference)``: 0 for nothing flagged, 0.5 for as much as the
+    healthy reference, towards 1 for much more."""
+    return float(flagged / (flagged + reference)) if flagged > 0 else 0.0
 
 
 def voxel_ml(affine: np.ndarray) -> float:
@@ -47,9 +77,14 @@ def calibration_extras(
     if threshold is None:
         return None
     entry = card["calibration"]
-    return {
+    flagged = flagged_ml(anomaly_map, affine, threshold, mask)
+    extras = {
         "voxel_threshold": threshold,
         "healthy_voxel_fpr": entry.get("healthy_voxel_fpr"),
-        "flagged_ml": round(flagged_ml(anomaly_map, affine, threshold, mask), 3),
+        "flagged_ml": round(flagged, 3),
         "healthy_flagged_ml": list(entry.get("healthy_flagged_ml", [])),
     }
+    reference = calibrated_score_reference(card)
+    if reference is not None:
+        extras["sample_score"] = calibrated_score(flagged, reference)
+    return extras

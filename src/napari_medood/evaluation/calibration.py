@@ -1,6 +1,7 @@
 """Calibrate a map model on healthy scans and store it in its card (``medood-eval
---calibrate``): the voxel threshold that flags a chosen share of healthy brain voxels, and
-the volume each healthy scan has above it (``detectors.calibration`` reads them back)."""
+--calibrate``): the voxel threshold that flags a chosen share of healthy brain voxels, the
+volume each healthy scan has above it, and the sample score that volume defines
+(``detectors.calibration`` reads them back)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def calibrate_on_healthy(
     voxels lie (pooled), each scan's share and millilitres above it, and the failures.
     A scan that fails is reported and skipped; if every scan fails, nothing is calibrated."""
     from napari_medood.detectors.base import foreground_of
-    from napari_medood.detectors.calibration import flagged_ml
+    from napari_medood.detectors.calibration import FLAGGED_ML, flagged_ml
     from napari_medood.io.readers import read_volume
     from napari_medood.preprocessing.masks import load_mask
 
@@ -72,6 +73,8 @@ def calibrate_on_healthy(
             for _, values, mask, affine in maps
         ],
         "failed": failed,
+        # the sample score becomes the flagged volume relative to these scans'
+        "sample_score": FLAGGED_ML,
     }
 
 

@@ -92,9 +92,14 @@ class DetectorPredictions:
     optionally also write the maps and scores to ``save_to`` with MOOD names (the same
     reading and writing as ``medood-predict``)."""
 
-    def __init__(self, detector, save_to: str | os.PathLike | None = None):
+    def __init__(
+        self, detector, save_to: str | os.PathLike | None = None, score: str | None = None
+    ):
         self.detector = detector
         self.save_to = Path(save_to) if save_to is not None else None
+        #: which sample score to evaluate: None for the detector's own, else one of the
+        #: result's ``extras["scores"]`` (``topk_mean``, ``uncalibrated``, ...)
+        self.score = score
         outputs = tuple(getattr(detector, "outputs", ("map", "score")))
         self.has_maps = "map" in outputs
         self.has_scores = "score" in outputs
@@ -106,4 +111,14 @@ class DetectorPredictions:
         if self.save_to is not None:
             write_result(result, self.save_to, case.image, ("pixel", "sample"))
         anomaly_map = None if result.anomaly_map is None else result.anomaly_map.data
-        return Prediction(anomaly_map, result.score, list(result.notes))
+        score = result.score
+        if self.score is not None:
+            scores = result.extras.get("scores", {})
+            if self.score not in scores:
+                given = ", ".join(map(repr, scores)) or "none besides its own"
+                raise MedoodError(
+                    f"{getattr(self.detector, 'name', 'the detector')} gives no sample score "
+                    f"{self.score!r} (it gives: {given})"
+                )
+            score = float(scores[self.score])
+        return Prediction(anomaly_map, score, list(result.notes))

@@ -767,12 +767,18 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
     result = detector.predict(volume, mask, progress=progress, cancelled=cancelled, trust=trust)
     check_cancelled(cancelled)
     say(PREPARING)
-    info = detector.score_info
+    info = detector.describe_score()
     score_text = (
         "No sample score."
         if result.score is None
         else f"Sample score {result.score:.3f}: {info.describe()}."
     )
+    calibration = result.extras.get("calibration")
+    if calibration is not None:
+        healthy = ", ".join(f"{v:.1f}" for v in calibration.get("healthy_flagged_ml", []))
+        score_text += f" {calibration['flagged_ml']:.1f} ml above the calibrated threshold" + (
+            f" (healthy scans: {healthy} ml)." if healthy else "."
+        )
     outcome = DetectionOutcome(result, detector.name, score_text)
     if result.anomaly_map is not None:
         state_metadata = job["state"]["metadata"]
