@@ -1,13 +1,19 @@
-"""The any-contrast table: brain U-Nets on T1 and FLAIR of the same MS patients, in one command.
+"""The any-contrast table: what each step towards one brain detector bought, in one command.
 
     python tools/make_any_contrast_table.py [--shared ../shared/data] [--work work/baselines]
-                                            [--models brain-t1-unet,brain-any-unet-cpu,brain-any-unet-cpu+tta]
+                                            [--models brain-t1-unet,brain-any-unet-cpu,...]
 
-For each model (NAME+tta: with flip test-time augmentation; and the intensity baseline): MOOD pixel AP and sample AUROC on the synthetic
-test set of the two held-out IXI subjects, and pixel AP on MS patients 07 and 19, T1 and
-FLAIR (the test sets and cohorts of tools/make_baseline_table.py), plus the share of the MS
-brains each map puts above 0.5 (a T1 model on a scan unlike its training scans lights up
-nearly everything). Prints a Markdown table; the work folder keeps the reports.
+For each model (NAME+tta: with flip test-time augmentation; and the intensity baseline): MOOD
+pixel AP and sample AUROC on the synthetic test set of the two held-out IXI subjects (the
+sample AUROC twice for a calibrated model: by its own top-100 mean and by its calibrated
+flagged-volume score), and pixel AP on MS patients 07 and 19, T1 and FLAIR (the test sets
+and cohorts of tools/make_baseline_table.py), plus the share of the MS brains each map puts
+above 0.5 (a T1 model on a scan unlike its training scans lights up nearly everything).
+Prints a Markdown table; the work folder keeps the reports.
+
+The calibrated score's AUROC is measured on the subjects the models were calibrated on
+(IXI039, IXI048: the only healthy scans outside training): their normal copies are the
+calibration scans themselves, so that column flatters the calibrated score.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ def main() -> None:
     from make_baseline_table import ms_cohort
 
     from napari_medood.detectors import DetectorOptions, get_detector
+    from napari_medood.detectors.calibration import calibrated_score_reference
     from napari_medood.evaluation import DetectorPredictions, EvalOptions, evaluate
     from napari_medood.io import read_volume
     from napari_medood.io.cohort import discover_cases
@@ -53,9 +60,9 @@ def main() -> None:
         "FLAIR": discover_cases(ms_cohort(args.shared, args.work, "FLAIR")),
     }
     rows = [
-        "| model | synthetic AP | synthetic sample AUROC | MS T1 AP | MS FLAIR AP | "
-        "MS T1 > 0.5 | MS FLAIR > 0.5 |",
-        "|---|---|---|---|---|---|---|",
+        "| model | synthetic AP | sample AUROC, top-100 | sample AUROC, calibrated | "
+        "MS T1 AP | MS FLAIR AP | MS T1 > 0.5 | MS FLAIR > 0.5 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in [*args.models.split(","), "intensity"]:
         model, tta = name.removesuffix("+tta"), name.endswith("+tta")
@@ -69,7 +76,14 @@ def main() -> None:
             cells.append(f"{result.pixel.get('ap'):.3f}")
             if key == "synthetic":
                 auroc = result.sample.get("auroc")
-                cells.append("-" if auroc is None else f"{auroc:.3f}")
+                calibrated = "-"
+                if calibrated_score_reference(detector.card) is not None:
+                    calibrated = "-" if auroc is None else f"{auroc:.3f}"
+                    own = DetectorPredictions(detector, score="uncalibrated")
+                    auroc = evaluate(cases, own, options=EvalOptions(bootstrap=0)).sample.get(
+                        "auroc"
+                    )
+                cells += ["-" if auroc is None else f"{auroc:.3f}", calibrated]
         for key in ("T1", "FLAIR"):
             shares = []
             for case in sets[key]:

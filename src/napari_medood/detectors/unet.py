@@ -122,7 +122,10 @@ class UNetDetector(BaseDetector):
 
     @property
     def card(self) -> dict:
-        return self.cards[0]
+        if len(self.cards) == 1:
+            return self.cards[0]
+        # an ensemble's averaged map is not what any member was calibrated on
+        return {k: v for k, v in self.cards[0].items() if k != "calibration"}
 
     @property
     def tta_method(self) -> str | None:

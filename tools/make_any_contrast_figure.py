@@ -1,0 +1,94 @@
+"""The README's any-contrast figure: one MS patient's T1 and FLAIR, and each brain U-Net's map.
+
+    python tools/make_any_contrast_figure.py [--shared ../shared/data] [--patient patient19]
+                                             [--models brain-t1-unet,brain-any-unet-cpu]
+
+One row per contrast, on the axial slice with the most consensus-lesion voxels: the scan with
+the lesions outlined in green, then each model's map (0 to 1) with its calibrated threshold
+outlined in cyan. Each map's title gives its pixel AP on the whole scan (brain voxels) and the
+volume above the calibrated threshold beside the lesions' volume. Writes
+docs/images/any-contrast-ms-patient.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = {
+    "T1": "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+    "FLAIR": "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+}
+LESIONS = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
+
+
+def main() -> None:
+    from sklearn.metrics import average_precision_score
+
+    from napari_medood._napari._layers import to_display
+    from napari_medood.detectors import get_detector
+    from napari_medood.detectors.calibration import voxel_ml
+    from napari_medood.io import read_volume
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--patient", default="patient19")
+    parser.add_argument("--models", default="brain-t1-unet,brain-any-unet-cpu")
+    args = parser.parse_args()
+    folder = args.shared / "open-ms-lesjak-mni" / args.patient
+    lesions = read_volume(folder / LESIONS)
+    models = args.models.split(",")
+    detectors = [get_detector(name, device="cpu", gate=False) for name in models]
+    columns = ["scan, lesions outlined", *models]
+    figure, axes = plt.subplots(2, len(columns), figsize=(3.2 * len(columns), 6.6))
+    for row, (contrast, name) in enumerate(FILES.items()):
+        scan = read_volume(folder / name)
+        brain = scan.data > 0
+        truth = lesions.data[brain] > 0.5
+        lesion_ml = truth.sum() * voxel_ml(scan.affine)
+        image = to_display(scan)[0]
+        outline = to_display(lesions)[0] > 0.5
+        k = int(np.argmax(outline.sum(axis=(1, 2))))  # axial axis first in display
+        top = float(np.percentile(image[image > 0], 99.5))
+        panels = [(image[k], "gray", (0, top), None, f"{args.patient} {contrast}")]
+        for model, detector in zip(models, detectors, strict=True):
+            result = detector.predict(scan, brain)
+            values = result.anomaly_map.data
+            ap = average_precision_score(truth, values[brain])
+            calibration = result.extras.get("calibration")
+            text = f"{model}\nAP {ap:.3f}"
+            threshold = None
+            if calibration is not None:
+                threshold = calibration["voxel_threshold"]
+                text += f"; {calibration['flagged_ml']:.0f} ml flagged ({lesion_ml:.0f} ml lesions)"
+            shown = to_display(scan.with_data(values))[0][k]
+            panels.append((shown, "inferno", (0, 1), threshold, text))
+        for col, (picture, cmap, limits, threshold, title) in enumerate(panels):
+            axis = axes[row, col]
+            axis.imshow(picture, cmap=cmap, origin="lower", vmin=limits[0], vmax=limits[1])
+            axis.contour(outline[k], levels=[0.5], colors="#2ecc40", linewidths=0.7)
+            if threshold is not None:
+                axis.contour(picture, levels=[threshold], colors="#00e5ff", linewidths=0.5)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(title, fontsize=8)
+    figure.suptitle(
+        "The same MS patient in two contrasts: green, consensus lesions; cyan, each model's "
+        "calibrated threshold (1 % of healthy T1 brain voxels)",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    out = REPO / "docs" / "images" / "any-contrast-ms-patient.png"
+    figure.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
