@@ -164,3 +164,29 @@ def test_an_uncalibrated_model_adds_no_calibration():
     mask = np.zeros_like(values, dtype=bool)
     mask[0, 0, 0] = True
     assert flagged_ml(values, affine, 0.5, mask) == pytest.approx(8 / 1000)
+
+
+def test_a_map_far_wider_than_on_healthy_scans_carries_a_note():
+    """brain-t1-unet, calibrated on 2 mm whole-head IXI T1, on a 1 mm skull-stripped MNI T1 of
+    an MS patient: most of the brain lies above its threshold, and the result says why that
+    is more likely the scan than the disease."""
+    from napari_medood.detectors import get_detector
+    from napari_medood.detectors.calibration import WIDESPREAD, widespread_note
+    from napari_medood.io import read_volume
+
+    detector = get_detector("brain-t1-unet", device="cpu", gate=False)
+    scan = read_volume(
+        shared("open-ms-lesjak-mni", "patient07")
+        / "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
+    )
+    brain = scan.data > 0
+    result = detector.predict(scan, brain)
+    calibration = result.extras["calibration"]
+    share = np.mean(result.anomaly_map.data[brain] > calibration["voxel_threshold"])
+    assert calibration["flagged_share"] == pytest.approx(share, abs=1e-4)
+    assert share >= WIDESPREAD * calibration["healthy_voxel_fpr"]
+    note = next(n for n in result.notes if "calibrated threshold" in n)
+    assert f"{100 * share:.0f} % of the brain" in note and "medood-eval --calibrate" in note
+    # at the healthy share, or with no calibration, nothing is said
+    assert widespread_note({**calibration, "flagged_share": 0.01}) is None
+    assert widespread_note(None) is None

@@ -261,11 +261,14 @@ class BaseDetector:
         if trust is not None:
             extras["trust"] = trust
         if anomaly_map is not None:
-            from napari_medood.detectors.calibration import calibration_extras
+            from napari_medood.detectors.calibration import calibration_extras, widespread_note
 
             calibration = calibration_extras(self.card, anomaly_map.data, volume.affine, mask)
             if calibration is not None:
                 extras["calibration"] = calibration
+                note = widespread_note(calibration)
+                if note is not None:
+                    notes.append(note)
             if calibration is not None and "sample_score" in calibration and SCORE in self.outputs:
                 # the family's own score stays beside the calibrated one
                 extras["scores"] = {**extras.get("scores", {}), "uncalibrated": score}

@@ -87,4 +87,31 @@ def calibration_extras(
     reference = calibrated_score_reference(card)
     if reference is not None:
         extras["sample_score"] = calibrated_score(flagged, reference)
+    inside = np.asarray(mask, dtype=bool) if mask is not None else None
+    counted = int(inside.sum()) if inside is not None else int(np.asarray(anomaly_map).size)
+    if counted:
+        extras["flagged_share"] = round(flagged / (counted * voxel_ml(affine)), 5)
     return extras
+
+
+#: a map flagging this many times its calibration's healthy share is called widespread
+WIDESPREAD = 10.0
+
+
+def widespread_note(extras: Mapping[str, Any] | None) -> str | None:
+    """A note for a map that flags far more of the brain than the healthy calibration scans
+    (``WIDESPREAD`` times their share or more), else None. Focal disease rarely covers a
+    tenth of a brain; a scan unlike the calibration scans (another scanner, resolution or
+    preprocessing) often lifts the whole map above a threshold calibrated elsewhere."""
+    if not extras or not extras.get("healthy_voxel_fpr") or "flagged_share" not in extras:
+        return None
+    share, healthy = float(extras["flagged_share"]), float(extras["healthy_voxel_fpr"])
+    if share < WIDESPREAD * healthy:
+        return None
+    return (
+        f"{extras['flagged_ml']:.0f} ml ({100 * share:.0f} % of the brain) lies above the "
+        f"calibrated threshold, {share / healthy:.0f} times the share of the healthy scans it "
+        "was calibrated on. A map this widespread more often means the scan differs from "
+        "those scans (scanner, resolution, preprocessing) than disease of that extent: "
+        "calibrate on healthy scans like it (medood-eval --calibrate) before reading volumes."
+    )
