@@ -330,6 +330,70 @@ def test_ddp_with_two_gloo_processes_trains_the_diffusion_model(diffusion_scans,
 # -- the slice cache ---------------------------------------------------------------------
 
 
+def test_contrast_copies_join_the_slice_cache_seeded_and_healthy(diffusion_scans, tmp_path):
+    """contrast_copies=2: each training scan's slices, then two healthy copies drawn from its
+    DLMUSE parcellation in random contrasts, the same in every run, zero outside the brain;
+    a model trained on them expects any contrast."""
+    pytest.importorskip("lmdb")
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.io.lmdb_cache import SliceLMDB
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.training.config import load_config
+    from napari_medood.training.diffusion import (
+        DiffusionTrainConfig,
+        cache_folder,
+        model_space,
+        train_diffusion,
+        write_slice_cache,
+    )
+
+    settings = tiny_diffusion_settings(diffusion_scans, tmp_path / "run", "contrast_copies=2")
+    config = load_config(None, settings, DiffusionTrainConfig)
+    cases = discover_cases(config.train, masks=config.masks)[:1]
+    space = model_space(config)
+    contrast = {"copies": 2, "groups": "dlmuse", "seed": 0}
+    assert cache_folder(tmp_path, "t", cases, space) != cache_folder(
+        tmp_path, "t", cases, space, contrast
+    )
+    write_slice_cache(cases, space, tmp_path / "plain")
+    for name in ("a", "b"):
+        write_slice_cache(cases, space, tmp_path / name, contrast)
+    with (
+        SliceLMDB(tmp_path / "plain") as plain,
+        SliceLMDB(tmp_path / "a") as a,
+        SliceLMDB(tmp_path / "b") as b,
+    ):
+        n = len(plain)
+        assert len(a) == len(b) == 3 * n  # the copies keep the brain's geometry
+        for i in range(len(a)):
+            np.testing.assert_array_equal(a[i], b[i])
+        for i in range(n):
+            np.testing.assert_array_equal(a[i], plain[i])
+        middle = n // 2
+        real, first, second = a[middle][0], a[n + middle][0], a[2 * n + middle][0]
+    brain = real > 0
+    for copy in (first, second):
+        assert np.corrcoef(copy[brain], real[brain])[0, 1] < 0.95
+    assert np.corrcoef(first[brain], second[brain])[0, 1] < 0.95
+    # each copy is a healthy brain of the scan's own geometry: zero outside its mask
+    from napari_medood.training.data import (
+        contrast_randomiser,
+        draw_random_contrast,
+        prepare_scans,
+    )
+
+    scan = prepare_scans(cases, space, labels=True)[0]
+    randomiser = contrast_randomiser("dlmuse", space.spacing, lesions=(0, 0))
+    image, blobs = draw_random_contrast(
+        randomiser, scan, np.random.default_rng([0, 0, 1]), space.normalisation
+    )
+    assert not image[~scan.mask].any() and image[scan.mask].any() and not blobs.any()
+    result = train_diffusion(load_config(None, [*settings, "steps=2"], DiffusionTrainConfig))
+    assert Checkpoint.open(result.best).card["expects"]["contrast"] == "any"
+    with pytest.raises(MedoodError, match="contrast_copies must be >= 0"):
+        load_config(None, [*settings, "contrast_copies=-1"], DiffusionTrainConfig).validate()
+
+
 def test_the_slice_cache_takes_arrays_and_is_written_whole(tmp_path, monkeypatch):
     pytest.importorskip("lmdb")
     from napari_medood.io.lmdb_cache import SliceLMDB, write_slice_lmdb

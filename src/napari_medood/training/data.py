@@ -77,6 +77,40 @@ def _parcellation(case: Case, volume) -> np.ndarray:
     return data
 
 
+def contrast_randomiser(groups: str, spacing, lesions: tuple[int, int] = (0, 3)):
+    """A run's SynthSeg-style generator (``synth.contrast``) at the model's ``spacing``,
+    grouping DLMUSE labels into structures (``groups="dlmuse"``) or drawing each label on
+    its own (``"labels"``); ``lesions=(0, 0)`` draws healthy brains only."""
+    from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
+
+    grouping = DLMUSE_STRUCTURES if groups == "dlmuse" else None
+    return ContrastRandomiser(groups=grouping, spacing=tuple(spacing), lesions=tuple(lesions))
+
+
+def draw_random_contrast(
+    randomiser, scan: ModelSpaceScan, rng: np.random.Generator, normalisation: dict | None
+):
+    """``(image, blob target)``: the whole ``scan`` drawn from its parcellation in a random
+    contrast, normalised inside the brain as model space normalises a scan
+    (``normalisation``, the card's entry), zero outside."""
+    from napari_medood.preprocessing.intensity import normalise
+
+    normalisation = dict(normalisation or {"method": "percentile"})
+    sample = randomiser(scan.labels, rng, foreground=scan.mask)
+    options = {k: v for k, v in normalisation.items() if k != "method"}
+    image = normalise(
+        sample.image, normalisation.get("method", "percentile"), scan.mask, **options
+    ).astype(np.float32, copy=False)
+    image[~scan.mask] = 0.0
+    return image, sample.target * scan.mask
+
+
+def any_contrast(expects: dict) -> dict:
+    """A card's ``expects`` for a model trained on randomised contrasts: any MR contrast,
+    so no contrast check runs before its maps."""
+    return {**expects, "contrast": "any", "deep_to_superficial": None}
+
+
 def expected_scans(
     scans: Sequence[ModelSpaceScan], space: ModelSpace, modality: str, contrast: str
 ) -> dict:
@@ -208,17 +242,9 @@ class SyntheticAnomalyPatches:
         return result.image, np.maximum(base, result.target), prefix + kind
 
     def random_contrast(self, scan: ModelSpaceScan, rng: np.random.Generator):
-        """``(image, blob target)``: the whole scan drawn from its parcellation in a random
-        contrast, normalised inside the brain as model space does, zero outside."""
-        from napari_medood.preprocessing.intensity import normalise
-
-        sample = self.contrast(scan.labels, rng, foreground=scan.mask)
-        options = {k: v for k, v in self.normalisation.items() if k != "method"}
-        image = normalise(
-            sample.image, self.normalisation.get("method", "percentile"), scan.mask, **options
-        ).astype(np.float32, copy=False)
-        image[~scan.mask] = 0.0
-        return image, sample.target * scan.mask
+        """``(image, blob target)``: the whole scan drawn in a random contrast
+        (:func:`draw_random_contrast`)."""
+        return draw_random_contrast(self.contrast, scan, rng, self.normalisation)
 
     def __getitem__(self, index: int):
         import torch

@@ -72,6 +72,11 @@ class DiffusionTrainConfig:
     Optimisation: steps, batch_size (per process), lr (Adam), augment (TorchIO intensity
         augmentations), precision (``auto``: bfloat16 autocast on CPUs that compute it,
         float16 on CUDA), amp false forces float32.
+    Contrast randomisation (``synth.contrast``): contrast_copies healthy copies of each
+        training scan drawn from its parcellation (the masks must be parcellations, such
+        as DLMUSE) in a random contrast, seeded, join the slice cache beside the real
+        scans, so the model learns to reconstruct brains of any MR contrast; the card then
+        expects any contrast. contrast_groups as for the U-Net.
     """
 
     name: str = "diffusion"
@@ -96,6 +101,8 @@ class DiffusionTrainConfig:
     t: int = REFERENCE_T
     reconstructions: int = 10
     augment: bool = True
+    contrast_copies: int = 0
+    contrast_groups: str = "dlmuse"
     steps: int = 2000
     batch_size: int = 16
     lr: float = 1e-4
@@ -131,6 +138,15 @@ class DiffusionTrainConfig:
             raise MedoodError(f"t must be within [0, {self.timesteps - 1}], got {self.t}")
         if self.reconstructions < 2:
             raise MedoodError("the Mahalanobis map needs at least 2 reconstructions")
+        from napari_medood.training.config import CONTRAST_GROUPS
+
+        if self.contrast_copies < 0:
+            raise MedoodError(f"contrast_copies must be >= 0, got {self.contrast_copies}")
+        if self.contrast_groups not in CONTRAST_GROUPS:
+            raise MedoodError(
+                f"unknown contrast_groups {self.contrast_groups!r}; valid: "
+                f"{', '.join(CONTRAST_GROUPS)}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,22 +205,45 @@ def model_card(config: DiffusionTrainConfig, metrics: dict, training: dict, expe
 # -- data -----------------------------------------------------------------------------
 
 
-def write_slice_cache(cases, space: ModelSpace, folder: Path):
+def write_slice_cache(
+    cases, space: ModelSpace, folder: Path, contrast: dict | None = None
+) -> list | None:
     """Write the LMDB cache of the cases' model-space slices in ``folder`` unless it exists;
-    returns the prepared scans (None when the cache existed)."""
+    returns the prepared scans (None when the cache existed). ``contrast`` (``copies``,
+    ``groups``, ``seed``) adds that many healthy copies of each scan in random contrasts,
+    drawn from its parcellation with the generator seeded by (seed, scan, copy)."""
     from napari_medood.io.lmdb_cache import write_slice_lmdb
-    from napari_medood.training.data import prepare_scans
+    from napari_medood.training.data import (
+        contrast_randomiser,
+        draw_random_contrast,
+        prepare_scans,
+    )
 
     if folder.exists():
         return None
-    scans = prepare_scans(cases, space)
-    write_slice_lmdb([scan.image for scan in scans], folder)
+    copies = int((contrast or {}).get("copies", 0))
+    scans = prepare_scans(cases, space, labels=copies > 0)
+    volumes = [scan.image for scan in scans]
+    if copies:
+        randomiser = contrast_randomiser(contrast["groups"], space.spacing, lesions=(0, 0))
+        for index, scan in enumerate(scans):
+            for copy in range(copies):
+                rng = np.random.default_rng([int(contrast["seed"]), index, copy])
+                volumes.append(draw_random_contrast(randomiser, scan, rng, space.normalisation)[0])
+    write_slice_lmdb(volumes, folder)
     return scans
 
 
-def cache_folder(out: Path, kind: str, cases, space: ModelSpace) -> Path:
-    """A cache named by what it holds, so a changed list of scans or spacing makes a new one."""
-    key = json.dumps([[str(c.image), str(c.mask)] for c in cases] + [space.to_card()])
+def cache_folder(
+    out: Path, kind: str, cases, space: ModelSpace, contrast: dict | None = None
+) -> Path:
+    """A cache named by what it holds, so a changed list of scans, spacing or contrast
+    randomisation makes a new one."""
+    key = json.dumps(
+        [[str(c.image), str(c.mask)] for c in cases]
+        + [space.to_card()]
+        + ([contrast] if contrast and contrast.get("copies") else [])
+    )
     return out / f"slices-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -370,7 +409,7 @@ def train_diffusion(
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.checkpoint import save_checkpoint
     from napari_medood.models.diffusion import build_slice_diffusion, to_model_units
-    from napari_medood.training.data import expected_scans, prepare_scans
+    from napari_medood.training.data import any_contrast, expected_scans, prepare_scans
 
     config.validate()
     rank, world, device = setup_distributed(config.device)
@@ -404,7 +443,12 @@ def train_diffusion(
     space = model_space(config)
     train_cases = discover_cases(config.train, masks=config.masks)
     val_cases = discover_cases(config.val, masks=config.val_masks) if config.val else []
-    train_folder = cache_folder(out, "train", train_cases, space)
+    contrast = {
+        "copies": config.contrast_copies,
+        "groups": config.contrast_groups,
+        "seed": config.seed,
+    }
+    train_folder = cache_folder(out, "train", train_cases, space, contrast)
     val_folder = cache_folder(out, "val", val_cases, space) if val_cases else None
     expects: dict = {}
     if is_main:
@@ -413,11 +457,13 @@ def train_diffusion(
 
         write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
         expects_file = out / "expects.json"
-        scans = write_slice_cache(train_cases, space, train_folder)
+        scans = write_slice_cache(train_cases, space, train_folder, contrast)
         if scans is None and not expects_file.exists():  # a cache from an older run
             scans = prepare_scans(train_cases, space)
         if scans is not None:
             expects = expected_scans(scans, space, config.modality, config.contrast)
+            if config.contrast_copies:  # any MR contrast: no contrast check before its maps
+                expects = any_contrast(expects)
             write_text_atomic(expects_file, json.dumps(expects, indent=1) + "\n")
         else:
             expects = json.loads(expects_file.read_text())

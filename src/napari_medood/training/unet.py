@@ -57,14 +57,6 @@ def start_from(config: UNetTrainConfig, network) -> dict:
     return {"model": checkpoint.name, "sha256": checkpoint.card["weights"].get("sha256")}
 
 
-def contrast_randomiser(config: UNetTrainConfig):
-    """The run's SynthSeg-style generator (``synth.contrast``), at the model's spacing."""
-    from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
-
-    groups = DLMUSE_STRUCTURES if config.contrast_groups == "dlmuse" else None
-    return ContrastRandomiser(groups=groups, spacing=tuple(config.spacing))
-
-
 def model_card(
     config: UNetTrainConfig,
     features,
@@ -134,6 +126,8 @@ def train_unet(
     from napari_medood.models.unet import PRESETS, UNet3DDeepSup, deep_supervision_loss
     from napari_medood.training.data import (
         SyntheticAnomalyPatches,
+        any_contrast,
+        contrast_randomiser,
         expected_scans,
         prepare_scans,
     )
@@ -194,7 +188,7 @@ def train_unet(
     scans = prepare_scans(train_cases, space, labels=randomised)
     expects = expected_scans(scans, space, config.modality, config.contrast)
     if randomised:  # one model for every MR contrast: no contrast check before its maps
-        expects = {**expects, "contrast": "any", "deep_to_superficial": None}
+        expects = any_contrast(expects)
     val_cases = discover_cases(config.val) if config.val else []
     length = config.steps * config.batch_size * world
     dataset = SyntheticAnomalyPatches(
@@ -208,7 +202,7 @@ def train_unet(
         dict(config.shape_weights),
         config.spacing,
         config.flip_p,
-        contrast_randomiser(config) if randomised else None,
+        contrast_randomiser(config.contrast_groups, config.spacing) if randomised else None,
         config.contrast_randomisation,
         space.normalisation,
     )
