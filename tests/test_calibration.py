@@ -109,7 +109,8 @@ def test_the_calibrated_sample_score_is_the_flagged_volume_relative_to_healthy(c
 
     model, _ = calibrated
     entry = json.loads((model / "card.json").read_text())["calibration"]
-    assert entry["sample_score"] == "flagged_ml"
+    assert entry["sample_score"] == "relative_flagged_volume"
+    assert entry["made_with"] == {"tta": None, "variant": None, "mask": "given"}
     healthy_ml = float(np.mean(entry["healthy_flagged_ml"]))
     detector = get_detector(str(model), device="cpu", gate=False)
     assert "relative to healthy" in detector.describe_score().description
@@ -149,14 +150,6 @@ def test_an_uncalibrated_model_adds_no_calibration():
     from napari_medood.detectors.calibration import calibration_extras, flagged_ml
 
     assert calibration_extras({"name": "x"}, np.zeros((2, 2, 2)), np.eye(4), None) is None
-    # a calibration that names no sample score leaves the family's score alone
-    card = {"calibration": {"voxel_threshold": 0.5, "healthy_flagged_ml": [1.0, 3.0]}}
-    extras = calibration_extras(card, np.ones((2, 2, 2)), np.eye(4), None)
-    assert extras["flagged_ml"] == pytest.approx(0.008) and "sample_score" not in extras
-    card["calibration"]["sample_score"] = "flagged_ml"
-    extras = calibration_extras(card, np.ones((2, 2, 2)), np.eye(4), None)
-    assert extras["sample_score"] == pytest.approx(0.008 / (0.008 + 2.0))
-    assert calibration_extras(card, np.zeros((2, 2, 2)), np.eye(4), None)["sample_score"] == 0
     values = np.zeros((4, 4, 4), np.float32)
     values[0, 0, :2] = 0.9
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -164,6 +157,60 @@ def test_an_uncalibrated_model_adds_no_calibration():
     mask = np.zeros_like(values, dtype=bool)
     mask[0, 0, 0] = True
     assert flagged_ml(values, affine, 0.5, mask) == pytest.approx(8 / 1000)
+
+
+def test_the_calibrated_score_needs_its_name_and_a_healthy_scale():
+    from napari_medood.detectors.calibration import calibration_extras
+
+    ones = np.ones((2, 2, 2))
+    card = {"calibration": {"voxel_threshold": 0.5, "healthy_flagged_ml": [1.0, 3.0]}}
+    extras = calibration_extras(card, ones, np.eye(4), None)
+    assert extras["flagged_ml"] == pytest.approx(0.008) and "sample_score" not in extras
+    assert extras["flagged_share"] == 1.0
+    card["calibration"]["sample_score"] = "relative_flagged_volume"
+    extras = calibration_extras(card, ones, np.eye(4), None)
+    assert extras["sample_score"] == pytest.approx(0.008 / (0.008 + 2.0))
+    assert calibration_extras(card, 0 * ones, np.eye(4), None)["sample_score"] == 0
+    # healthy scans that flagged nothing give no scale: no calibrated score
+    card["calibration"]["healthy_flagged_ml"] = [0.0, 0.0]
+    assert "sample_score" not in calibration_extras(card, ones, np.eye(4), None)
+
+
+def test_a_calibration_reads_only_maps_made_as_it_was_measured(calibrated):
+    """Measured without test-time augmentation and inside brain masks: a TTA map, or one
+    read in the scan's own foreground mask, is not read against it."""
+    from napari_medood.detectors import get_detector
+    from napari_medood.io import read_volume
+    from napari_medood.preprocessing.masks import load_mask
+
+    model, _ = calibrated
+    scan = next(p for p in shared("ixi-t1-2mm", "t1").glob("IXI039*"))
+    volume = read_volume(scan)
+    mask = load_mask(next(shared("ixi-t1-2mm", "dlmuse").glob("IXI039*")), volume.grid)
+    plain = get_detector(str(model), device="cpu", gate=False)
+    result = plain.predict(volume, mask)
+    assert "calibration" in result.extras
+    assert "calibration" not in plain.predict(volume).extras  # no mask given
+    flipped = get_detector(str(model), device="cpu", gate=False, tta=True).predict(volume, mask)
+    assert "calibration" not in flipped.extras and "uncalibrated" not in flipped.extras["scores"]
+    # an ensemble's averaged map is not what its members were calibrated on
+    pair = get_detector(f"{model},{model}", device="cpu", gate=False)
+    both = pair.predict(volume, mask)
+    assert "calibration" not in both.extras
+    assert both.score == pytest.approx(result.extras["scores"]["uncalibrated"], abs=1e-5)
+
+
+def test_calibrating_needs_masks_for_all_healthy_scans_or_none(tmp_path):
+    from napari_medood.detectors import get_detector
+    from napari_medood.errors import MedoodError
+    from napari_medood.evaluation.calibration import calibrate_on_healthy
+    from napari_medood.io.cohort import Case
+
+    scans = sorted(shared("ixi-t1-2mm", "t1").glob("*.nii.gz"))[:2]
+    masks = sorted(shared("ixi-t1-2mm", "dlmuse").glob("*.nii.gz"))[:2]
+    cases = [Case(scans[0].name, scans[0], masks[0]), Case(scans[1].name, scans[1], None)]
+    with pytest.raises(MedoodError, match="for every healthy scan or for none"):
+        calibrate_on_healthy(get_detector("intensity"), cases)
 
 
 def test_a_map_far_wider_than_on_healthy_scans_carries_a_note():

@@ -361,7 +361,7 @@ def test_eval_scores_a_chosen_sample_score_of_a_calibrated_model(valset, tmp_pat
     code = eval_main([*args, "--sample-score", "uncalibrated", str(valset), "-o", str(report)])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((report / "metrics.json").read_text())
-    assert metrics["settings"]["predictions"]["score"] == "uncalibrated"
+    assert metrics["settings"]["predictions"]["sample_score"] == "uncalibrated"
     with open(report / "cases.csv") as handle:
         rows = {row["name"]: row for row in csv.DictReader(handle)}
     cases = discover_cases(valset)
@@ -382,3 +382,17 @@ def test_eval_scores_a_chosen_sample_score_of_a_calibrated_model(valset, tmp_pat
         DetectorPredictions(detector, score="topk")(cases[0])
     assert eval_main(["--sample-score", "topk_mean", str(valset), str(valset)]) == 2
     assert "give --model too" in capsys.readouterr().err
+    # refused before any case runs: a model without a calibrated score has no 'uncalibrated'
+    out = tmp_path / "refused"
+    refused = [
+        "--model",
+        "intensity",
+        "--sample-score",
+        "uncalibrated",
+        str(valset),
+        "-o",
+        str(out),
+    ]
+    assert eval_main(refused) == 2
+    assert "has no calibrated sample score" in capsys.readouterr().err
+    assert not (out / "predictions").exists()

@@ -212,8 +212,7 @@ def test_an_ensemble_of_two_identical_checkpoints_equals_one(sample, tmp_path):
     both = pair.predict(image, brain)
     np.testing.assert_allclose(both.anomaly_map.data, single.anomaly_map.data, atol=1e-6)
     # a member's calibration does not carry over to the ensemble's averaged map
-    calibrated = get_detector("brain-t1-unet", device="cpu", gate=False)
-    assert calibrated.card["calibration"]["voxel_threshold"] > 0
+    assert "calibration" in get_detector("brain-t1-unet", device="cpu", gate=False).card
     ensemble = get_detector("brain-t1-unet,brain-any-unet-cpu", device="cpu", gate=False)
     assert "calibration" not in ensemble.card
     assert ensemble.describe_score() is ensemble.score_info

@@ -13,6 +13,7 @@ docs/images/any-contrast-ms-patient.png.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -22,11 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FILES = {
-    "T1": "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
-    "FLAIR": "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
-}
-LESIONS = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
+sys.path.insert(0, str(Path(__file__).parent))
+from make_baseline_table import LESIONS, MS_FILES  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +46,7 @@ def main() -> None:
     detectors = [get_detector(name, device="cpu", gate=False) for name in models]
     columns = ["scan, lesions outlined", *models]
     figure, axes = plt.subplots(2, len(columns), figsize=(3.2 * len(columns), 6.6))
-    for row, (contrast, name) in enumerate(FILES.items()):
+    for row, (contrast, name) in enumerate(MS_FILES.items()):
         scan = read_volume(folder / name)
         brain = scan.data > 0
         truth = lesions.data[brain] > 0.5
@@ -79,9 +77,14 @@ def main() -> None:
             axis.set_xticks([])
             axis.set_yticks([])
             axis.set_title(title, fontsize=8)
+    shares = {
+        f"{100 * d.card['calibration']['healthy_voxel_fpr']:g} %"
+        for d in detectors
+        if "calibration" in (d.card or {})
+    }
     figure.suptitle(
         "The same MS patient in two contrasts: green, consensus lesions; cyan, each model's "
-        "calibrated threshold (1 % of healthy T1 brain voxels)",
+        f"calibrated threshold ({' / '.join(sorted(shares))} of healthy T1 brain voxels)",
         fontsize=9,
     )
     figure.tight_layout()

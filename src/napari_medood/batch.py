@@ -64,6 +64,7 @@ def run_record(detector, task: str) -> dict:
     import datetime
 
     from napari_medood import __version__
+    from napari_medood.detectors.base import score_info_of
 
     execution = getattr(detector, "execution", None)
     return {
@@ -74,16 +75,9 @@ def run_record(detector, task: str) -> dict:
         "device": getattr(execution, "device", None),
         "precision": getattr(execution, "precision", None),
         "tta": getattr(detector, "tta_method", None),
-        "score": score_description(detector),
+        "score": getattr(score_info_of(detector), "description", None),
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-
-
-def score_description(detector) -> str | None:
-    """What the detector's sample score means (its calibrated one when its card has it)."""
-    describe = getattr(detector, "describe_score", None)
-    info = describe() if callable(describe) else getattr(detector, "score_info", None)
-    return getattr(info, "description", None)
 
 
 def check_output_folder(out_dir: str | os.PathLike) -> Path:

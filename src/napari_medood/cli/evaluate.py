@@ -142,6 +142,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise MedoodError("--tta is how a detector runs: give --model too")
     if args.sample_score and not args.model:
         raise MedoodError("--sample-score chooses a score of a detector to run: give --model too")
+    if args.sample_score and args.calibrate is not None:
+        raise MedoodError("--calibrate scores no labelled set: --sample-score has no use there")
     if args.calibrate is not None:
         return _calibrate(args)
     expected = 1 if args.model else 2
@@ -151,6 +153,7 @@ def _eval(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out)
     if args.model:
         detector = _detector(args)
+        _check_sample_score(detector, args.sample_score)
         predict = DetectorPredictions(detector, out / "predictions", args.sample_score)
         labels = args.inputs[0]
         cases = discover_cases(labels, masks=args.mask)
@@ -199,8 +202,8 @@ def _eval(args: argparse.Namespace) -> int:
         from napari_medood.batch import run_record
 
         result.settings["predictions"] = run_record(detector, "pixel and sample")
-        if args.sample_score:
-            result.settings["predictions"]["score"] = args.sample_score
+        # which of its scores was evaluated (the written score files keep its own)
+        result.settings["predictions"]["sample_score"] = args.sample_score or "its own"
     written = write_report(result, out, args.title, bias, np.asarray(options.sweep))
     pixel, sample = result.pixel, result.sample
     parts = []
@@ -231,6 +234,23 @@ def _eval(args: argparse.Namespace) -> int:
         for entry in problems:
             say(PROG, f"  {entry['case']}: {'; '.join(entry['problems'])}")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _check_sample_score(detector, name: str | None) -> None:
+    """Refuse before any case runs a --sample-score the detector cannot give: one it does
+    not declare a score at all, or ``uncalibrated`` for a model without a calibrated score
+    (other names are checked against each result's scores)."""
+    from napari_medood.detectors.calibration import calibrated_score_reference
+
+    if name is None:
+        return
+    if "score" not in getattr(detector, "outputs", ()):
+        raise MedoodError(f"{detector.name} gives no sample score; --sample-score has none to pick")
+    if name == "uncalibrated" and calibrated_score_reference(detector.card) is None:
+        raise MedoodError(
+            f"{detector.name} has no calibrated sample score, so 'uncalibrated' is its own "
+            "score: leave --sample-score out (or calibrate it with --calibrate)"
+        )
 
 
 def _detector(args: argparse.Namespace, gate: bool = True):

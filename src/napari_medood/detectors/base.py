@@ -168,6 +168,15 @@ class BaseDetector:
         name = (self.card or {}).get("gate")
         return str(name) if name and self.gate_enabled else None
 
+    def made_with(self, mask_given: bool = True) -> dict[str, Any]:
+        """How this detector makes its maps, as a calibration records it: test-time
+        augmentation, variant, and whether a mask was given or the foreground was taken."""
+        return {
+            "tta": getattr(self, "tta_method", None),
+            "variant": getattr(self, "variant", None),
+            "mask": "given" if mask_given else "foreground",
+        }
+
     def describe_score(self) -> ScoreInfo:
         """What this detector's sample score means: the family's ``score_info``, or the
         calibrated flagged-volume score when its card's calibration names one."""
@@ -177,8 +186,8 @@ class BaseDetector:
         if reference is None or SCORE not in self.outputs:
             return self.score_info
         return ScoreInfo(
-            f"brain volume above the calibrated threshold relative to healthy scans "
-            f"(v / (v + {reference:.1f} ml); 0.5 = as much as an average healthy brain)"
+            f"volume v above the calibrated threshold relative to healthy scans, "
+            f"v / (v + {reference:.1f} ml): 0.5 = as much as an average healthy brain"
         )
 
     def trust(
@@ -263,10 +272,12 @@ class BaseDetector:
         if anomaly_map is not None:
             from napari_medood.detectors.calibration import calibration_extras, widespread_note
 
-            calibration = calibration_extras(self.card, anomaly_map.data, volume.affine, mask)
+            calibration = calibration_extras(
+                self.card, anomaly_map.data, volume.affine, mask, self.made_with(given)
+            )
             if calibration is not None:
                 extras["calibration"] = calibration
-                note = widespread_note(calibration)
+                note = widespread_note(calibration, "the brain" if given else "the foreground")
                 if note is not None:
                     notes.append(note)
             if calibration is not None and "sample_score" in calibration and SCORE in self.outputs:
@@ -274,6 +285,13 @@ class BaseDetector:
                 extras["scores"] = {**extras.get("scores", {}), "uncalibrated": score}
                 score = calibration["sample_score"]
         return AnomalyResult(anomaly_map, score, extras, tuple(notes))
+
+
+def score_info_of(detector) -> ScoreInfo | None:
+    """What ``detector``'s sample score means: its calibrated score's when it has one
+    (``describe_score``), else its ``score_info``."""
+    describe = getattr(detector, "describe_score", None)
+    return describe() if callable(describe) else getattr(detector, "score_info", None)
 
 
 def foreground_of(volume: Volume, mask: np.ndarray | None) -> np.ndarray:

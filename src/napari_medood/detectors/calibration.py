@@ -10,9 +10,13 @@ The calibrated sample score follows from it. The raw score of a map model (the m
 100 highest voxels) rests on a handful of voxels and barely moves when one anomaly is added
 to a brain (on the held-out IXI synthetic set brain-t1-unet separated anomalous from normal
 copies with AUROC 0.70 by it, and 0.875 by the flagged volume). A card whose calibration
-names ``"sample_score": "flagged_ml"`` scores a scan by its flagged volume ``v`` relative to
-the healthy scans' mean ``h``: ``v / (v + h)``, in [0, 1] as the MOOD format wants; 0.5 is
-an average healthy brain, 2/3 twice its volume, 0.9 nine times.
+names ``"sample_score": "relative_flagged_volume"`` scores a scan by its flagged volume ``v``
+relative to the healthy scans' mean ``h``: ``v / (v + h)``, in [0, 1] as the MOOD format
+wants; 0.5 is an average healthy brain, 2/3 twice its volume, 0.9 nine times.
+
+A calibration holds for maps made as it was measured: ``made_with`` records the test-time
+augmentation, the variant and whether brain masks were given (else the detector's own
+foreground mask); a map made otherwise is not read against it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 
 #: the calibration entry's name for the flagged-volume sample score
-FLAGGED_ML = "flagged_ml"
+RELATIVE_FLAGGED_VOLUME = "relative_flagged_volume"
 
 
 def calibrated_threshold(card: Mapping[str, Any] | None) -> float | None:
@@ -42,7 +46,7 @@ def calibrated_score_reference(card: Mapping[str, Any] | None) -> float | None:
         return None
     entry = card["calibration"]
     healthy = [float(v) for v in entry.get("healthy_flagged_ml", [])]
-    if entry.get("sample_score") != FLAGGED_ML or not healthy or np.mean(healthy) <= 0:
+    if entry.get("sample_score") != RELATIVE_FLAGGED_VOLUME or not healthy or np.mean(healthy) <= 0:
         return None
     return float(np.mean(healthy))
 
@@ -68,29 +72,46 @@ def flagged_ml(
     return float(np.count_nonzero(above)) * voxel_ml(affine)
 
 
+def calibration_applies(card: Mapping[str, Any] | None, made_with: Mapping[str, Any]) -> bool:
+    """Was the card's calibration measured on maps made as ``made_with`` says (``tta``,
+    ``variant``, ``mask``: ``given`` or ``foreground``)? Keys the entry does not record
+    are not compared."""
+    if calibrated_threshold(card) is None:
+        return False
+    measured = card["calibration"].get("made_with") or {}
+    return all(measured[key] == value for key, value in made_with.items() if key in measured)
+
+
 def calibration_extras(
-    card: Mapping[str, Any] | None, anomaly_map: np.ndarray, affine: np.ndarray, mask
+    card: Mapping[str, Any] | None,
+    anomaly_map: np.ndarray,
+    affine: np.ndarray,
+    mask,
+    made_with: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """What a calibrated model adds to a result's extras: the threshold, the volume above
-    it and the healthy scans' volumes above it (None for an uncalibrated model)."""
-    threshold = calibrated_threshold(card)
-    if threshold is None:
+    """What a calibrated model adds to a result's extras: the threshold, the volume and
+    share of the mask above it, the healthy scans' volumes above it and, when the card
+    names it, the calibrated sample score. None for an uncalibrated model, or for a map
+    made otherwise than the calibration's (``made_with``, see :func:`calibration_applies`)."""
+    if not calibration_applies(card, made_with or {}):
         return None
+    threshold = calibrated_threshold(card)
     entry = card["calibration"]
-    flagged = flagged_ml(anomaly_map, affine, threshold, mask)
+    above = np.asarray(anomaly_map) > threshold
+    inside = np.ones(above.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+    flagged_voxels = int(np.count_nonzero(above & inside))
+    flagged = flagged_voxels * voxel_ml(affine)
     extras = {
         "voxel_threshold": threshold,
         "healthy_voxel_fpr": entry.get("healthy_voxel_fpr"),
+        "healthy_fpr_pooled": entry.get("healthy_fpr_pooled"),
         "flagged_ml": round(flagged, 3),
+        "flagged_share": round(flagged_voxels / max(int(inside.sum()), 1), 5),
         "healthy_flagged_ml": list(entry.get("healthy_flagged_ml", [])),
     }
     reference = calibrated_score_reference(card)
     if reference is not None:
         extras["sample_score"] = calibrated_score(flagged, reference)
-    inside = np.asarray(mask, dtype=bool) if mask is not None else None
-    counted = int(inside.sum()) if inside is not None else int(np.asarray(anomaly_map).size)
-    if counted:
-        extras["flagged_share"] = round(flagged / (counted * voxel_ml(affine)), 5)
     return extras
 
 
@@ -98,18 +119,22 @@ def calibration_extras(
 WIDESPREAD = 10.0
 
 
-def widespread_note(extras: Mapping[str, Any] | None) -> str | None:
-    """A note for a map that flags far more of the brain than the healthy calibration scans
-    (``WIDESPREAD`` times their share or more), else None. Focal disease rarely covers a
-    tenth of a brain; a scan unlike the calibration scans (another scanner, resolution or
-    preprocessing) often lifts the whole map above a threshold calibrated elsewhere."""
-    if not extras or not extras.get("healthy_voxel_fpr") or "flagged_share" not in extras:
+def widespread_note(extras: Mapping[str, Any] | None, where: str = "the brain") -> str | None:
+    """A note for a map that flags far more of ``where`` (the mask) than of the healthy
+    calibration scans (``WIDESPREAD`` times their measured share or more), else None. Focal
+    disease rarely covers a tenth of a brain; a scan unlike the calibration scans (another
+    scanner, resolution or preprocessing) often lifts the whole map above a threshold
+    calibrated elsewhere."""
+    if not extras or "flagged_share" not in extras:
         return None
-    share, healthy = float(extras["flagged_share"]), float(extras["healthy_voxel_fpr"])
+    healthy = extras.get("healthy_fpr_pooled") or extras.get("healthy_voxel_fpr")
+    if not healthy:
+        return None
+    share, healthy = float(extras["flagged_share"]), float(healthy)
     if share < WIDESPREAD * healthy:
         return None
     return (
-        f"{extras['flagged_ml']:.0f} ml ({100 * share:.0f} % of the brain) lies above the "
+        f"{extras['flagged_ml']:.0f} ml ({100 * share:.0f} % of {where}) lies above the "
         f"calibrated threshold, {share / healthy:.0f} times the share of the healthy scans it "
         "was calibrated on. A map this widespread more often means the scan differs from "
         "those scans (scanner, resolution, preprocessing) than disease of that extent: "

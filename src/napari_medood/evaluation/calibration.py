@@ -28,7 +28,7 @@ def calibrate_on_healthy(
     voxels lie (pooled), each scan's share and millilitres above it, and the failures.
     A scan that fails is reported and skipped; if every scan fails, nothing is calibrated."""
     from napari_medood.detectors.base import foreground_of
-    from napari_medood.detectors.calibration import FLAGGED_ML, flagged_ml
+    from napari_medood.detectors.calibration import RELATIVE_FLAGGED_VOLUME, flagged_ml
     from napari_medood.io.readers import read_volume
     from napari_medood.preprocessing.masks import load_mask
 
@@ -36,6 +36,12 @@ def calibrate_on_healthy(
         raise MedoodError(f"the healthy voxel false-positive rate must be within (0, 1), not {fpr}")
     if not cases:
         raise MedoodError("calibration needs healthy scans (none were found)")
+    masked = {case.mask is not None for case in cases}
+    if len(masked) > 1:
+        raise MedoodError(
+            "give a brain mask for every healthy scan or for none: a calibration holds for "
+            "maps read in one kind of mask"
+        )
     maps, failed = [], []
     for index, case in enumerate(cases):
         report(progress, index, len(cases), case.name)
@@ -59,7 +65,7 @@ def calibrate_on_healthy(
     pooled = np.concatenate([values[mask] for _, values, mask, _ in maps])
     # the smallest threshold with at most fpr of the healthy voxels above it
     threshold = float(np.quantile(pooled, 1.0 - fpr, method="higher"))
-    return {
+    entry = {
         "voxel_threshold": threshold,
         "healthy_voxel_fpr": float(fpr),
         "healthy_fpr_pooled": float(np.mean(pooled > threshold)),
@@ -73,9 +79,13 @@ def calibrate_on_healthy(
             for _, values, mask, affine in maps
         ],
         "failed": failed,
-        # the sample score becomes the flagged volume relative to these scans'
-        "sample_score": FLAGGED_ML,
+        # how the maps were made: a map made otherwise is not read against this entry
+        "made_with": detector.made_with(masked == {True}),
     }
+    if "score" in getattr(detector, "outputs", ()) and np.mean(entry["healthy_flagged_ml"]) > 0:
+        # the sample score becomes the flagged volume relative to these scans'
+        entry["sample_score"] = RELATIVE_FLAGGED_VOLUME
+    return entry
 
 
 def write_calibration(checkpoint, entry: dict[str, Any], command: str = "") -> Path:

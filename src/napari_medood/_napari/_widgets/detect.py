@@ -767,7 +767,9 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
     result = detector.predict(volume, mask, progress=progress, cancelled=cancelled, trust=trust)
     check_cancelled(cancelled)
     say(PREPARING)
-    info = detector.describe_score()
+    from napari_medood.detectors.base import score_info_of
+
+    info = score_info_of(detector)
     score_text = (
         "No sample score."
         if result.score is None
