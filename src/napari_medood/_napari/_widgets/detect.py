@@ -770,17 +770,23 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
     from napari_medood.detectors.base import score_info_of
 
     info = score_info_of(detector)
-    score_text = (
-        "No sample score."
-        if result.score is None
-        else f"Sample score {result.score:.3f}: {info.describe()}."
-    )
     calibration = result.extras.get("calibration")
-    if calibration is not None:
-        healthy = ", ".join(f"{v:.1f}" for v in calibration.get("healthy_flagged_ml", []))
-        score_text += f" {calibration['flagged_ml']:.1f} ml above the calibrated threshold" + (
-            f" (healthy scans: {healthy} ml)." if healthy else "."
+    healthy = " and ".join(f"{v:.1f}" for v in (calibration or {}).get("healthy_flagged_ml", []))
+    if result.score is None:
+        score_text = "No sample score."
+    elif calibration is not None and "sample_score" in calibration:
+        # the calibrated score, said in the volumes it is made of
+        score_text = (
+            f"Sample score {result.score:.3f}: {calibration['flagged_ml']:.1f} ml above the "
+            f"calibrated threshold, against {healthy} ml in healthy scans (0.5 = as much as "
+            "an average healthy brain; higher = more abnormal)."
         )
+    else:
+        score_text = f"Sample score {result.score:.3f}: {info.describe()}."
+        if calibration is not None:
+            score_text += f" {calibration['flagged_ml']:.1f} ml above the calibrated threshold" + (
+                f" (healthy scans: {healthy} ml)." if healthy else "."
+            )
     outcome = DetectionOutcome(result, detector.name, score_text)
     if result.anomaly_map is not None:
         state_metadata = job["state"]["metadata"]
