@@ -233,3 +233,42 @@ def test_a_brain_mask_is_refused_as_a_parcellation(tmp_path):
     case = replace(case, mask=binary)
     with pytest.raises(MedoodError, match="single label"):
         prepare_scans([case], ModelSpace(spacing=(2.0, 2.0, 2.0)), labels=True)
+
+
+def test_resolution_augmentation_smooths_the_whole_patch_and_keeps_it_normal():
+    """p_resolution=1 on normal samples: the same patch, smoothed inside the brain (its
+    fine detail lower), zero outside, target still all normal; a config refuses nonsense."""
+    from scipy import ndimage
+
+    from napari_medood.errors import MedoodError
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.preprocessing.model_space import ModelSpace
+    from napari_medood.training.config import load_config
+    from napari_medood.training.data import SyntheticAnomalyPatches, prepare_scans, smoothed
+
+    ixi = shared("ixi-t1-2mm")
+    cases = discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:1]
+    (scan,) = prepare_scans(cases, ModelSpace(spacing=(2.0, 2.0, 2.0)))
+    common = {"seed": 4, "p_anomaly": 0.0, "flip_p": 0.0}
+    sharp = SyntheticAnomalyPatches([scan], (48, 48, 48), 6, **common)
+    smooth = SyntheticAnomalyPatches([scan], (48, 48, 48), 6, **common, p_resolution=1.0)
+    for index in range(6):
+        plain, plain_target, plain_kind = sharp.sample(index)
+        image, target, kind = smooth.sample(index)
+        assert kind == "smooth+normal" and plain_kind == "normal"
+        assert not target.any() and not plain_target.any()
+        brain = plain > 0
+        # nothing leaks beyond the brain (its darkest percent is 0 inside, hence the margin)
+        assert not image[~ndimage.binary_dilation(brain, iterations=2)].any()
+        detail = np.abs(np.diff(plain, axis=0))[brain[1:] & brain[:-1]].mean()
+        smoothed_detail = np.abs(np.diff(image, axis=0))[brain[1:] & brain[:-1]].mean()
+        assert smoothed_detail < 0.8 * detail
+        # the brain's mean intensity is kept: its edge is not darkened by the zeros beyond
+        assert image[brain].mean() == pytest.approx(plain[brain].mean(), rel=0.05)
+    # a blur of zero changes nothing
+    mask = scan.mask
+    np.testing.assert_allclose(smoothed(scan.image, mask, (0, 0, 0)), scan.image, atol=1e-6)
+    with pytest.raises(MedoodError, match="resolution_blur"):
+        load_config(None, ["train=x", "resolution_blur=[1.0, 0.5]"]).validate()
+    with pytest.raises(MedoodError, match="resolution_augmentation"):
+        load_config(None, ["train=x", "resolution_augmentation=2"]).validate()

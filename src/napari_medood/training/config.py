@@ -34,6 +34,10 @@ class UNetTrainConfig:
             that one model serves T1, T2 and FLAIR; 0 trains on the real scans only.
         contrast_groups: ``dlmuse`` (DLMUSE labels grouped into structures) or ``labels``
             (every label its own structure).
+    Resolution augmentation: resolution_augmentation, the share of samples whose whole
+        patch is first smoothed by a Gaussian of ``resolution_blur`` voxels (min, max; drawn
+        per axis, so thick slices too) before anomalies go in, so that a smoother scan (one
+        resampled, registered or acquired at lower resolution) is not abnormal as a whole.
     init: a unet3d checkpoint (name or folder) of the same architecture to start from
         (fine-tuning; a resumed run continues from its own last weights instead).
     Optimisation (mood22: AdamW 1e-4, wd 1e-5, OneCycle max 1e-3, AMP on CUDA):
@@ -59,6 +63,8 @@ class UNetTrainConfig:
         default_factory=lambda: {"cuboid": 1.0, "sphere": 1.0, "brush": 1.0, "lesion": 2.0}
     )
     flip_p: float = 0.5
+    resolution_augmentation: float = 0.0
+    resolution_blur: list[float] = field(default_factory=lambda: [0.3, 1.2])
     contrast_randomisation: float = 0.0
     contrast_groups: str = "dlmuse"
     init: str | None = None
@@ -85,6 +91,15 @@ class UNetTrainConfig:
             raise MedoodError("p_anomaly and fpi_fraction must be within [0, 1]")
         if not 0 <= self.contrast_randomisation <= 1:
             raise MedoodError("contrast_randomisation must be within [0, 1]")
+        if not 0 <= self.resolution_augmentation <= 1:
+            raise MedoodError("resolution_augmentation must be within [0, 1]")
+        if (
+            len(self.resolution_blur) != 2
+            or not 0 <= self.resolution_blur[0] <= (self.resolution_blur[1])
+        ):
+            raise MedoodError(
+                f"resolution_blur is [min, max] Gaussian sigma in voxels, got {self.resolution_blur}"
+            )
         if self.contrast_groups not in CONTRAST_GROUPS:
             raise MedoodError(
                 f"unknown contrast_groups {self.contrast_groups!r}; valid: "

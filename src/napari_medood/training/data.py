@@ -77,6 +77,20 @@ def _parcellation(case: Case, volume) -> np.ndarray:
     return data
 
 
+def smoothed(image: np.ndarray, mask: np.ndarray, sigma) -> np.ndarray:
+    """``image`` as a lower-resolution acquisition or a resampled scan would show it: a
+    Gaussian of ``sigma`` voxels per axis over the brain alone (normalised by the smoothed
+    mask, so the brain's edge is not darkened by the zeros around it), zero outside."""
+    from scipy.ndimage import gaussian_filter
+
+    inside = mask.astype(np.float32)
+    weight = gaussian_filter(inside, sigma)
+    blurred = gaussian_filter(image.astype(np.float32) * inside, sigma)
+    out = np.divide(blurred, weight, out=np.zeros_like(blurred), where=weight > 1e-3)
+    out[~mask] = 0.0
+    return out.astype(np.float32, copy=False)
+
+
 def contrast_randomiser(groups: str, spacing, lesions: tuple[int, int] = (0, 3)):
     """A run's SynthSeg-style generator (``synth.contrast``) at the model's ``spacing``,
     grouping DLMUSE labels into structures (``groups="dlmuse"``) or drawing each label on
@@ -180,11 +194,16 @@ class SyntheticAnomalyPatches:
         contrast=None,
         p_contrast: float = 0.0,
         normalisation: dict | None = None,
+        p_resolution: float = 0.0,
+        resolution_blur: Sequence[float] = (0.3, 1.2),
     ):
         """``contrast`` (a :class:`~napari_medood.synth.contrast.ContrastRandomiser`) draws
         a share ``p_contrast`` of the samples from the scans' parcellations in a random
         contrast, normalised as model space normalises a scan (``normalisation``, the
-        card's entry); their lesion-like blobs are anomalies like the implanted ones."""
+        card's entry); their lesion-like blobs are anomalies like the implanted ones. A
+        share ``p_resolution`` of the patches is smoothed as a whole first (a Gaussian of
+        ``resolution_blur`` voxels, drawn per axis), its target unchanged: a smoother scan
+        is not abnormal."""
         from napari_medood.synth.anomaly import SyntheticAnomaly3D
 
         self.scans = list(scans)
@@ -197,6 +216,8 @@ class SyntheticAnomalyPatches:
         self.contrast = contrast
         self.p_contrast = float(p_contrast) if contrast is not None else 0.0
         self.normalisation = dict(normalisation or {"method": "percentile"})
+        self.p_resolution = float(p_resolution)
+        self.resolution_blur = tuple(float(v) for v in resolution_blur)
         if self.p_contrast > 0 and any(scan.labels is None for scan in self.scans):
             raise ValueError("contrast randomisation needs every scan's parcellation (labels)")
         self.foreign = SyntheticAnomaly3D(
@@ -224,6 +245,9 @@ class SyntheticAnomalyPatches:
         else:
             image, mask = random_patch(scan, self.patch, rng)
             base = np.zeros_like(image)
+        if self.p_resolution > 0 and rng.random() < self.p_resolution:
+            image = smoothed(image, mask, rng.uniform(*self.resolution_blur, size=3))
+            prefix += "smooth+"
         if rng.random() < self.flip_p:  # left-right (RAS axis 0): brains are near symmetric
             image, mask, base = image[::-1].copy(), mask[::-1].copy(), base[::-1].copy()
         draw = rng.random()

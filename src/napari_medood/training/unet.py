@@ -205,6 +205,8 @@ def train_unet(
         contrast_randomiser(config.contrast_groups, config.spacing) if randomised else None,
         config.contrast_randomisation,
         space.normalisation,
+        config.resolution_augmentation,
+        config.resolution_blur,
     )
     loader = training_loader(dataset, config, rank, world, start_step, device)
     writer = None
