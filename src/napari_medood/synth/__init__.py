@@ -1,6 +1,7 @@
 """Synthetic anomalies: training anomalies (foreign patches in random and real-lesion shapes)
 and FPI/MOOD-style validation outliers, and images of random contrast drawn from a
-parcellation (SynthSeg-style), all seeded and deterministic."""
+parcellation (SynthSeg-style), all seeded and deterministic; and anomaly-free samples made by
+removing labelled objects, for OoD supervision (Med-OoD)."""
 
 from napari_medood.synth.anomaly import (
     Implant,
@@ -13,6 +14,12 @@ from napari_medood.synth.anomaly import (
 from napari_medood.synth.blending import blend
 from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser, ContrastSample
 from napari_medood.synth.lesions import LesionShapeBank
+from napari_medood.synth.ood_supervision import (
+    OoDSample,
+    choose_ood_fraction,
+    hard_negatives,
+    remove_objects,
+)
 from napari_medood.synth.patches import ForeignPatchBank, PatchTexture
 from napari_medood.synth.shapes import (
     SHAPE_KINDS,
@@ -33,16 +40,20 @@ __all__ = [
     "ForeignPatchBank",
     "Implant",
     "LesionShapeBank",
+    "OoDSample",
     "PatchTexture",
     "Shape",
     "SyntheticAnomaly3D",
     "SyntheticResult",
     "blend",
     "brush_mask",
+    "choose_ood_fraction",
     "cuboid_mask",
     "gaussian_kernel_1d",
+    "hard_negatives",
     "image_texture",
     "implant",
+    "remove_objects",
     "sample_kernel_size",
     "smooth_alpha",
     "sphere_mask",
