@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override a configuration key"
     )
     parser.add_argument("--out", metavar="DIR", help="run folder (overrides the config's out)")
+    parser.add_argument(
+        "--ood-supervision",
+        metavar="SHARE",
+        help="mix in anomaly-free hard negatives (Med-OoD): a share of the samples, or 'auto' "
+        "for the ratio rule; the same as --set ood_supervision=SHARE (unet, seg)",
+    )
     add_precision_option(parser)
     parser.set_defaults(precision=None)  # the configuration's, unless given here
     return parser
@@ -65,6 +71,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"out={args.out}")
+    if args.ood_supervision is not None:
+        overrides.append(f"ood_supervision={args.ood_supervision}")
     if args.precision is not None:
         overrides.append(f"precision={args.precision}")
     config = load_config(args.config, overrides, trainer.config)
@@ -78,6 +86,8 @@ def _train(args: argparse.Namespace) -> int:
     )
 
     def progress(done: int, total: int, message: str) -> None:
+        if total != bar.total:  # a stage before the steps (mining hard negatives, say)
+            bar.reset(total=total)
         bar.n = done
         bar.set_postfix_str(message, refresh=False)
         bar.refresh()

@@ -92,15 +92,24 @@ def hard_negatives(
     predict: Callable[[np.ndarray], np.ndarray],
     threshold: float = 0.5,
     names: Sequence[str] | None = None,
+    masks: Sequence[np.ndarray] | None = None,
+    min_voxels: int = 1,
 ) -> list[OoDSample]:
     """Each anomaly-free image with ``hard`` set where ``predict`` (the baseline model: an
-    image to a foreground probability map) puts any voxel above ``threshold`` (the
-    reference's IoU < 1 against an all-background label). Keep ``[s for s in ... if s.hard]``."""
+    image to a foreground probability map) puts at least ``min_voxels`` voxels above
+    ``threshold``: with the default 1, the reference's IoU < 1 against an all-background
+    label. ``masks`` (one per image) limit the count to the voxels that matter (the brain).
+    Keep ``[s for s in ... if s.hard]``."""
     names = list(names) if names is not None else [f"ood_{i:04d}" for i in range(len(images))]
+    masks = list(masks) if masks is not None else [None] * len(images)
+    if len(masks) != len(images):
+        raise ValueError(f"{len(masks)} masks for {len(images)} images")
     out = []
-    for name, image in zip(names, images, strict=True):
-        probability = np.asarray(predict(image))
-        out.append(OoDSample(name, image, bool((probability > threshold).any())))
+    for name, image, mask in zip(names, images, masks, strict=True):
+        fired = np.asarray(predict(image)) > threshold
+        if mask is not None:
+            fired &= np.asarray(mask, dtype=bool)
+        out.append(OoDSample(name, image, int(np.count_nonzero(fired)) >= max(int(min_voxels), 1)))
     return out
 
 

@@ -38,6 +38,13 @@ class UNetTrainConfig:
         patch is first smoothed by a Gaussian of ``resolution_blur`` voxels (min, max; drawn
         per axis, so thick slices too) before anomalies go in, so that a smoother scan (one
         resampled, registered or acquired at lower resolution) is not abnormal as a whole.
+    OoD supervision (Med-OoD hard negatives, ``training.hard_negatives``):
+        ood_supervision: share of the samples that are hard negatives (clean healthy patches,
+            target all zero), or ``auto`` for the reference's ratio rule; 0 mines nothing.
+        ood_baseline: the checkpoint that mines them (default: ``init``), of this model space.
+        ood_candidates: clean patches it reads; ood_threshold, ood_min_voxels: it "fires" on
+            a patch with at least that many brain voxels above that probability;
+        ood_blur: share of the candidates smoothed by ``resolution_blur`` first.
     init: a unet3d checkpoint (name or folder) of the same architecture to start from
         (fine-tuning; a resumed run continues from its own last weights instead).
     Optimisation (mood22: AdamW 1e-4, wd 1e-5, OneCycle max 1e-3, AMP on CUDA):
@@ -67,6 +74,12 @@ class UNetTrainConfig:
     resolution_blur: list[float] = field(default_factory=lambda: [0.3, 1.2])
     contrast_randomisation: float = 0.0
     contrast_groups: str = "dlmuse"
+    ood_supervision: float | str = 0.0
+    ood_baseline: str | None = None
+    ood_candidates: int = 64
+    ood_threshold: float = 0.5
+    ood_min_voxels: int = 1
+    ood_blur: float = 0.0
     init: str | None = None
     steps: int = 2000
     batch_size: int = 2
@@ -105,6 +118,7 @@ class UNetTrainConfig:
                 f"unknown contrast_groups {self.contrast_groups!r}; valid: "
                 f"{', '.join(CONTRAST_GROUPS)}"
             )
+        check_ood_supervision(self)
         if len(self.spacing) != 3 or len(self.patch) != 3:
             raise MedoodError("spacing and patch need three values")
         from napari_medood.models.unet import PRESETS
@@ -122,6 +136,28 @@ class UNetTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_ood_supervision(config: Any) -> None:
+    """``ood_supervision`` is a share in [0, 1) or ``auto``; mining needs a baseline."""
+    share = config.ood_supervision
+    if isinstance(share, str):
+        if share != "auto":
+            raise MedoodError(
+                f"ood_supervision is a share of the training mix in [0, 1) or 'auto' (the "
+                f"Med-OoD ratio rule), not {share!r}"
+            )
+    elif isinstance(share, bool) or not 0 <= float(share) < 1:
+        raise MedoodError(f"ood_supervision must be within [0, 1) or 'auto', got {share!r}")
+    if share and share != 0 and not (config.ood_baseline or config.init):
+        raise MedoodError(
+            "ood_supervision mines hard negatives with a baseline model: give ood_baseline "
+            "(a checkpoint of the same model space) or init"
+        )
+    if config.ood_candidates < 1 or config.ood_min_voxels < 1:
+        raise MedoodError("ood_candidates and ood_min_voxels must be >= 1")
+    if not 0 <= getattr(config, "ood_blur", 0.0) <= 1:
+        raise MedoodError("ood_blur must be within [0, 1]")
 
 
 def check_run_settings(config: Any, what: str) -> None:

@@ -10,28 +10,19 @@ Logs: ``OUT/train_log.csv``, ``OUT/val_log.csv`` (and TensorBoard if asked for).
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from pathlib import Path
-
-from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
+from napari_medood._progress import CancelledPredicate, ProgressCallback
 from napari_medood.errors import MedoodError
 from napari_medood.execution import plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
 from napari_medood.training._loop import (
     device_description,
-    distributed_model,
+    run_patch_training,
     setup_distributed,
-    training_loader,
-    write_row,
 )
 from napari_medood.training.config import UNetTrainConfig
 from napari_medood.training.registry import Trainer, TrainResult
 
 FAMILY = "unet3d"
-
-TRAIN_LOG_FIELDS = ("step", "loss", "lr", "seconds", "samples_per_second")
 
 
 def model_space(config: UNetTrainConfig) -> ModelSpace:
@@ -55,6 +46,62 @@ def start_from(config: UNetTrainConfig, network) -> dict:
         )
     network.load_state_dict(checkpoint.load_state())
     return {"model": checkpoint.name, "sha256": checkpoint.card["weights"].get("sha256")}
+
+
+def hard_negative_mix(
+    config: UNetTrainConfig,
+    scans,
+    space: ModelSpace,
+    execution,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelledPredicate | None = None,
+) -> tuple[list, float, dict]:
+    """``(hard negatives, their share of the mix, the card's record)`` for
+    ``config.ood_supervision``: the baseline (``ood_baseline``, else ``init``) reads
+    ``ood_candidates`` clean patches of the training scans. Every process mines the same
+    patches with the same seed, so none has to send arrays to the others."""
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.training.hard_negatives import (
+        AUTO,
+        check_same_space,
+        clean_patch_draw,
+        mine_hard_negatives,
+        ratio_rule_share,
+    )
+
+    name = config.ood_baseline or config.init
+    baseline = Checkpoint.open(name)
+    if baseline.family != FAMILY:
+        raise MedoodError(f"ood_baseline={name}: a {baseline.family} checkpoint, not {FAMILY}")
+    check_same_space(baseline.card, space.to_card(), f"ood_baseline={name}")
+    network = execution.prepare(baseline.build_model("cpu"))
+    found = mine_hard_negatives(
+        network,
+        execution,
+        clean_patch_draw(scans, config.patch, config.ood_blur, config.resolution_blur),
+        config.ood_candidates,
+        config.seed,
+        config.ood_threshold,
+        config.ood_min_voxels,
+        progress,
+        cancelled,
+    )
+    del network
+    record = {
+        "baseline": {"model": baseline.name, "sha256": baseline.card["weights"].get("sha256")},
+        "threshold": config.ood_threshold,
+        "min_voxels": config.ood_min_voxels,
+        "blur": config.ood_blur,
+        **found.record(),
+    }
+    if config.ood_supervision == AUTO:
+        positives = round(config.p_anomaly * found.candidates)
+        r, share = ratio_rule_share(positives, found.candidates, len(found.patches))
+        record.update(rule="Med-OoD ratio rule (positive/negative closest to 0.65)", r=r)
+    else:
+        share = float(config.ood_supervision) if found.patches else 0.0
+    record["share"] = round(share, 4)
+    return found.patches, share, record
 
 
 def model_card(
@@ -88,15 +135,20 @@ def model_card(
     }
 
 
-def validate(model, card: dict, cases, device: str, precision: str = "auto") -> dict:
+def validate(
+    model, card: dict, cases, device: str, precision: str = "auto", detector_class=None
+) -> dict:
     """Pixel AP (MOOD, all brain voxels pooled) and sample AUROC of ``model`` on ``cases``,
-    predicted and scored exactly as ``medood-eval`` does."""
+    predicted and scored exactly as ``medood-eval`` does (by ``detector_class``, a map
+    detector with ``from_models``; default the U-Net's)."""
     from napari_medood.detectors.unet import UNetDetector
     from napari_medood.evaluation import DetectorPredictions, EvalOptions, evaluate
 
     was_training = model.training
     model.eval()
-    detector = UNetDetector.from_models([model], [card], device=device, precision=precision)
+    detector = (detector_class or UNetDetector).from_models(
+        [model], [card], device=device, precision=precision
+    )
     result = evaluate(
         cases, DetectorPredictions(detector), options=EvalOptions(bootstrap=0, fprs=())
     )
@@ -122,7 +174,6 @@ def train_unet(
     import torch
 
     from napari_medood.io.cohort import discover_cases
-    from napari_medood.models.checkpoint import save_checkpoint
     from napari_medood.models.unet import PRESETS, UNet3DDeepSup, deep_supervision_loss
     from napari_medood.training.data import (
         SyntheticAnomalyPatches,
@@ -134,9 +185,6 @@ def train_unet(
 
     config.validate()
     rank, world, device = setup_distributed(config.device)
-    is_main = rank == 0
-    out = Path(config.out)
-    last_dir, best_dir = out / "last", out / "best"
     torch.manual_seed(config.seed)
 
     features = tuple(config.features or PRESETS[config.preset])
@@ -146,41 +194,6 @@ def train_unet(
     network = UNet3DDeepSup(1, 1, features)
     init = start_from(config, network) if config.init else None
     model = execution.prepare(network, fold_batch_norm=False).train()
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.max_lr, total_steps=config.steps
-    )
-    use_scaler = execution.precision == "float16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    start_step, best_ap, elapsed_before = 0, None, 0.0
-    if (last_dir / "state.pt").exists():
-        from safetensors.torch import load_file
-
-        previous = (
-            json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
-        )
-        if previous.get("steps", config.steps) != config.steps:
-            raise MedoodError(
-                f"{out}: this run was started with steps={previous['steps']}; "
-                "resume with the same steps, or train into another folder"
-            )
-
-        state = torch.load(last_dir / "state.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(load_file(str(last_dir / "model.safetensors"), device="cpu"))
-        model.to(device)
-        optimiser.load_state_dict(state["optimiser"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_step = int(state["step"])
-        best_ap = float(state["best_ap"]) if state["best_ap"] >= 0 else None
-        elapsed_before = float(state["seconds"])
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
-    model = distributed_model(model, device, world)
-    module = getattr(model, "module", model)
 
     train_cases = discover_cases(config.train, masks=config.masks)
     space = model_space(config)
@@ -190,6 +203,11 @@ def train_unet(
     if randomised:  # one model for every MR contrast: no contrast check before its maps
         expects = any_contrast(expects)
     val_cases = discover_cases(config.val) if config.val else []
+    negatives, p_negative, ood_record = [], 0.0, None
+    if config.ood_supervision not in (0, 0.0):
+        negatives, p_negative, ood_record = hard_negative_mix(
+            config, scans, space, execution, progress, cancelled
+        )
     length = config.steps * config.batch_size * world
     dataset = SyntheticAnomalyPatches(
         scans,
@@ -207,17 +225,9 @@ def train_unet(
         space.normalisation,
         config.resolution_augmentation,
         config.resolution_blur,
+        negatives,
+        p_negative,
     )
-    loader = training_loader(dataset, config, rank, world, start_step, device)
-    writer = None
-    if config.tensorboard and is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            writer = None
-
     training_info = {
         "precision": execution.precision,
         "data": [c.name for c in train_cases],
@@ -229,125 +239,32 @@ def train_unet(
             if k not in ("train", "masks", "val", "out", "name", "description")
         },
         "init": init,
+        "ood_supervision": ood_record,
         "processes": world,
         "device": device_description(device),
         "torch": torch.__version__,
     }
 
-    def save_last(step: int, seconds: float) -> None:
-        card = model_card(
-            config, features, {}, {**training_info, "steps_done": step}, expects=expects
-        )
-        save_checkpoint(module, last_dir, card)
-        temp = last_dir / "state.pt.part"
-        torch.save(
-            {
-                "optimiser": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "best_ap": -1.0 if best_ap is None else best_ap,
-                "seconds": seconds,
-            },
-            temp,
-        )
-        os.replace(temp, last_dir / "state.pt")
+    def card_of(metrics: dict, training: dict) -> dict:
+        return model_card(config, features, metrics, training, expects=expects)
 
-    model.train()
-    step = start_step
-    started = time.perf_counter()
-    window_start, window_samples = time.perf_counter(), 0
-    try:
-        for images, targets in loader:
-            if step >= config.steps:
-                break
-            check_cancelled(cancelled)
-            images = execution.inputs(images)
-            targets = targets.to(device, non_blocking=True)
-            optimiser.zero_grad(set_to_none=True)
-            with execution.autocast():
-                outputs = model(images)
-            loss = deep_supervision_loss(outputs, targets)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            window_samples += images.shape[0] * world
-            if is_main and (step % config.log_interval == 0 or step == config.steps):
-                now = time.perf_counter()
-                row = {
-                    "step": step,
-                    "loss": float(loss.detach()),
-                    "lr": scheduler.get_last_lr()[0],
-                    "seconds": round(elapsed_before + now - started, 2),
-                    "samples_per_second": round(window_samples / max(now - window_start, 1e-9), 3),
-                }
-                write_row(out / "train_log.csv", row, TRAIN_LOG_FIELDS)
-                if writer is not None:
-                    writer.add_scalar("loss", row["loss"], step)
-                window_start, window_samples = now, 0
-            report(progress, step, config.steps, f"loss {float(loss.detach()):.4f}")
-            if step % config.val_interval == 0 or step == config.steps:
-                seconds = elapsed_before + time.perf_counter() - started
-                if is_main:
-                    if val_cases:
-                        card = model_card(config, features, {}, training_info, expects=expects)
-                        metrics = validate(module, card, val_cases, device, execution.precision)
-                        write_row(
-                            out / "val_log.csv",
-                            {"step": step, **metrics},
-                            ("step", "pixel_ap", "pixel_auroc", "sample_auroc", "cases"),
-                        )
-                        ap = metrics["pixel_ap"] or 0.0
-                        if best_ap is None or ap > best_ap:
-                            best_ap = ap
-                            save_checkpoint(
-                                module,
-                                best_dir,
-                                model_card(
-                                    config,
-                                    features,
-                                    {"validation": {**metrics, "step": step}},
-                                    {
-                                        **training_info,
-                                        "steps_done": step,
-                                        "seconds": round(seconds, 1),
-                                    },
-                                    expects=expects,
-                                ),
-                            )
-                    save_last(step, seconds)
-                if world > 1:
-                    import torch.distributed as dist
+    def validate_module(module) -> dict:
+        card = card_of({}, training_info)
+        return validate(module, card, val_cases, device, execution.precision)
 
-                    dist.barrier()
-    except KeyboardInterrupt:
-        if is_main:
-            save_last(step, elapsed_before + time.perf_counter() - started)
-        raise
-    finally:
-        if writer is not None:
-            writer.close()
-    seconds = elapsed_before + time.perf_counter() - started
-    if is_main and not val_cases:
-        save_checkpoint(
-            module,
-            best_dir,
-            model_card(
-                config,
-                features,
-                {},
-                {**training_info, "steps_done": step, "seconds": round(seconds, 1)},
-                expects=expects,
-            ),
-        )
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return TrainResult(best_dir if best_dir.exists() else None, best_ap, "pixel AP", step, seconds)
+    return run_patch_training(
+        config,
+        model,
+        execution,
+        dataset,
+        deep_supervision_loss,
+        card_of,
+        validate_module if val_cases else None,
+        training_info,
+        (rank, world, device),
+        progress,
+        cancelled,
+    )
 
 
 TRAINER = Trainer(
