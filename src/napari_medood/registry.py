@@ -159,6 +159,17 @@ def _register_builtins() -> None:
     )
     register_family(
         Family(
+            name="seg3d",
+            description="supervised 3D lesion segmenter (MONAI U-Net), with Med-OoD "
+            "anomaly-free samples as supervision",
+            detector="napari_medood.detectors.segmenter:SegmenterDetector.from_checkpoints",
+            architectures={"MonaiUNet": "napari_medood.models.segmenter:build_segmenter"},
+            trainer="napari_medood.training.segmenter:TRAINER",
+            train_name="seg",
+        )
+    )
+    register_family(
+        Family(
             name="diffusion2d",
             description="slice diffusion reconstructions + pixel-wise Mahalanobis distance (MHD)",
             detector="napari_medood.detectors.diffusion:MHDDetector.from_checkpoints",

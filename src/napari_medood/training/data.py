@@ -21,15 +21,17 @@ class ModelSpaceScan:
     mask: np.ndarray  # bool
     profile: ScanProfile | None = None
     labels: np.ndarray | None = None  # int32 parcellation in model space, for random contrasts
+    lesion: np.ndarray | None = None  # bool lesion mask in model space, for a segmenter
 
 
 def prepare_scans(
-    cases: Sequence[Case], space: ModelSpace, labels: bool = False
+    cases: Sequence[Case], space: ModelSpace, labels: bool = False, lesions: bool = False
 ) -> list[ModelSpaceScan]:
     """Read each normal scan and put it into ``space`` (the model space that the card will
     describe): RAS, the model's spacing, normalised and masked. With ``labels``, each
     case's mask file must be a parcellation (DLMUSE, say: brain = label > 0); its labels
-    come along in model space, for contrast randomisation."""
+    come along in model space, for contrast randomisation. With ``lesions``, each case's
+    label (its lesion mask, voxels > 0) comes along in model space."""
     from napari_medood.io.readers import read_volume
     from napari_medood.preprocessing.masks import check_mask, load_mask, mask_from_threshold
     from napari_medood.preprocessing.profile import scan_profile
@@ -49,8 +51,25 @@ def prepare_scans(
         label_map = None
         if parcellation is not None:
             label_map = space.labels_to_model(parcellation, prepared)
-        scans.append(ModelSpaceScan(case.name, prepared.image, prepared.mask, profile, label_map))
+        lesion = _lesion_in_model_space(case, volume, space, prepared) if lesions else None
+        scans.append(
+            ModelSpaceScan(case.name, prepared.image, prepared.mask, profile, label_map, lesion)
+        )
     return scans
+
+
+def _lesion_in_model_space(case: Case, volume, space: ModelSpace, prepared) -> np.ndarray:
+    from napari_medood.errors import MedoodError
+    from napari_medood.io.readers import read_volume
+    from napari_medood.preprocessing.masks import align_to_grid
+
+    if case.label is None:
+        raise MedoodError(
+            f"{case.image}: a segmenter trains on scans with lesion masks, and this scan has "
+            "none; give them in a CSV Label column (or a BIDS derivative)"
+        )
+    label = np.asarray(align_to_grid(read_volume(case.label), volume.grid).data) > 0
+    return space.labels_to_model(label.astype(np.int32), prepared) > 0
 
 
 def _parcellation(case: Case, volume) -> np.ndarray:
@@ -152,22 +171,26 @@ def random_patch(
     rng: np.random.Generator,
     image: np.ndarray | None = None,
     target: np.ndarray | None = None,
+    centres: np.ndarray | None = None,
 ):
     """A random crop of ``size`` (zero-padded where the scan is smaller), biased to hold
     brain: ``(image, mask)``, or ``(image, mask, target)`` when a ``target`` of the scan's
-    shape is given; ``image`` replaces the scan's own."""
+    shape is given; ``image`` replaces the scan's own. The crop is centred on a random
+    voxel of ``centres`` (default: the brain mask)."""
     size = np.asarray(size)
     shape = np.asarray(scan.image.shape)
     pad = np.maximum(size - shape, 0)
     image = scan.image if image is None else image
     mask = scan.mask
+    centres = mask if centres is None else centres
     if pad.any():
         widths = [(int(p) // 2, int(p) - int(p) // 2) for p in pad]
         image, mask = np.pad(image, widths), np.pad(mask, widths)
+        centres = np.pad(centres, widths)
         target = None if target is None else np.pad(target, widths)
         shape = np.asarray(image.shape)
-    # centre the crop on a random brain voxel, clamped to the volume
-    brain = np.flatnonzero(mask)
+    # centre the crop on a random voxel of centres, clamped to the volume
+    brain = np.flatnonzero(centres)
     centre = np.asarray(np.unravel_index(int(brain[rng.integers(len(brain))]), mask.shape))
     start = np.clip(centre - size // 2, 0, shape - size)
     region = tuple(slice(int(a), int(a + s)) for a, s in zip(start, size, strict=True))
@@ -196,6 +219,8 @@ class SyntheticAnomalyPatches:
         normalisation: dict | None = None,
         p_resolution: float = 0.0,
         resolution_blur: Sequence[float] = (0.3, 1.2),
+        negatives: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+        p_negative: float = 0.0,
     ):
         """``contrast`` (a :class:`~napari_medood.synth.contrast.ContrastRandomiser`) draws
         a share ``p_contrast`` of the samples from the scans' parcellations in a random
@@ -203,7 +228,9 @@ class SyntheticAnomalyPatches:
         card's entry); their lesion-like blobs are anomalies like the implanted ones. A
         share ``p_resolution`` of the patches is smoothed as a whole first (a Gaussian of
         ``resolution_blur`` voxels, drawn per axis), its target unchanged: a smoother scan
-        is not abnormal."""
+        is not abnormal. A share ``p_negative`` of the samples are ``negatives`` (clean
+        patches, image and brain mask, on which a baseline fired: Med-OoD's hard negatives),
+        flipped like the others, with an all-zero target."""
         from napari_medood.synth.anomaly import SyntheticAnomaly3D
 
         self.scans = list(scans)
@@ -218,6 +245,11 @@ class SyntheticAnomalyPatches:
         self.normalisation = dict(normalisation or {"method": "percentile"})
         self.p_resolution = float(p_resolution)
         self.resolution_blur = tuple(float(v) for v in resolution_blur)
+        self.negatives = list(negatives)
+        self.p_negative = float(p_negative) if self.negatives else 0.0
+        for image, _ in self.negatives:
+            if image.shape != self.patch:
+                raise ValueError(f"a hard negative of shape {image.shape}, not {self.patch}")
         if self.p_contrast > 0 and any(scan.labels is None for scan in self.scans):
             raise ValueError("contrast randomisation needs every scan's parcellation (labels)")
         self.foreign = SyntheticAnomaly3D(
@@ -236,6 +268,13 @@ class SyntheticAnomalyPatches:
         from napari_medood.synth.validation import EDGE_MODES, OUTLIER_KINDS, make_outlier
 
         rng = np.random.default_rng([self.seed, int(index)])
+        # drawn only when there are hard negatives, so a run without them is unchanged
+        if self.p_negative > 0 and rng.random() < self.p_negative:
+            image, mask = self.negatives[int(rng.integers(len(self.negatives)))]
+            if rng.random() < self.flip_p:
+                image = image[::-1]
+            image = np.ascontiguousarray(image, dtype=np.float32)
+            return image, np.zeros_like(image), "hard-negative"
         scan = self.scans[int(rng.integers(len(self.scans)))]
         prefix = ""
         if self.p_contrast > 0 and rng.random() < self.p_contrast:

@@ -1,0 +1,443 @@
+"""Train the supervised lesion segmenter (``medood-train seg``): MONAI's 3D U-Net on scans with
+lesion masks, with Med-OoD's anomaly-free samples as supervision (methods.md section 4).
+
+With ``ood_supervision`` set, a baseline segmenter of the same model space reads candidate
+anomaly-free patches:
+
+- the training scans with their lesions removed (``ood_removal``: blacked out as the
+  reference does, inpainted from the tissue around them, or both), centred where the lesions
+  were, which is where a segmenter confuses tissue with lesion;
+- clean patches of healthy scans (``ood_healthy``).
+
+Those where the baseline still predicts lesion are kept and mixed into training with an
+all-background target, at a share set by hand or by the reference's ratio rule. The step
+loop, checkpoints, resume, logs and DDP are the U-Net's (``training._loop``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_medood._progress import CancelledPredicate, ProgressCallback
+from napari_medood.errors import MedoodError, look_up_option
+from napari_medood.training.registry import Trainer, TrainResult
+
+FAMILY = "seg3d"
+ARCHITECTURE = "MonaiUNet"
+#: how the training scans' lesions are removed for OoD samples
+REMOVALS = ("black", "inpaint", "both")
+
+
+@dataclass
+class SegTrainConfig:
+    """How to train the lesion segmenter.
+
+    Data: train: scans with lesion masks (a CSV with Path, Mask and Label columns, or BIDS
+        with derivatives); masks: brain masks overriding the cohort's; val: a labelled set
+        scored by pixel AP every ``val_interval`` steps to keep the best checkpoint.
+    Model space: spacing (mm), patch (training patch and inference window, voxels),
+        preset (``small``, ``tiny``) or channels, residual_units.
+    Sampling: foreground_p, the share of patches centred on a lesion voxel (nnU-Net's 1/3);
+        flip_p (left-right); intensity_jitter, the range of a random scale and shift of the
+        normalised intensities.
+    OoD supervision (Med-OoD): ood_supervision, the share of the samples that are
+        anomaly-free hard negatives, or ``auto`` (the ratio rule); ood_removal: ``black``,
+        ``inpaint`` or ``both``; ood_healthy (+ ood_healthy_masks): healthy scans to draw
+        patches from as well; ood_baseline: the segmenter that filters them (default
+        ``init``); ood_candidates, ood_threshold, ood_min_voxels: how many candidates it
+        reads, and when it "fires" (the reference: any voxel above 0.5).
+    Optimisation: steps, batch_size, lr, max_lr, weight_decay, amp, precision, as the U-Net.
+    """
+
+    name: str = "lesion-seg"
+    description: str = "supervised 3D lesion segmenter (MONAI U-Net)"
+    train: str = ""
+    masks: str | None = None
+    val: str | None = None
+    out: str = "runs/seg"
+    spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])
+    patch: list[int] = field(default_factory=lambda: [64, 64, 64])
+    preset: str = "small"
+    channels: list[int] | None = None
+    residual_units: int = 2
+    foreground_p: float = 0.33
+    flip_p: float = 0.5
+    intensity_jitter: float = 0.1
+    ood_supervision: float | str = 0.0
+    ood_removal: str = "both"
+    ood_healthy: str | None = None
+    ood_healthy_masks: str | None = None
+    ood_baseline: str | None = None
+    ood_candidates: int = 64
+    ood_threshold: float = 0.5
+    ood_min_voxels: int = 1
+    init: str | None = None
+    steps: int = 1000
+    batch_size: int = 2
+    lr: float = 1e-4
+    max_lr: float = 1e-3
+    weight_decay: float = 1e-5
+    amp: bool = True
+    precision: str = "auto"
+    val_interval: int = 250
+    log_interval: int = 10
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    tensorboard: bool = False
+    data_licence: str = ""
+    modality: str = "MR"
+    contrast: str = "T1w"
+
+    def validate(self) -> SegTrainConfig:
+        from napari_medood.models.segmenter import SEGMENTER_PRESETS
+        from napari_medood.training.config import check_ood_supervision, check_run_settings
+
+        check_run_settings(self, "scans with lesion masks")
+        check_ood_supervision(self)
+        try:
+            look_up_option(self.ood_removal, REMOVALS, "ood_removal")
+        except ValueError as exc:
+            raise MedoodError(str(exc)) from None
+        if not 0 <= self.foreground_p <= 1 or not 0 <= self.flip_p <= 1:
+            raise MedoodError("foreground_p and flip_p must be within [0, 1]")
+        if len(self.spacing) != 3 or len(self.patch) != 3:
+            raise MedoodError("spacing and patch need three values")
+        channels = self.channels or SEGMENTER_PRESETS.get(self.preset)
+        if channels is None:
+            raise MedoodError(
+                f"unknown preset {self.preset!r}; valid: {', '.join(SEGMENTER_PRESETS)}"
+            )
+        divisor = 2 ** (len(channels) - 1)
+        if any(p % divisor for p in self.patch):
+            raise MedoodError(
+                f"patch sides must be multiples of {divisor} for {len(channels)} stages, "
+                f"got {self.patch}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LesionPatches:
+    """A map-style dataset of (patch, lesion target) pairs, item ``i`` drawn from its own
+    generator ``[seed, i]``; a share ``p_negative`` are hard negatives (target all zero)."""
+
+    def __init__(
+        self,
+        scans: Sequence,
+        patch: Sequence[int],
+        length: int,
+        seed: int = 0,
+        foreground_p: float = 0.33,
+        flip_p: float = 0.5,
+        jitter: float = 0.1,
+        negatives: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+        p_negative: float = 0.0,
+    ):
+        self.scans = list(scans)
+        self.patch = tuple(int(p) for p in patch)
+        self.length = int(length)
+        self.seed = int(seed)
+        self.foreground_p = float(foreground_p)
+        self.flip_p = float(flip_p)
+        self.jitter = float(jitter)
+        self.negatives = list(negatives)
+        self.p_negative = float(p_negative) if self.negatives else 0.0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        from napari_medood.training.data import random_patch
+
+        rng = np.random.default_rng([self.seed, int(index)])
+        if self.p_negative > 0 and rng.random() < self.p_negative:
+            # the reference leaves its OoD samples unaugmented; a mirror changes no label
+            image, _ = self.negatives[int(rng.integers(len(self.negatives)))]
+            if rng.random() < self.flip_p:
+                image = image[::-1]
+            image = np.ascontiguousarray(image, dtype=np.float32)
+            return image, np.zeros_like(image), "hard-negative"
+        scan = self.scans[int(rng.integers(len(self.scans)))]
+        on_lesion = scan.lesion.any() and rng.random() < self.foreground_p
+        image, mask, target = random_patch(
+            scan,
+            self.patch,
+            rng,
+            target=scan.lesion.astype(np.float32),
+            centres=scan.lesion if on_lesion else None,
+        )
+        if rng.random() < self.flip_p:
+            image, mask, target = image[::-1], mask[::-1], target[::-1]
+        if self.jitter > 0:
+            scale = 1.0 + rng.uniform(-self.jitter, self.jitter)
+            shift = rng.uniform(-self.jitter, self.jitter)
+            image = np.where(mask, image * scale + shift, 0.0)
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        return (
+            image,
+            np.ascontiguousarray(target, dtype=np.float32),
+            "lesion" if on_lesion else "any",
+        )
+
+    def __getitem__(self, index: int):
+        import torch
+
+        image, target, _ = self.sample(index)
+        return torch.from_numpy(image)[None], torch.from_numpy(target)[None]
+
+
+def model_space(config: SegTrainConfig):
+    from napari_medood.preprocessing.model_space import ModelSpace
+
+    return ModelSpace(spacing=tuple(float(s) for s in config.spacing))
+
+
+def model_card(config: SegTrainConfig, network, metrics: dict, training: dict, expects: dict):
+    return {
+        "name": config.name,
+        "detector": FAMILY,
+        "description": config.description,
+        "method": "supervised 3D lesion segmenter (MONAI U-Net)"
+        + (", with Med-OoD anomaly-free supervision" if training.get("ood_supervision") else ""),
+        "architecture": {
+            "type": ARCHITECTURE,
+            "channels": list(network.channels),
+            "residual_units": network.residual_units,
+            "in_channels": 1,
+            "out_channels": 1,
+        },
+        "preprocessing": {**model_space(config).to_card(), "roi": list(config.patch)},
+        "inference": {"overlap": 0.5, "blend": "gaussian", "sample_score": "mean of top 100"},
+        "expects": expects,
+        "training": training,
+        "metrics": metrics,
+    }
+
+
+def ood_candidates(config: SegTrainConfig, scans: Sequence, healthy: Sequence):
+    """``draw(rng) -> (image, brain mask)``: a patch of a training scan with its lesions
+    removed (centred on where one was), or of a healthy scan; the removed images are made
+    once here."""
+    from napari_medood.synth.ood_supervision import remove_objects
+    from napari_medood.training.data import random_patch
+
+    modes = ("black", "inpaint") if config.ood_removal == "both" else (config.ood_removal,)
+    removed = [
+        (scan, remove_objects(scan.image, scan.lesion, mode, scan.mask))
+        for scan in scans
+        if scan.lesion is not None and scan.lesion.any()
+        for mode in modes
+    ]
+    pools = [pool for pool in (removed, list(healthy)) if pool]
+    if not pools:
+        raise MedoodError(
+            "ood_supervision needs anomaly-free samples: training scans with lesions to "
+            "remove, or healthy scans (ood_healthy)"
+        )
+
+    def draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        pool = pools[int(rng.integers(len(pools)))]
+        item = pool[int(rng.integers(len(pool)))]
+        if isinstance(item, tuple):  # (scan, its image without lesions)
+            scan, image = item
+            return random_patch(scan, config.patch, rng, image=image, centres=scan.lesion)
+        return random_patch(item, config.patch, rng)
+
+    return draw, {"removed_images": len(removed), "healthy_scans": len(healthy), "modes": modes}
+
+
+def anomaly_free_mix(config, scans, space, execution, progress=None, cancelled=None):
+    """``(hard negatives, their share, the card's record)`` for ``config.ood_supervision``."""
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.training.data import prepare_scans
+    from napari_medood.training.hard_negatives import (
+        AUTO,
+        check_same_space,
+        mine_hard_negatives,
+        ratio_rule_share,
+    )
+
+    name = config.ood_baseline or config.init
+    baseline = Checkpoint.open(name)
+    if baseline.family != FAMILY:
+        raise MedoodError(f"ood_baseline={name}: a {baseline.family} checkpoint, not {FAMILY}")
+    check_same_space(baseline.card, space.to_card(), f"ood_baseline={name}")
+    healthy = []
+    if config.ood_healthy:
+        healthy = prepare_scans(
+            discover_cases(config.ood_healthy, masks=config.ood_healthy_masks), space
+        )
+    draw, sources = ood_candidates(config, scans, healthy)
+    network = execution.prepare(baseline.build_model("cpu"))
+    found = mine_hard_negatives(
+        network,
+        execution,
+        draw,
+        config.ood_candidates,
+        config.seed,
+        config.ood_threshold,
+        config.ood_min_voxels,
+        progress,
+        cancelled,
+    )
+    del network
+    record = {
+        "baseline": {"model": baseline.name, "sha256": baseline.card["weights"].get("sha256")},
+        "threshold": config.ood_threshold,
+        "min_voxels": config.ood_min_voxels,
+        "removal": list(sources["modes"]),
+        "removed_images": sources["removed_images"],
+        "healthy_scans": sources["healthy_scans"],
+        **found.record(),
+    }
+    if config.ood_supervision == AUTO:
+        # one pass of training patches, drawn as training draws them, counted as the
+        # reference counts its patches: positive when it holds lesion
+        sample = LesionPatches(scans, config.patch, config.ood_candidates, config.seed + 1)
+        positives = sum(bool(sample.sample(i)[1].any()) for i in range(len(sample)))
+        r, share = ratio_rule_share(positives, len(sample), len(found.patches))
+        record.update(
+            rule="Med-OoD ratio rule (positive/negative closest to 0.65)",
+            r=r,
+            positive_share=round(positives / len(sample), 4),
+        )
+    else:
+        share = float(config.ood_supervision) if found.patches else 0.0
+    record["share"] = round(share, 4)
+    return found.patches, share, record
+
+
+def train_segmenter(
+    config: SegTrainConfig,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelledPredicate | None = None,
+) -> TrainResult:
+    """Train (or resume) the segmenter as ``config`` says."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from napari_medood.detectors.segmenter import SegmenterDetector
+    from napari_medood.execution import plan_execution
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.models.segmenter import SEGMENTER_PRESETS, LesionSegmenter
+    from napari_medood.training._loop import (
+        device_description,
+        run_patch_training,
+        setup_distributed,
+    )
+    from napari_medood.training.data import expected_scans, prepare_scans
+    from napari_medood.training.unet import validate
+
+    config.validate()
+    rank, world, device = setup_distributed(config.device)
+    torch.manual_seed(config.seed)
+    execution = plan_execution(device, config.precision if config.amp else "float32")
+    network = LesionSegmenter(
+        config.channels or SEGMENTER_PRESETS[config.preset], config.residual_units
+    )
+    init = None
+    if config.init:
+        init = start_from(config.init, network)
+    model = execution.prepare(network, fold_batch_norm=False).train()
+
+    train_cases = discover_cases(config.train, masks=config.masks)
+    space = model_space(config)
+    scans = prepare_scans(train_cases, space, lesions=True)
+    expects = expected_scans(scans, space, config.modality, config.contrast)
+    val_cases = discover_cases(config.val) if config.val else []
+    negatives, p_negative, ood_record = [], 0.0, None
+    if config.ood_supervision not in (0, 0.0):
+        negatives, p_negative, ood_record = anomaly_free_mix(
+            config, scans, space, execution, progress, cancelled
+        )
+    dataset = LesionPatches(
+        scans,
+        config.patch,
+        config.steps * config.batch_size * world,
+        config.seed,
+        config.foreground_p,
+        config.flip_p,
+        config.intensity_jitter,
+        negatives,
+        p_negative,
+    )
+    training_info = {
+        "precision": execution.precision,
+        "data": [c.name for c in train_cases],
+        "data_licence": config.data_licence,
+        "validation": [c.name for c in val_cases],
+        "lesion_ml": [
+            round(float(s.lesion.sum()) * float(np.prod(config.spacing)) / 1000, 3) for s in scans
+        ],
+        "recipe": {
+            k: v
+            for k, v in config.to_dict().items()
+            if k not in ("train", "masks", "val", "out", "name", "description")
+        },
+        "init": init,
+        "ood_supervision": ood_record,
+        "processes": world,
+        "device": device_description(device),
+        "torch": torch.__version__,
+    }
+    # batch Dice: a hard negative's empty target does not make its own Dice undefined
+    dice_ce = DiceCELoss(sigmoid=True, batch=True)
+
+    def loss_of(outputs, targets):
+        return dice_ce(outputs.float(), targets)
+
+    def card_of(metrics: dict, training: dict) -> dict:
+        return model_card(config, network, metrics, training, expects)
+
+    def validate_module(module) -> dict:
+        card = card_of({}, training_info)
+        return validate(module, card, val_cases, device, execution.precision, SegmenterDetector)
+
+    return run_patch_training(
+        config,
+        model,
+        execution,
+        dataset,
+        loss_of,
+        card_of,
+        validate_module if val_cases else None,
+        training_info,
+        (rank, world, device),
+        progress,
+        cancelled,
+    )
+
+
+def start_from(name: str, network) -> dict:
+    """Load a seg3d checkpoint of the same architecture into ``network`` (checked against
+    its sha256); what the card records of it."""
+    from napari_medood.models.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint.open(name)
+    if checkpoint.family != FAMILY:
+        raise MedoodError(f"init={name}: a {checkpoint.family} checkpoint, not {FAMILY}")
+    channels = list(checkpoint.card.get("architecture", {}).get("channels") or [])
+    if channels != list(network.channels):
+        raise MedoodError(
+            f"init={name}: its segmenter has channels {channels}, this run "
+            f"{list(network.channels)}; set channels (or preset) to match"
+        )
+    network.load_state_dict(checkpoint.load_state())
+    return {"model": checkpoint.name, "sha256": checkpoint.card["weights"].get("sha256")}
+
+
+TRAINER = Trainer(
+    config=SegTrainConfig,
+    run=train_segmenter,
+    description="a supervised 3D lesion segmenter (MONAI U-Net) on scans with lesion masks, "
+    "with Med-OoD anomaly-free samples as supervision (--ood-supervision)",
+    example_config="configs/brain-t1-seg.yaml",
+)
