@@ -360,6 +360,7 @@ def test_all_panels_fit_a_1000_px_screen(make_napari_viewer, qtbot):
     assert [dock.tabText(i) for i in range(dock.count())] == [
         "Scan",
         "Detect",
+        "Compare",
         "Trust",
         "Playground",
         "Evaluate",

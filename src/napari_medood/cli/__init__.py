@@ -1,5 +1,5 @@
 """Command-line faces of napari-medood, one module per command: ``medood-predict``,
-``medood-train``, ``medood-eval``, ``medood-synth``.
+``medood-train``, ``medood-eval``, ``medood-synth``, ``medood-compare``.
 
 Each command only translates arguments into calls of the headless core, with one option
 vocabulary (``--model``, ``--device``, ``--mask``). An error prints one line naming the file
@@ -39,4 +39,11 @@ def synth_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
-__all__ = ["eval_main", "predict_main", "synth_main", "train_main"]
+def compare_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``medood-compare``."""
+    from napari_medood.cli.compare import main
+
+    return main(argv)
+
+
+__all__ = ["compare_main", "eval_main", "predict_main", "synth_main", "train_main"]

@@ -1,0 +1,431 @@
+"""The "Compare two models" panel: two maps of one scan, their difference, and where they
+disagree (``napari_medood.evaluation.compare``).
+
+Choose the scan and its brain mask, model A and model B (any two models that give a map),
+where they run, and the threshold each uses when it has no calibration that holds for the
+run. Run works off the GUI thread, with progress through both models and a Cancel button.
+It adds four layers placed exactly over the scan: each model's map (hidden, a click away),
+A - B (red where A is higher, blue where B is, transparent where they agree), and a Labels
+layer of which model flags each voxel (red A only, blue B only, yellow both). The panel says
+how much each flags, alone and together, and the Dice of the two. The scan and mask layers
+are only read; running the same pair on the same scan again replaces the panel's own layers.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QHBoxLayout,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medood._napari._roles import ANOMALY_MAP, BY_PRODUCT, THRESHOLD, with_role
+from napari_medood._napari._widgets._common import (
+    CancellableRun,
+    Panel,
+    job_volume,
+    scan_and_mask_pickers,
+    scan_job,
+    wrapping_label,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+#: the metadata key of the panel's own layers
+COMPARISON_KEY = "medood_comparison"
+#: the panel's outputs, in the order they are stacked (the last on top)
+OUTPUTS = ("map_a", "map_b", "difference", "disagreement")
+READING, PREPARING = "reading the layers", "preparing the result layers"
+STEP_PAUSE_MS = 30
+#: the disagreement labels' colours: A's side red and B's blue, as in the difference layer
+DISAGREEMENT_COLOURS = {1: "#ff4d4d", 2: "#4d88ff", 3: "#ffd700"}
+THRESHOLD_TIP = (
+    "flag this model's voxels above this value when it has no calibrated threshold that holds "
+    "for this run (a calibrated model, given a brain mask, uses its card's threshold)"
+)
+
+
+@dataclass
+class ComparisonOutcome:
+    """What the worker hands to the GUI thread: the summary and layers ready to add."""
+
+    summary: dict
+    notes: tuple[str, ...]
+    layers: dict[str, Any] = field(default_factory=dict)  # OUTPUTS -> napari layer, not added
+
+
+def difference_colormap():
+    """Diverging, centred on 0: blue (B higher) through transparent (no difference) to red
+    (A higher), so that the scan shows through where the two maps agree."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(
+        [[0.1, 0.35, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0], [1.0, 0.15, 0.1, 1.0]],
+        name="medood A - B",
+    )
+
+
+def disagreement_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(
+        color_dict={None: "transparent", 0: "transparent", **DISAGREEMENT_COLOURS}
+    )
+
+
+class CompareWidget(CancellableRun, Panel):
+    """Dock panel over :func:`napari_medood.evaluation.compare.compare_models`."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        from magicgui.widgets import ComboBox, Container, FloatSpinBox
+
+        from napari_medood.detectors import default_model
+        from napari_medood.device import available_devices
+        from napari_medood.evaluation.compare import DEFAULT_THRESHOLD, map_models
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.setObjectName("medood-compare")
+        self.last_summary: dict | None = None
+        self.last_error: str | None = None
+        self.notes: tuple[str, ...] = ()
+        self._worker = None
+        self._cancel = threading.Event()
+        self._source = None
+        self._pair: tuple[str, str] = ("", "")
+        self._pending_steps = 0
+
+        self.image_combo, self.mask_combo = scan_and_mask_pickers(
+            napari_viewer, self, "none: Otsu head mask"
+        )
+        models = map_models()
+        first = default_model() if default_model() in models else (models or [None])[0]
+        second = next((m for m in models if m != first), first)
+        # magicgui builds the value widgets of the run options
+        self.model_a_choice = ComboBox(label="Model A", choices=models, value=first)
+        self.model_b_choice = ComboBox(label="Model B", choices=models, value=second)
+        self.threshold_a_spin = FloatSpinBox(
+            label="Threshold A", min=0.0, max=1.0, step=0.01, value=DEFAULT_THRESHOLD
+        )
+        self.threshold_b_spin = FloatSpinBox(
+            label="Threshold B", min=0.0, max=1.0, step=0.01, value=DEFAULT_THRESHOLD
+        )
+        for spin in (self.threshold_a_spin, self.threshold_b_spin):
+            spin.tooltip = THRESHOLD_TIP
+        self.device_choice = ComboBox(label="Device", choices=available_devices())
+        self.options = Container(
+            widgets=[
+                self.model_a_choice,
+                self.threshold_a_spin,
+                self.model_b_choice,
+                self.threshold_b_spin,
+                self.device_choice,
+            ]
+        )
+        self.options.margins = (0, 0, 0, 0)
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.status = wrapping_label()
+        self.summary_label = wrapping_label()
+        self.notes_label = wrapping_label()
+        self.notes_label.setStyleSheet("color: #ffb347;")
+        self.notes_label.hide()
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("Scan", self.image_combo)
+        form.addRow("Brain mask", self.mask_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self.body)
+        layout.addLayout(form)
+        layout.addWidget(self.options.native)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        layout.addWidget(self.summary_label)
+        layout.addWidget(self.notes_label)
+        layout.addStretch(1)
+
+        self.image_combo.currentIndexChanged.connect(lambda *_: self.mask_combo.choose_default())
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.mask_combo.choose_default()
+
+    # ---------------------------------------------------------------------------- run
+    def run(self) -> None:
+        """Start both models on the chosen scan, off the GUI thread."""
+        if self._worker is not None:
+            return
+        source = self.image_combo.current_layer()
+        mask_layer = self.mask_combo.current_layer()
+        model_a, model_b = self.model_a_choice.value, self.model_b_choice.value
+        if source is None:
+            self._fail(ValueError("open a scan first (File > Open, or File > Open Sample)"))
+            return
+        if not model_a or not model_b:
+            self._fail(ValueError("no model that gives an anomaly map is installed"))
+            return
+        if model_a == model_b:
+            self._fail(ValueError(f"choose two different models (both are {model_a})"))
+            return
+        if mask_layer is not None and np.shape(mask_layer.data) != np.shape(source.data):
+            self._fail(
+                ValueError(
+                    f"the mask '{mask_layer.name}' has shape {np.shape(mask_layer.data)}, "
+                    f"the scan {np.shape(source.data)}"
+                )
+            )
+            return
+        # only references and small state are taken here: the volumes are built in the worker
+        job = {
+            **scan_job(source, mask_layer),
+            "model_a": model_a,
+            "model_b": model_b,
+            "threshold_a": float(self.threshold_a_spin.value),
+            "threshold_b": float(self.threshold_b_spin.value),
+            "device": self.device_choice.value,
+            "source_layer": source.name,
+            "source_id": str(source.unique_id),
+        }
+        self._source = source
+        self._pair = (model_a, model_b)
+        self.notes = ()
+        self.notes_label.hide()
+        self.status.setText(f"{model_a} vs {model_b}: starting...")
+        self.start_run(compare_job, job, self._show, self._aborted)
+
+    def _progress(self, report: tuple[int, int, str]) -> None:
+        done, total, message = report
+        if total > 0:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(done)
+            self.status.setText(f"{message}: {done}/{total}")
+        else:
+            self.progress_bar.setRange(0, 0)
+            self.status.setText(str(message))
+
+    def _reset_progress(self) -> None:
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+
+    def _finished(self) -> None:
+        self.end_run()
+        if self.progress_bar.maximum() == 0:
+            self._reset_progress()
+
+    def _aborted(self) -> None:
+        self.status.setText("Cancelled: no layer was added.")
+        self.last_error = "cancelled"
+        self._reset_progress()
+
+    def _fail(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        from napari_medood.errors import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self._aborted()
+            return
+        self.last_error = str(exc)
+        self._reset_progress()
+        self.status.setText(f"Could not compare: {exc}")
+        show_error(f"Compare two models: {exc}")
+
+    # ------------------------------------------------------------------------- result
+    def _show(self, outcome: ComparisonOutcome | None) -> None:
+        from napari_medood.evaluation.compare import summary_lines
+
+        if outcome is None:  # quit before the end
+            return
+        self.last_summary = outcome.summary
+        self.last_error = None
+        self.notes = outcome.notes
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1)
+        self.status.setText("Done.")
+        self.summary_label.setText("\n".join(summary_lines(outcome.summary)))
+        if self.notes:
+            self.notes_label.setText("Before you read this result:\n- " + "\n- ".join(self.notes))
+            self.notes_label.show()
+        source = self._source
+        if source not in self.viewer.layers:  # the scan went away during the run
+            return
+        previous = self.outputs_of(source, self._pair)
+        # each layer napari must build a visual for gets its own turn of the event loop,
+        # so that the window keeps responding while the result appears
+        self._run_steps(
+            [
+                (lambda key=key: self._place(key, outcome.layers[key], previous.get(key)))
+                for key in OUTPUTS
+            ]
+        )
+
+    def _run_steps(self, steps: list) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._pending_steps = len(steps)
+        if not steps:
+            return
+        first, rest = steps[0], steps[1:]
+        try:
+            first()
+        finally:
+            self._pending_steps = len(rest)
+        if rest:
+            QTimer.singleShot(STEP_PAUSE_MS, lambda: self._run_steps(rest))
+
+    @property
+    def busy(self) -> bool:
+        """A run, or the showing of its result, is under way."""
+        return self._worker is not None or self._pending_steps > 0
+
+    def _place(self, key: str, layer: Any, previous: Any) -> None:
+        """Add ``layer``, or, after a run of the same pair on the same scan, put its data
+        into the layer that run made (which keeps its place, visibility and opacity)."""
+        layers = self.viewer.layers
+        if (
+            previous is not None
+            and previous in layers
+            and type(previous) is type(layer)
+            and previous.data.shape == layer.data.shape
+        ):
+            previous.data = layer.data
+            if hasattr(layer, "contrast_limits"):
+                previous.contrast_limits_range = layer.contrast_limits_range
+                previous.contrast_limits = layer.contrast_limits
+            previous.metadata = layer.metadata
+            previous.name = layer.name
+            return
+        if previous is not None and previous in layers:
+            index = layers.index(previous)
+            layers.remove(previous)
+            layers.insert(index, layer)
+        else:
+            layers.append(layer)
+
+    def outputs_of(self, source: Any, pair: tuple[str, str]) -> dict[str, Any]:
+        """The panel's layers from comparing ``pair`` on ``source``, by output."""
+        key = str(source.unique_id)
+        found = {}
+        for layer in self.viewer.layers:
+            made = layer.metadata.get(COMPARISON_KEY)
+            if made and made.get("source_id") == key and tuple(made.get("models", ())) == pair:
+                found[made.get("output")] = layer
+        return found
+
+
+def _display_name(model: str) -> str:
+    """A model's name for layer names (a checkpoint folder by its last part)."""
+    from pathlib import Path
+
+    return Path(model).name or model
+
+
+def compare_job(job: dict, progress=None, cancelled=None) -> ComparisonOutcome:
+    """The whole run, off the GUI thread: layers to volumes, both models, layers back."""
+    from napari.layers import Image, Labels
+
+    from napari_medood._napari._layers import volume_to_layer_data
+    from napari_medood._progress import check_cancelled
+    from napari_medood.detectors import get_detector
+    from napari_medood.evaluation.compare import compare_models
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(0, 0, message)
+
+    say(READING)
+    volume, mask = job_volume(job)
+    # the models read a copy: nothing they do can reach the user's layer
+    volume = volume.with_data(np.array(volume.data, copy=True))
+    check_cancelled(cancelled)
+    detectors = []
+    for key in ("model_a", "model_b"):
+        say(f"loading {job[key]}")
+        detectors.append(get_detector(job[key], device=job["device"], extra_maps=False))
+    comparison = compare_models(
+        *detectors,
+        volume,
+        mask,
+        threshold_a=job["threshold_a"],
+        threshold_b=job["threshold_b"],
+        progress=progress,
+        cancelled=cancelled,
+    )
+    check_cancelled(cancelled)
+    say(PREPARING)
+    name_a, name_b = (_display_name(job[key]) for key in ("model_a", "model_b"))
+    placement = {k: v for k, v in job["state"].items() if k != "metadata"}
+
+    def metadata(output: str, role: str, extra: dict) -> dict:
+        made = {
+            "source_id": job["source_id"],
+            "source_layer": job["source_layer"],
+            "models": [job["model_a"], job["model_b"]],
+            "output": output,
+            "summary": comparison.summary,
+        }
+        return with_role({COMPARISON_KEY: made, **extra}, role)
+
+    def layer_of(output: str, volume, kind: str, name: str, role: str, **style):
+        data, kwargs, _ = volume_to_layer_data(volume, kind, name=name)
+        # the source's voxel order and affine, so that saving the layer writes them exactly
+        kwargs["metadata"] = metadata(output, role, kwargs["metadata"])
+        kwargs.update(style)
+        kwargs.update(placement)  # exactly over the scan, as it is shown
+        return (Labels if kind == "labels" else Image)(data, **kwargs)
+
+    layers = {}
+    for output, volume_out, name in (
+        ("map_a", comparison.map_a, f"{name_a} map"),
+        ("map_b", comparison.map_b, f"{name_b} map"),
+    ):
+        layers[output] = layer_of(
+            output,
+            volume_out,
+            "image",
+            name,
+            ANOMALY_MAP,
+            colormap="inferno",
+            blending="additive",
+            contrast_limits=(0.0, 1.0),
+            visible=False,
+        )
+    difference = comparison.difference.data
+    reach = float(np.abs(difference).max()) if difference.size else 0.0
+    reach = reach if reach > 0 else 1.0  # identical maps: any symmetric range shows nothing
+    layers["difference"] = layer_of(
+        "difference",
+        comparison.difference,
+        "image",
+        f"{name_a} \u2212 {name_b}",
+        BY_PRODUCT,
+        colormap=difference_colormap(),
+        contrast_limits=(-reach, reach),
+        blending="translucent",
+    )
+    layers["disagreement"] = layer_of(
+        "disagreement",
+        comparison.disagreement,
+        "labels",
+        f"{name_a} vs {name_b} disagreement",
+        THRESHOLD,
+        colormap=disagreement_colormap(),
+        opacity=0.6,
+    )
+    return ComparisonOutcome(comparison.summary, comparison.notes, layers)
