@@ -396,3 +396,40 @@ def test_eval_scores_a_chosen_sample_score_of_a_calibrated_model(valset, tmp_pat
     assert eval_main(refused) == 2
     assert "has no calibrated sample score" in capsys.readouterr().err
     assert not (out / "predictions").exists()
+
+
+def test_eval_reports_dice_and_healthy_volume_at_a_fixed_threshold(valset, tmp_path):
+    from napari_medood.detectors import get_detector
+    from napari_medood.io.readers import read_volume
+    from napari_medood.preprocessing.masks import load_mask
+
+    t1, dlmuse = shared("ixi-t1-2mm", "t1"), shared("ixi-t1-2mm", "dlmuse")
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    for scan in sorted(t1.glob("*.nii.gz"))[-2:]:
+        shutil.copy(scan, healthy / scan.name)
+    report = tmp_path / "report"
+    argv = ["--model", "median-residual", "--healthy", str(healthy), "--healthy-mask", str(dlmuse)]
+    argv += ["--thresholds", "0.3,0.6", "--bootstrap", "0", str(valset), "-o", str(report)]
+    assert eval_main(argv) == 0
+    pixel = json.loads((report / "metrics.json").read_text())["pixel"]
+    assert set(pixel["fixed"]) == {"at0.3", "at0.6"}
+    detector = get_detector("median-residual")
+    for name, value in (("at0.3", 0.3), ("at0.6", 0.6)):
+        entry = pixel["fixed"][name]
+        assert entry["threshold"] == value
+        assert pixel["dice"][name]["dice_mean"] == pytest.approx(entry["dice_mean"])
+        # each healthy scan's volume above the threshold, counted here from its own map
+        for scan in sorted(healthy.iterdir()):
+            volume = read_volume(scan)
+            mask = load_mask(next(dlmuse.glob(scan.name.split("_")[0] + "*")), volume.grid)
+            values = detector.predict(volume, mask).anomaly_map.data
+            ml = np.count_nonzero(values[mask] > value) * np.prod(volume.spacing) / 1000
+            key = scan.name.replace(".nii.gz", "")
+            assert entry["healthy_flagged_ml"][key] == pytest.approx(ml, rel=0.03, abs=0.05)
+    # a higher threshold flags less and the report says so
+    assert pixel["fixed"]["at0.6"]["healthy_flagged_ml_mean"] <= (
+        pixel["fixed"]["at0.3"]["healthy_flagged_ml_mean"]
+    )
+    assert "At the fixed threshold 0.6" in (report / "report.md").read_text()
+    assert eval_main([*argv[:-3], "--thresholds", "half", str(valset), "-o", str(report)]) == 2

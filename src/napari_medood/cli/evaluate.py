@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="voxel false-positive rates for calibrated thresholds",
     )
     parser.add_argument(
+        "--thresholds",
+        metavar="T[,T...]",
+        default="",
+        help="fixed voxel thresholds (e.g. 0.5 for a segmenter, or another model's calibrated "
+        "threshold) at which to report Dice on lesions and the ml flagged in each healthy scan",
+    )
+    parser.add_argument(
         "--calibrate",
         metavar="FPR",
         type=float,
@@ -173,8 +180,16 @@ def _eval(args: argparse.Namespace) -> int:
         else:
             raise MedoodError("--healthy needs --healthy-predictions (or --model)")
     fprs = tuple(float(f) for f in args.fprs.split(",") if f.strip())
+    try:
+        fixed = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
+    except ValueError:
+        raise MedoodError(f"--thresholds takes numbers, got {args.thresholds!r}") from None
     options = EvalOptions(
-        fprs=fprs, bootstrap=args.bootstrap, seed=args.seed, use_masks=not args.all_voxels
+        fprs=fprs,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        use_masks=not args.all_voxels,
+        thresholds=fixed,
     )
     participants: dict = {}
     for table in args.participants:

@@ -46,9 +46,13 @@ class EvalOptions:
         bootstrap: resamples for the sample-level confidence intervals (0: none).
         seed: seed of the bootstrap.
         use_masks: count only voxels inside each case's brain mask when it has one.
+        thresholds: fixed voxel thresholds (a segmenter's 0.5, or one model's calibrated
+            threshold applied to another) at which Dice on lesions and the volume flagged
+            in each healthy scan are reported (``pixel["fixed"]``).
     """
 
     fprs: Sequence[float] = DEFAULT_FPRS
+    thresholds: Sequence[float] = ()
     sweep: Sequence[float] = tuple(np.round(np.arange(0.0, 1.0, 0.01), 2))
     bisection_steps: int = 10
     bootstrap: int = 1000
@@ -73,6 +77,7 @@ class CaseResult:
     problems: list[str] = field(default_factory=list)
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    voxel_ml: float | None = None
     counts: CaseCounts | None = field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
@@ -110,17 +115,23 @@ class EvaluationResult:
         }
 
 
-def _read_array(path) -> np.ndarray:
+def _read_array(path, voxel_ml: list | None = None) -> np.ndarray:
+    """The file's voxels; ``voxel_ml`` (a list) receives a voxel's volume in ml."""
     from napari_medood.io.readers import read_volume
 
-    return read_volume(path).data
+    volume = read_volume(path)
+    if voxel_ml is not None:
+        voxel_ml.append(float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0)
+    return volume.data
 
 
-def _case_arrays(case: Case, prediction: Prediction, use_masks: bool, pixel: bool):
+def _case_arrays(
+    case: Case, prediction: Prediction, use_masks: bool, pixel: bool, voxel_ml: list | None = None
+):
     """The case's label and mask arrays, and its map read as MOOD reads it (missing or of the
     wrong shape: zeros). The map is None when no voxel metric can be computed."""
-    label = _read_array(case.label) if case.label is not None else None
-    mask = _read_array(case.mask) > 0 if use_masks and case.mask is not None else None
+    label = _read_array(case.label, voxel_ml) if case.label is not None else None
+    mask = _read_array(case.mask, voxel_ml) > 0 if use_masks and case.mask is not None else None
     if not pixel:
         return label, mask, None
     anomaly_map = prediction.anomaly_map
@@ -170,7 +181,11 @@ def score_cases(
         result = CaseResult(case.name, info=dict(case.info))
         try:
             prediction = predict(case)
-            label, mask, anomaly_map = _case_arrays(case, prediction, options.use_masks, pixel)
+            voxel_ml: list[float] = []
+            label, mask, anomaly_map = _case_arrays(
+                case, prediction, options.use_masks, pixel, voxel_ml
+            )
+            result.voxel_ml = voxel_ml[0] if voxel_ml else None
             result.notes.extend(prediction.notes)
             result.problems.extend(prediction.problems)
             result.score = prediction.score
@@ -247,6 +262,8 @@ def evaluate(
         source = f"the {len(normal_cases)} normal cases of the evaluated set"
     calibration = _calibrate(calibration_cases, options.fprs, source)
     thresholds = dict(calibration.get("thresholds", {}))
+    fixed = {f"at{float(t):g}": float(t) for t in options.thresholds}
+    thresholds.update(fixed)
 
     pixel: dict[str, Any] = {
         "cases_counted": sum(r.counts is not None for r in results),
@@ -273,7 +290,7 @@ def evaluate(
             "bisection": {"threshold": t_bis, "dice_pooled": d_bis},
             "sweep": {"threshold": t_sweep, "dice_mean": d_sweep},
         }
-        for name, value in calibration.get("thresholds", {}).items():
+        for name, value in {**calibration.get("thresholds", {}), **fixed}.items():
             pixel["dice"][name] = {"threshold": value}
     for r in results + healthy_results:
         if r.counts is None:
@@ -286,13 +303,13 @@ def evaluate(
             r.fpr = {
                 n: float(f)
                 for n, f in zip(names, r.counts.fpr_at(values), strict=True)
-                if n.startswith("fpr")
+                if n.startswith("fpr") or n in fixed
             }
     if lesion_cases:
         for name in thresholds:
             scores = [r.dice[name] for r in lesion_cases if name in r.dice]
             pixel["dice"][name]["dice_mean"] = float(np.mean(scores))
-            if name.startswith("fpr"):
+            if name.startswith("fpr") or name in fixed:
                 pixel["dice"][name]["dice_std"] = float(np.std(scores))
     if calibration.get("thresholds"):
         fpr_rows = [r for r in normal_cases + healthy_results if r.fpr]
@@ -302,6 +319,12 @@ def evaluate(
             else {}
         )
 
+    if fixed:
+        healthy_rows = [r for r in normal_cases + healthy_results if r.fpr]
+        pixel["fixed"] = {
+            name: _at_fixed_threshold(name, value, lesion_cases, healthy_rows)
+            for name, value in fixed.items()
+        }
     sample = _sample_metrics(results, options)
     settings = {
         "cases": len(cases),
@@ -324,6 +347,25 @@ def evaluate(
     return EvaluationResult(
         results + healthy_results, pixel, sample, calibration, settings, histogram, sweep_curve
     )
+
+
+def _at_fixed_threshold(
+    name: str, value: float, lesion_cases: Sequence[CaseResult], healthy: Sequence[CaseResult]
+) -> dict[str, Any]:
+    """Dice on the lesion cases and the volume each healthy scan has above ``value``."""
+    flagged = {
+        r.name: round(r.fpr[name] * r.counted_voxels * r.voxel_ml, 3)
+        for r in healthy
+        if r.voxel_ml is not None
+    }
+    dice = [r.dice[name] for r in lesion_cases if name in r.dice]
+    return {
+        "threshold": value,
+        "dice_mean": float(np.mean(dice)) if dice else None,
+        "healthy_flagged_ml": flagged,
+        "healthy_flagged_ml_mean": float(np.mean(list(flagged.values()))) if flagged else None,
+        "healthy_fpr_mean": float(np.mean([r.fpr[name] for r in healthy])) if healthy else None,
+    }
 
 
 def _calibrate(cases: Sequence[CaseResult], fprs: Sequence[float], source: str) -> dict:

@@ -240,7 +240,10 @@ def markdown(
             how = {
                 "bisection": "best, Zimmerer bisection (pooled)",
                 "sweep": "best, sweep (oracle)",
-            }.get(name, f"calibrated, {name} voxel FPR")
+            }.get(
+                name,
+                f"fixed, {name[2:]}" if name.startswith("at") else f"calibrated, {name} voxel FPR",
+            )
             lines.append(
                 f"| {how} | {_fmt(entry['threshold'], 4)} | {_fmt(entry.get('dice_mean'))} |"
             )
@@ -255,6 +258,13 @@ def markdown(
                 f"{k} -> {_fmt(v, 4)} ({_fmt(per_scan.get(k), 4)})"
                 for k, v in calibration["healthy_fpr_pooled"].items()
             ),
+            "",
+        ]
+    for entry in pixel.get("fixed", {}).values():
+        flagged = ", ".join(f"{k} {v:.1f}" for k, v in entry["healthy_flagged_ml"].items())
+        lines += [
+            f"At the fixed threshold {_fmt(entry['threshold'], 4)}: healthy scans flagged "
+            f"{_fmt(entry['healthy_flagged_ml_mean'], 2)} ml on average ({flagged or 'none'}).",
             "",
         ]
     lines += ["## Sample level", ""]
