@@ -428,8 +428,9 @@ def test_eval_reports_dice_and_healthy_volume_at_a_fixed_threshold(valset, tmp_p
             key = scan.name.replace(".nii.gz", "")
             assert entry["healthy_flagged_ml"][key] == pytest.approx(ml, rel=0.03, abs=0.05)
     # a higher threshold flags less and the report says so
-    assert pixel["fixed"]["at0.6"]["healthy_flagged_ml_mean"] <= (
-        pixel["fixed"]["at0.3"]["healthy_flagged_ml_mean"]
+    assert (
+        pixel["fixed"]["at0.6"]["healthy_flagged_ml_mean"]
+        <= (pixel["fixed"]["at0.3"]["healthy_flagged_ml_mean"])
     )
     assert "At the fixed threshold 0.6" in (report / "report.md").read_text()
     assert eval_main([*argv[:-3], "--thresholds", "half", str(valset), "-o", str(report)]) == 2
