@@ -634,3 +634,90 @@ def test_the_shipped_model_maps_the_sample_on_the_command_line(tmp_path, capsys)
     tested = card["metrics"]["test"]
     assert set(tested["model"]) == {"ixi-held-out", "ms-t1", "ms-flair"}
     assert set(tested["variants"]["residual"]) == set(tested["model"])
+
+
+def test_hard_slices_are_the_ones_the_baseline_reconstructs_badly_and_are_seen_more(
+    diffusion_scans, diffusion_checkpoint, tmp_path
+):
+    import torch
+
+    from conftest import tiny_diffusion_settings
+    from napari_medood.execution import plan_execution
+    from napari_medood.io.lmdb_cache import SliceLMDB
+    from napari_medood.models.checkpoint import Checkpoint, load_checkpoint
+    from napari_medood.models.diffusion import DiffusionProcess, reconstruct
+    from napari_medood.training.config import load_config
+    from napari_medood.training.diffusion import (
+        DiffusionTrainConfig,
+        SliceSamples,
+        fit_slice,
+        mine_hard_slices,
+        train_diffusion,
+    )
+
+    def config(*extra):
+        settings = tiny_diffusion_settings(diffusion_scans, tmp_path / "hard", "steps=2", *extra)
+        return load_config(None, settings, DiffusionTrainConfig)
+
+    cache_folder = next((diffusion_scans / "run").glob("slices-train-*"))
+    execution = plan_execution("cpu", "float32")
+    every = config(
+        "ood_supervision=0.5",
+        f"ood_baseline={diffusion_checkpoint}",
+        "ood_candidates=24",
+        "ood_threshold=-1",
+    )
+    with SliceLMDB(cache_folder) as cache:
+        candidates, _ = mine_hard_slices(every, cache, execution)
+        assert len(candidates) == 24
+        # the pixels each candidate gets wrong by more than 0.1, reconstructed here
+        checkpoint = Checkpoint.open(diffusion_checkpoint)
+        network = checkpoint.build_model("cpu")
+        process = DiffusionProcess.from_card(checkpoint.card["diffusion"])
+        noise = process.noise_fields(1, (48, 48), torch.Generator().manual_seed(every.seed))
+        slices = torch.from_numpy(
+            np.stack([fit_slice(cache[i][0], (48, 48), None) for i in candidates])
+        )[:, None]
+        with torch.inference_mode():
+            rebuilt = reconstruct(
+                network, slices, noise, checkpoint.card["inference"]["t"], process
+            )[:, 0]
+        wrong = ((rebuilt - slices[:, 0]).abs() > 0.1) & (slices[:, 0] > 0)
+        counts = wrong.flatten(1).sum(1).numpy()
+        minimum = int(np.median(counts)) + 1
+        chosen = config(
+            "ood_supervision=0.5",
+            f"ood_baseline={diffusion_checkpoint}",
+            "ood_candidates=24",
+            "ood_threshold=0.1",
+            f"ood_min_voxels={minimum}",
+        )
+        hard, record = mine_hard_slices(chosen, cache, execution)
+        assert hard == [i for i, c in zip(candidates, counts, strict=True) if c >= minimum]
+        assert 0 < len(hard) < 24
+        assert record["hard"] == len(hard) and record["share"] == 0.5
+
+        # half the samples come from the hard slices (the cache records what is read)
+        class Recording:
+            def __init__(self):
+                self.read = []
+
+            def __len__(self):
+                return len(cache)
+
+            def __getitem__(self, index):
+                self.read.append(index)
+                return cache[index]
+
+        recording = Recording()
+        samples = SliceSamples(recording, (48, 48), 400, 0, False, hard, 0.5)
+        for i in range(400):
+            samples[i]
+        share = np.mean([index in set(hard) for index in recording.read])
+        assert share > 0.45  # 0.5, plus the hard slices the uniform draws pick
+    # the whole run records it; auto (the ratio rule) is refused with the reason
+    result = train_diffusion(chosen)
+    _, card = load_checkpoint(result.best)
+    assert card["training"]["ood_supervision"]["hard"] == len(hard)
+    with pytest.raises(MedoodError, match="healthy slices only"):
+        config("ood_supervision=auto", f"ood_baseline={diffusion_checkpoint}")

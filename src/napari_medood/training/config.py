@@ -149,10 +149,11 @@ def check_ood_supervision(config: Any) -> None:
             )
     elif isinstance(share, bool) or not 0 <= float(share) < 1:
         raise MedoodError(f"ood_supervision must be within [0, 1) or 'auto', got {share!r}")
-    if share and share != 0 and not (config.ood_baseline or config.init):
+    if share and share != 0 and not (config.ood_baseline or getattr(config, "init", None)):
         raise MedoodError(
             "ood_supervision mines hard negatives with a baseline model: give ood_baseline "
-            "(a checkpoint of the same model space) or init"
+            "(a checkpoint of the same model space)"
+            + (" or init" if hasattr(config, "init") else "")
         )
     if config.ood_candidates < 1 or config.ood_min_voxels < 1:
         raise MedoodError("ood_candidates and ood_min_voxels must be >= 1")

@@ -77,6 +77,14 @@ class DiffusionTrainConfig:
         as DLMUSE) in a random contrast, seeded, join the slice cache beside the real
         scans, so the model learns to reconstruct brains of any MR contrast; the card then
         expects any contrast. contrast_groups as for the U-Net.
+    Hard slices (Med-OoD's idea where it applies: a diffusion model trains on healthy
+        slices only, so there is no all-background label to add, but the healthy slices a
+        baseline reconstructs badly can be seen more often): ood_supervision, the share of
+        samples drawn from them (a number; the ratio rule counts lesion samples, which this
+        family has none of); ood_baseline, a diffusion2d checkpoint of the same model space;
+        ood_candidates, the cached slices it reconstructs (once, at ``t``, fixed noise);
+        a slice is hard when at least ood_min_voxels brain pixels differ from their
+        reconstruction by more than ood_threshold (intensities in [0, 1]).
     """
 
     name: str = "diffusion"
@@ -103,6 +111,11 @@ class DiffusionTrainConfig:
     augment: bool = True
     contrast_copies: int = 0
     contrast_groups: str = "dlmuse"
+    ood_supervision: float | str = 0.0
+    ood_baseline: str | None = None
+    ood_candidates: int = 256
+    ood_threshold: float = 0.2
+    ood_min_voxels: int = 10
     steps: int = 2000
     batch_size: int = 16
     lr: float = 1e-4
@@ -140,6 +153,15 @@ class DiffusionTrainConfig:
             raise MedoodError("the Mahalanobis map needs at least 2 reconstructions")
         from napari_medood.training.config import CONTRAST_GROUPS
 
+        if self.ood_supervision == "auto":
+            raise MedoodError(
+                "ood_supervision=auto is the ratio rule, which counts samples with lesions; "
+                "a diffusion model trains on healthy slices only: give the share of hard "
+                "slices (0.25, say)"
+            )
+        from napari_medood.training.config import check_ood_supervision
+
+        check_ood_supervision(self)
         if self.contrast_copies < 0:
             raise MedoodError(f"contrast_copies must be >= 0, got {self.contrast_copies}")
         if self.contrast_groups not in CONTRAST_GROUPS:
@@ -275,9 +297,21 @@ class SliceSamples:
     """Random training slices from a cache: ``(1, H, W)`` float32 in [0, 1], augmented with
     the reference's TorchIO intensity transforms; item ``i`` is the same in every run."""
 
-    def __init__(self, cache, size, length: int, seed: int, augment: bool):
+    def __init__(
+        self,
+        cache,
+        size,
+        length: int,
+        seed: int,
+        augment: bool,
+        hard: list[int] | tuple = (),
+        p_hard: float = 0.0,
+    ):
+        """A share ``p_hard`` of the items are drawn from the cache indices ``hard``."""
         self.cache, self.size, self.length = cache, tuple(size), length
         self.seed, self.augment = seed, augment
+        self.hard = list(hard)
+        self.p_hard = float(p_hard) if self.hard else 0.0
         self._transform = None
 
     def __len__(self) -> int:
@@ -301,7 +335,11 @@ class SliceSamples:
         import torch
 
         rng = np.random.default_rng([self.seed, index])
-        plane = self.cache[int(rng.integers(len(self.cache)))][0]
+        # drawn only with hard slices, so that a run without them is unchanged
+        if self.p_hard > 0 and rng.random() < self.p_hard:
+            plane = self.cache[self.hard[int(rng.integers(len(self.hard)))]][0]
+        else:
+            plane = self.cache[int(rng.integers(len(self.cache)))][0]
         plane = fit_slice(plane, self.size, rng)
         tensor = torch.from_numpy(plane)[None]
         if self.augment:
@@ -356,6 +394,67 @@ def validation_loss(model, slices, process, alphas, execution, seed: int) -> flo
     if was_training:
         model.train()
     return total / max(count, 1)
+
+
+def mine_hard_slices(
+    config: DiffusionTrainConfig, cache, execution, progress=None, cancelled=None
+) -> tuple[list[int], dict]:
+    """The cache indices of the healthy slices that ``config.ood_baseline`` reconstructs
+    badly (see the configuration), and the card's record. Every process finds the same
+    ones: the candidates and the noise are seeded."""
+    import torch
+
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.models.diffusion import DiffusionProcess, reconstruct
+    from napari_medood.training.hard_negatives import check_same_space
+
+    name = config.ood_baseline
+    baseline = Checkpoint.open(name)
+    if baseline.family != FAMILY:
+        raise MedoodError(f"ood_baseline={name}: a {baseline.family} checkpoint, not {FAMILY}")
+    check_same_space(baseline.card, model_space(config).to_card(), f"ood_baseline={name}")
+    process = DiffusionProcess.from_card(baseline.card["diffusion"])
+    t = int(baseline.card.get("inference", {}).get("t", config.t))
+    network = execution.prepare(baseline.build_model("cpu"))
+    rng = np.random.default_rng([config.seed, 0x0D])
+    count = min(int(config.ood_candidates), len(cache))
+    candidates = sorted(int(i) for i in rng.choice(len(cache), size=count, replace=False))
+    generator = torch.Generator().manual_seed(config.seed)
+    noise = process.noise_fields(1, tuple(config.slice_size), generator)
+    hard, flagged = [], []
+    batch = 16
+    for start in range(0, count, batch):
+        check_cancelled(cancelled)
+        report(progress, start, count, "finding hard slices")
+        indices = candidates[start : start + batch]
+        slices = torch.from_numpy(
+            np.stack([fit_slice(cache[i][0], config.slice_size, None) for i in indices])
+        )[:, None]
+        with torch.inference_mode():
+            rebuilt = reconstruct(
+                network, slices.to(execution.device), noise, t, process, 1, execution.autocast
+            )[:, 0].cpu()
+        residual = (rebuilt - slices[:, 0]).abs().numpy()
+        inside = slices[:, 0].numpy() > 0
+        for index, res, brain in zip(indices, residual, inside, strict=True):
+            pixels = int(np.count_nonzero((res > config.ood_threshold) & brain))
+            if pixels >= config.ood_min_voxels:
+                hard.append(index)
+                flagged.append(pixels)
+    report(progress, count, count, f"{len(hard)} hard slices of {count}")
+    share = float(config.ood_supervision) if hard else 0.0
+    record = {
+        "kind": "hard slices (healthy slices the baseline reconstructs badly), seen more often",
+        "baseline": {"model": baseline.name, "sha256": baseline.card["weights"].get("sha256")},
+        "t": t,
+        "threshold": config.ood_threshold,
+        "min_voxels": config.ood_min_voxels,
+        "candidates": count,
+        "hard": len(hard),
+        "median_flagged_pixels": float(np.median(flagged)) if flagged else 0.0,
+        "share": round(share, 4),
+    }
+    return hard, record
 
 
 # -- the loop -------------------------------------------------------------------------
@@ -485,7 +584,18 @@ def train_diffusion(
     model = distributed_model(model, device, world)
     module = getattr(model, "module", model)
     length = config.steps * config.batch_size * world
-    dataset = SliceSamples(train_slices, config.slice_size, length, config.seed, config.augment)
+    hard, ood_record = [], None
+    if config.ood_supervision:
+        hard, ood_record = mine_hard_slices(config, train_slices, execution, progress, cancelled)
+    dataset = SliceSamples(
+        train_slices,
+        config.slice_size,
+        length,
+        config.seed,
+        config.augment,
+        hard,
+        ood_record["share"] if ood_record else 0.0,
+    )
     loader = training_loader(dataset, config, rank, world, start_step, device)
     training_info = {
         "precision": execution.precision,
@@ -493,6 +603,7 @@ def train_diffusion(
         "data_licence": config.data_licence,
         "validation": [c.name for c in val_cases],
         "slices": len(train_slices),
+        "ood_supervision": ood_record,
         "recipe": {
             k: v
             for k, v in config.to_dict().items()
