@@ -318,3 +318,27 @@ def test_segmenter_data_and_errors(ms_cohort, tmp_path):
         prepare_scans(discover_cases(ms_cohort / "healthy"), ModelSpace(), lesions=True)
     with pytest.raises(MedoodError, match="ood_removal"):
         load_config(None, [f"train={ms_cohort / 'train.csv'}", "ood_removal=erase"], SegTrainConfig)
+
+
+def test_the_segmenter_with_ood_supervision_trains_under_torchrun(ms_cohort, tmp_path):
+    from helpers import medood_train_under_torchrun
+
+    baseline = tmp_path / "baseline"
+    settings = tiny_seg(ms_cohort, baseline, "steps=1")[2::2]  # the values of each --set
+    assert medood_train_under_torchrun("seg", settings).returncode == 0
+    out = tmp_path / "ddp"
+    settings = tiny_seg(
+        ms_cohort,
+        out,
+        "steps=2",
+        "ood_supervision=0.5",
+        f"ood_baseline={baseline / 'best'}",
+        "ood_candidates=4",
+        "ood_threshold=0.0",
+    )[2::2]
+    run = medood_train_under_torchrun("seg", settings)
+    assert run.returncode == 0, run.stdout + run.stderr
+    _, card = load_checkpoint(out / "best")
+    assert card["training"]["processes"] == 2
+    assert card["training"]["ood_supervision"]["hard"] == 4
+    assert len((out / "train_log.csv").read_text().splitlines()) == 3  # rank 0 writes alone
