@@ -666,6 +666,7 @@ def test_hard_slices_are_the_ones_the_baseline_reconstructs_badly_and_are_seen_m
         f"ood_baseline={diffusion_checkpoint}",
         "ood_candidates=24",
         "ood_threshold=-1",
+        "ood_min_voxels=1",
     )
     with SliceLMDB(cache_folder) as cache:
         candidates, _ = mine_hard_slices(every, cache, execution)

@@ -398,7 +398,7 @@ def test_eval_scores_a_chosen_sample_score_of_a_calibrated_model(valset, tmp_pat
     assert not (out / "predictions").exists()
 
 
-def test_eval_reports_dice_and_healthy_volume_at_a_fixed_threshold(valset, tmp_path):
+def test_eval_reports_dice_and_healthy_volume_at_a_fixed_threshold(valset, tmp_path, capsys):
     from napari_medood.detectors import get_detector
     from napari_medood.io.readers import read_volume
     from napari_medood.preprocessing.masks import load_mask
@@ -433,4 +433,7 @@ def test_eval_reports_dice_and_healthy_volume_at_a_fixed_threshold(valset, tmp_p
         <= (pixel["fixed"]["at0.3"]["healthy_flagged_ml_mean"])
     )
     assert "At the fixed threshold 0.6" in (report / "report.md").read_text()
-    assert eval_main([*argv[:-3], "--thresholds", "half", str(valset), "-o", str(report)]) == 2
+    bad = [*argv[:-3], "--thresholds", "half", str(valset), "-o", str(tmp_path / "bad")]
+    assert eval_main(bad) == 2
+    assert "--thresholds takes numbers" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before any case ran

@@ -162,7 +162,7 @@ def test_a_training_step_with_hard_negatives_lowers_the_loss_on_a_fixed_batch(ix
         optimiser.step()
     with torch.no_grad():
         after, negative_after = loss_and_negative_probability()
-    assert float(after) < 0.8 * float(before)
+    assert float(after) < 0.8 * float(before.detach())
     # and the hard negatives are what it learnt to stop firing on
     assert negative_after < negative_before
 
@@ -195,6 +195,20 @@ def test_unet_training_with_ood_supervision_records_its_mix(ixi, tmp_path):
     assert record["baseline"]["sha256"] == load_checkpoint(baseline)[1]["weights"]["sha256"]
     assert (record["r"], record["share"]) == pytest.approx(
         ratio_rule_share(9, 10, record["hard"]), abs=1e-4
+    )
+    # a resumed run must mine with the baseline it started with
+    from napari_medood.training.hard_negatives import check_same_baseline
+
+    check_same_baseline(out / "last" / "card.json", record, out)
+    other = {**record, "baseline": {"model": "another", "sha256": "0" * 64}}
+    with pytest.raises(MedoodError, match="resume with the same ood_baseline"):
+        check_same_baseline(out / "last" / "card.json", other, out)
+    # YAML's 5e-2 is a string: still a share
+    assert (
+        load_config(
+            None, tiny_unet(root, dlmuse, out, "ood_supervision=5e-2", f"init={baseline}")
+        ).ood_supervision
+        == 0.05
     )
     # a share by hand; no baseline, an unknown share: clear errors
     with pytest.raises(MedoodError, match="ood_baseline"):

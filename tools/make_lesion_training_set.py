@@ -5,8 +5,8 @@ hypointense in T1), with soft edges.
     python tools/make_lesion_training_set.py [--shared ../shared/data] [--out work/seg-data]
                                              [--copies 3] [--seed 0]
 
-The shapes are the 29 MS lesion masks of open-ms-lesjak-mni/lesion-masks (the two test
-patients, 07 and 19, are not among them). Six IXI subjects give ``copies`` lesioned scans each
+The shapes are the MS lesion masks of open-ms-lesjak-mni/lesion-masks, less those of the two
+test patients (07 and 19), whose own lesions must not be seen in training. Six IXI subjects give ``copies`` lesioned scans each
 (``train.csv``: Path, Mask, Label); the two held-out subjects (IXI039, IXI048) give one
 lesioned copy each for validation (``val.csv``) and stay healthy in ``healthy.csv``;
 ``ood_healthy.csv`` lists the six training subjects as they are (healthy scans for OoD
@@ -23,6 +23,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = ("IXI039-HH-1261", "IXI048-HH-1326")
+#: the MS patients the segmenters are tested on (tools/make_ood_supervision_table.py)
+TEST_PATIENTS = ("patient07", "patient19")
 
 
 def white_matter(parcellation: np.ndarray) -> np.ndarray:
@@ -76,7 +78,11 @@ def main() -> None:
     parser.add_argument("--lesions", type=int, nargs=2, default=(8, 24), metavar=("MIN", "MAX"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    masks = sorted((args.shared / "open-ms-lesjak-mni" / "lesion-masks").glob("*.nii.gz"))
+    masks = [
+        path
+        for path in sorted((args.shared / "open-ms-lesjak-mni" / "lesion-masks").glob("*.nii.gz"))
+        if not path.name.startswith(TEST_PATIENTS)
+    ]
     bank = LesionShapeBank.from_mask_files(masks, min_voxels=150)
     ixi = args.shared / "ixi-t1-2mm"
     cases = discover_cases(ixi / "t1", masks=ixi / "dlmuse")
@@ -112,6 +118,7 @@ def main() -> None:
             ml = float(label.sum()) * float(np.prod(volume.spacing)) / 1000
             rows["val" if held_out else "train"].append([image_path, mask_path, label_path])
             print(f"{stem}: {count} lesions, {ml:.1f} ml", flush=True)
+    print(f"lesion shapes: {len(bank)} from {len(masks)} patients' masks")
     for name, table in rows.items():
         with open(args.out / f"{name}.csv", "w", newline="") as handle:
             writer = csv.writer(handle)

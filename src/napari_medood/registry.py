@@ -128,6 +128,13 @@ def declared_outputs(family: Family) -> tuple[str, ...]:
     return tuple(getattr(owner, "outputs", ("map", "score")))
 
 
+def declared_flip_tta(family: Family) -> bool:
+    """Whether a family's detectors use flip test-time augmentation (``flip_tta``)."""
+    factory = resolve(family.detector)
+    owner = getattr(factory, "__self__", factory)
+    return bool(getattr(owner, "flip_tta", False))
+
+
 def declared_variants(family: Family) -> tuple[str, ...]:
     """The anomaly maps a family's detectors can give (``DetectorOptions.variant``)."""
     factory = resolve(family.detector)

@@ -153,6 +153,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise MedoodError("--calibrate scores no labelled set: --sample-score has no use there")
     if args.calibrate is not None:
         return _calibrate(args)
+    fixed = _fixed_thresholds(args.thresholds)
     expected = 1 if args.model else 2
     if len(args.inputs) != expected or not args.out:
         what = "a labelled set" if args.model else "a predictions folder and a labelled set"
@@ -180,10 +181,6 @@ def _eval(args: argparse.Namespace) -> int:
         else:
             raise MedoodError("--healthy needs --healthy-predictions (or --model)")
     fprs = tuple(float(f) for f in args.fprs.split(",") if f.strip())
-    try:
-        fixed = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
-    except ValueError:
-        raise MedoodError(f"--thresholds takes numbers, got {args.thresholds!r}") from None
     options = EvalOptions(
         fprs=fprs,
         bootstrap=args.bootstrap,
@@ -326,6 +323,17 @@ def _calibrate(args: argparse.Namespace) -> int:
     for failure in entry["failed"]:
         say(PROG, f"failed: {failure['case']}: {failure['error']}")
     return EXIT_ERROR if entry["failed"] else EXIT_OK
+
+
+def _fixed_thresholds(text: str) -> tuple[float, ...]:
+    """``--thresholds``: numbers in [0, 1], checked before any case runs."""
+    try:
+        values = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise MedoodError(f"--thresholds takes numbers in [0, 1], got {text!r}") from None
+    if any(not 0 <= v <= 1 for v in values):
+        raise MedoodError(f"--thresholds takes numbers in [0, 1], got {text!r}")
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:

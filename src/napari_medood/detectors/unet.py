@@ -66,6 +66,8 @@ class UNetDetector(BaseDetector):
     models: list[Any] = field(default_factory=list, repr=False)
     cards: list[dict] = field(default_factory=list, repr=False)
     score_info: ClassVar[ScoreInfo] = ScoreInfo("mean of the 100 highest voxels of the map")
+    #: it uses ``DetectorOptions.tta`` (the Detect panel offers it for such families)
+    flip_tta: ClassVar[bool] = True
     stages: ClassVar[tuple[str, ...]] = ("preprocessing", "windows", "back to the input grid")
 
     def __post_init__(self) -> None:
@@ -81,7 +83,7 @@ class UNetDetector(BaseDetector):
                 for key in ("preprocessing", "architecture"):
                     if not isinstance(checkpoint.card.get(key), dict):
                         raise CheckpointError(
-                            f"{checkpoint.folder / 'card.json'}: a {FAMILY} card needs a "
+                            f"{checkpoint.folder / 'card.json'}: a {checkpoint.family} card needs a "
                             f"'{key}' entry"
                         )
                 self.models.append(self.execution.prepare(checkpoint.build_model("cpu")))

@@ -117,11 +117,12 @@ class EvaluationResult:
 
 def _read_array(path, voxel_ml: list | None = None) -> np.ndarray:
     """The file's voxels; ``voxel_ml`` (a list) receives a voxel's volume in ml."""
+    from napari_medood.detectors.calibration import voxel_ml as volume_of_a_voxel
     from napari_medood.io.readers import read_volume
 
     volume = read_volume(path)
     if voxel_ml is not None:
-        voxel_ml.append(float(abs(np.linalg.det(volume.affine[:3, :3]))) / 1000.0)
+        voxel_ml.append(volume_of_a_voxel(volume.affine))
     return volume.data
 
 
@@ -134,6 +135,8 @@ def _case_arrays(
     mask = _read_array(case.mask, voxel_ml) > 0 if use_masks and case.mask is not None else None
     if not pixel:
         return label, mask, None
+    if voxel_ml is not None and not voxel_ml:  # neither file read: the scan's own voxels
+        _read_array(case.image, voxel_ml)
     anomaly_map = prediction.anomaly_map
     shape = (
         label.shape

@@ -68,6 +68,27 @@ def training_loader(dataset, config, rank: int, world: int, start_step: int, dev
     )
 
 
+def rank_of(world: int) -> int:
+    """This process's rank (0 alone)."""
+    if world <= 1:
+        return 0
+    import torch.distributed as dist
+
+    return dist.get_rank()
+
+
+def from_first_process(world: int, value_of: Callable):
+    """``value_of()`` as the first process computes it, on every process (a picklable
+    value, sent over the process group); alone, simply ``value_of()``."""
+    if world <= 1:
+        return value_of()
+    import torch.distributed as dist
+
+    box = [value_of() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
@@ -152,6 +173,9 @@ def run_patch_training(
     if (last_dir / "state.pt").exists():
         from safetensors.torch import load_file
 
+        from napari_medood.training.hard_negatives import check_same_baseline
+
+        check_same_baseline(last_dir / "card.json", training_info.get("ood_supervision"), out)
         previous = (
             json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
         )

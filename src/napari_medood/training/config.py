@@ -141,13 +141,15 @@ class UNetTrainConfig:
 def check_ood_supervision(config: Any) -> None:
     """``ood_supervision`` is a share in [0, 1) or ``auto``; mining needs a baseline."""
     share = config.ood_supervision
-    if isinstance(share, str):
-        if share != "auto":
+    if isinstance(share, str) and share != "auto":
+        try:  # YAML reads 5e-2 as a string
+            share = config.ood_supervision = float(share)
+        except ValueError:
             raise MedoodError(
                 f"ood_supervision is a share of the training mix in [0, 1) or 'auto' (the "
                 f"Med-OoD ratio rule), not {share!r}"
-            )
-    elif isinstance(share, bool) or not 0 <= float(share) < 1:
+            ) from None
+    if share != "auto" and (isinstance(share, bool) or not 0 <= float(share) < 1):
         raise MedoodError(f"ood_supervision must be within [0, 1) or 'auto', got {share!r}")
     if share and share != 0 and not (config.ood_baseline or getattr(config, "init", None)):
         raise MedoodError(

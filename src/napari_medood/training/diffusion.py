@@ -39,6 +39,7 @@ from napari_medood.errors import MedoodError
 from napari_medood.execution import plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
 from napari_medood.training._loop import (
+    TRAIN_LOG_FIELDS,
     barrier,
     device_description,
     distributed_model,
@@ -50,7 +51,6 @@ from napari_medood.training._loop import (
 from napari_medood.training.registry import Trainer, TrainResult
 
 FAMILY = "diffusion2d"
-TRAIN_LOG_FIELDS = ("step", "loss", "lr", "seconds", "samples_per_second")
 VALIDATION_STEPS = (125, 250, 498, 750)
 #: the reference noises test slices to index 498 of 1000 ("test_timesteps = 500", offset twice)
 REFERENCE_T = 498
@@ -404,15 +404,10 @@ def mine_hard_slices(
     ones: the candidates and the noise are seeded."""
     import torch
 
-    from napari_medood.models.checkpoint import Checkpoint
     from napari_medood.models.diffusion import DiffusionProcess, reconstruct
-    from napari_medood.training.hard_negatives import check_same_space
+    from napari_medood.training.hard_negatives import baseline_record, open_baseline
 
-    name = config.ood_baseline
-    baseline = Checkpoint.open(name)
-    if baseline.family != FAMILY:
-        raise MedoodError(f"ood_baseline={name}: a {baseline.family} checkpoint, not {FAMILY}")
-    check_same_space(baseline.card, model_space(config).to_card(), f"ood_baseline={name}")
+    baseline = open_baseline(config.ood_baseline, FAMILY, model_space(config).to_card())
     process = DiffusionProcess.from_card(baseline.card["diffusion"])
     t = int(baseline.card.get("inference", {}).get("t", config.t))
     network = execution.prepare(baseline.build_model("cpu"))
@@ -445,7 +440,7 @@ def mine_hard_slices(
     share = float(config.ood_supervision) if hard else 0.0
     record = {
         "kind": "hard slices (healthy slices the baseline reconstructs badly), seen more often",
-        "baseline": {"model": baseline.name, "sha256": baseline.card["weights"].get("sha256")},
+        "baseline": baseline_record(baseline),
         "t": t,
         "threshold": config.ood_threshold,
         "min_voxels": config.ood_min_voxels,
@@ -586,7 +581,16 @@ def train_diffusion(
     length = config.steps * config.batch_size * world
     hard, ood_record = [], None
     if config.ood_supervision:
-        hard, ood_record = mine_hard_slices(config, train_slices, execution, progress, cancelled)
+        from napari_medood.training._loop import from_first_process
+        from napari_medood.training.hard_negatives import check_same_baseline
+
+        # the first process finds them and tells the others, so that all draw the same
+        hard, ood_record = from_first_process(
+            world,
+            lambda: mine_hard_slices(config, train_slices, execution, progress, cancelled),
+        )
+        if (last_dir / "state.pt").exists():
+            check_same_baseline(last_dir / "card.json", ood_record, out)
     dataset = SliceSamples(
         train_slices,
         config.slice_size,
@@ -594,7 +598,7 @@ def train_diffusion(
         config.seed,
         config.augment,
         hard,
-        ood_record["share"] if ood_record else 0.0,
+        float(config.ood_supervision) if hard else 0.0,
     )
     loader = training_loader(dataset, config, rank, world, start_step, device)
     training_info = {

@@ -149,6 +149,9 @@ class LesionPatches:
         self.jitter = float(jitter)
         self.negatives = list(negatives)
         self.p_negative = float(p_negative) if self.negatives else 0.0
+        for image, _ in self.negatives:
+            if image.shape != self.patch:
+                raise ValueError(f"a hard negative of shape {image.shape}, not {self.patch}")
 
     def __len__(self) -> int:
         return self.length
@@ -193,10 +196,11 @@ class LesionPatches:
         return torch.from_numpy(image)[None], torch.from_numpy(target)[None]
 
 
-def model_space(config: SegTrainConfig):
-    from napari_medood.preprocessing.model_space import ModelSpace
+def model_space_of(config: SegTrainConfig):
+    """The run's model space, made as the U-Net's is (``training.unet.model_space``)."""
+    from napari_medood.training.unet import model_space
 
-    return ModelSpace(spacing=tuple(float(s) for s in config.spacing))
+    return model_space(config)
 
 
 def model_card(config: SegTrainConfig, network, metrics: dict, training: dict, expects: dict):
@@ -213,7 +217,7 @@ def model_card(config: SegTrainConfig, network, metrics: dict, training: dict, e
             "in_channels": 1,
             "out_channels": 1,
         },
-        "preprocessing": {**model_space(config).to_card(), "roi": list(config.patch)},
+        "preprocessing": {**model_space_of(config).to_card(), "roi": list(config.patch)},
         "inference": {"overlap": 0.5, "blend": "gaussian", "sample_score": "mean of top 100"},
         "expects": expects,
         "training": training,
@@ -253,66 +257,37 @@ def ood_candidates(config: SegTrainConfig, scans: Sequence, healthy: Sequence):
     return draw, {"removed_images": len(removed), "healthy_scans": len(healthy), "modes": modes}
 
 
-def anomaly_free_mix(config, scans, space, execution, progress=None, cancelled=None):
-    """``(hard negatives, their share, the card's record)`` for ``config.ood_supervision``."""
+def anomaly_free_mix(config, scans, space, execution, world=1, progress=None, cancelled=None):
+    """``(hard negatives, their share, the card's record)`` for ``config.ood_supervision``:
+    the candidates of :func:`ood_candidates` on which the baseline fires. For the ratio rule,
+    a pass of training patches drawn as training draws them is counted as the reference
+    counts its patches: positive when it holds lesion."""
     from napari_medood.io.cohort import discover_cases
-    from napari_medood.models.checkpoint import Checkpoint
     from napari_medood.training.data import prepare_scans
-    from napari_medood.training.hard_negatives import (
-        AUTO,
-        check_same_space,
-        mine_hard_negatives,
-        ratio_rule_share,
-    )
+    from napari_medood.training.hard_negatives import mine_for_run
 
-    name = config.ood_baseline or config.init
-    baseline = Checkpoint.open(name)
-    if baseline.family != FAMILY:
-        raise MedoodError(f"ood_baseline={name}: a {baseline.family} checkpoint, not {FAMILY}")
-    check_same_space(baseline.card, space.to_card(), f"ood_baseline={name}")
     healthy = []
     if config.ood_healthy:
         healthy = prepare_scans(
             discover_cases(config.ood_healthy, masks=config.ood_healthy_masks), space
         )
     draw, sources = ood_candidates(config, scans, healthy)
-    network = execution.prepare(baseline.build_model("cpu"))
-    found = mine_hard_negatives(
-        network,
-        execution,
-        draw,
-        config.ood_candidates,
-        config.seed,
-        config.ood_threshold,
-        config.ood_min_voxels,
-        progress,
-        cancelled,
-    )
-    del network
-    record = {
-        "baseline": {"model": baseline.name, "sha256": baseline.card["weights"].get("sha256")},
-        "threshold": config.ood_threshold,
-        "min_voxels": config.ood_min_voxels,
-        "removal": list(sources["modes"]),
-        "removed_images": sources["removed_images"],
-        "healthy_scans": sources["healthy_scans"],
-        **found.record(),
-    }
-    if config.ood_supervision == AUTO:
-        # one pass of training patches, drawn as training draws them, counted as the
-        # reference counts its patches: positive when it holds lesion
-        sample = LesionPatches(scans, config.patch, config.ood_candidates, config.seed + 1)
-        positives = sum(bool(sample.sample(i)[1].any()) for i in range(len(sample)))
-        r, share = ratio_rule_share(positives, len(sample), len(found.patches))
-        record.update(
-            rule="Med-OoD ratio rule (positive/negative closest to 0.65)",
-            r=r,
-            positive_share=round(positives / len(sample), 4),
+
+    def positives_of(count: int) -> int:
+        sample = LesionPatches(
+            scans, config.patch, count, config.seed + 1, config.foreground_p, config.flip_p
         )
-    else:
-        share = float(config.ood_supervision) if found.patches else 0.0
-    record["share"] = round(share, 4)
-    return found.patches, share, record
+        return sum(bool(sample.sample(i)[1].any()) for i in range(count))
+
+    patches, share, record = mine_for_run(
+        config, FAMILY, space.to_card(), execution, draw, positives_of, world, progress, cancelled
+    )
+    record.update(
+        removal=list(sources["modes"]),
+        removed_images=sources["removed_images"],
+        healthy_scans=sources["healthy_scans"],
+    )
+    return patches, share, record
 
 
 def train_segmenter(
@@ -349,14 +324,14 @@ def train_segmenter(
     model = execution.prepare(network, fold_batch_norm=False).train()
 
     train_cases = discover_cases(config.train, masks=config.masks)
-    space = model_space(config)
+    space = model_space_of(config)
     scans = prepare_scans(train_cases, space, lesions=True)
     expects = expected_scans(scans, space, config.modality, config.contrast)
     val_cases = discover_cases(config.val) if config.val else []
     negatives, p_negative, ood_record = [], 0.0, None
     if config.ood_supervision not in (0, 0.0):
         negatives, p_negative, ood_record = anomaly_free_mix(
-            config, scans, space, execution, progress, cancelled
+            config, scans, space, execution, world, progress, cancelled
         )
     dataset = LesionPatches(
         scans,

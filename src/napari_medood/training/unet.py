@@ -53,55 +53,30 @@ def hard_negative_mix(
     scans,
     space: ModelSpace,
     execution,
+    world: int = 1,
     progress: ProgressCallback | None = None,
     cancelled: CancelledPredicate | None = None,
 ) -> tuple[list, float, dict]:
     """``(hard negatives, their share of the mix, the card's record)`` for
-    ``config.ood_supervision``: the baseline (``ood_baseline``, else ``init``) reads
-    ``ood_candidates`` clean patches of the training scans. Every process mines the same
-    patches with the same seed, so none has to send arrays to the others."""
-    from napari_medood.models.checkpoint import Checkpoint
-    from napari_medood.training.hard_negatives import (
-        AUTO,
-        check_same_space,
-        clean_patch_draw,
-        mine_hard_negatives,
-        ratio_rule_share,
-    )
+    ``config.ood_supervision``: clean patches of the training scans (a share ``ood_blur``
+    of them smoothed) on which the baseline fires. For the ratio rule, ``p_anomaly`` of the
+    training patches hold an anomaly."""
+    from napari_medood.training.hard_negatives import clean_patch_draw, mine_for_run
 
-    name = config.ood_baseline or config.init
-    baseline = Checkpoint.open(name)
-    if baseline.family != FAMILY:
-        raise MedoodError(f"ood_baseline={name}: a {baseline.family} checkpoint, not {FAMILY}")
-    check_same_space(baseline.card, space.to_card(), f"ood_baseline={name}")
-    network = execution.prepare(baseline.build_model("cpu"))
-    found = mine_hard_negatives(
-        network,
+    draw = clean_patch_draw(scans, config.patch, config.ood_blur, config.resolution_blur)
+    patches, share, record = mine_for_run(
+        config,
+        FAMILY,
+        space.to_card(),
         execution,
-        clean_patch_draw(scans, config.patch, config.ood_blur, config.resolution_blur),
-        config.ood_candidates,
-        config.seed,
-        config.ood_threshold,
-        config.ood_min_voxels,
+        draw,
+        lambda count: round(config.p_anomaly * count),
+        world,
         progress,
         cancelled,
     )
-    del network
-    record = {
-        "baseline": {"model": baseline.name, "sha256": baseline.card["weights"].get("sha256")},
-        "threshold": config.ood_threshold,
-        "min_voxels": config.ood_min_voxels,
-        "blur": config.ood_blur,
-        **found.record(),
-    }
-    if config.ood_supervision == AUTO:
-        positives = round(config.p_anomaly * found.candidates)
-        r, share = ratio_rule_share(positives, found.candidates, len(found.patches))
-        record.update(rule="Med-OoD ratio rule (positive/negative closest to 0.65)", r=r)
-    else:
-        share = float(config.ood_supervision) if found.patches else 0.0
-    record["share"] = round(share, 4)
-    return found.patches, share, record
+    record["blur"] = config.ood_blur
+    return patches, share, record
 
 
 def model_card(
@@ -206,7 +181,7 @@ def train_unet(
     negatives, p_negative, ood_record = [], 0.0, None
     if config.ood_supervision not in (0, 0.0):
         negatives, p_negative, ood_record = hard_negative_mix(
-            config, scans, space, execution, progress, cancelled
+            config, scans, space, execution, world, progress, cancelled
         )
     length = config.steps * config.batch_size * world
     dataset = SyntheticAnomalyPatches(

@@ -62,7 +62,6 @@ DETECTION_KEY = "medood_detection"
 READING, PREPARING = "reading the layers", "preparing the result layers"
 STEP_PAUSE_MS = 30
 #: the families that use flip test-time augmentation (``DetectorOptions.tta``)
-TTA_FAMILIES = ("unet3d",)
 #: the threshold slider's steps over [0, 1]
 SLIDER_STEPS = 1000
 TTA_TEXT = "flip TTA (mirror left-right, ~2x time)"
@@ -339,9 +338,13 @@ class DetectWidget(CancellableRun, Panel):
 
     def _offer_tta(self, family: str | None) -> None:
         """Flip TTA can be chosen for the families that use it; the others would ignore it."""
-        usable = family in TTA_FAMILIES
+        from napari_medood.registry import FAMILIES, declared_flip_tta
+
+        usable = family in FAMILIES and declared_flip_tta(FAMILIES[family])
         self.tta_check.enabled = usable
-        self.tta_check.tooltip = TTA_TIP if usable else f"{TTA_TIP} (U-Net models only)"
+        self.tta_check.tooltip = (
+            TTA_TIP if usable else f"{TTA_TIP} (U-Net and segmenter models only)"
+        )
 
     def add_checkpoint(self, folder: str | Path) -> None:
         """Offer a checkpoint folder in the model list and select it."""
