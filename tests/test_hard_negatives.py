@@ -356,3 +356,17 @@ def test_the_segmenter_with_ood_supervision_trains_under_torchrun(ms_cohort, tmp
     assert card["training"]["processes"] == 2
     assert card["training"]["ood_supervision"]["hard"] == 4
     assert len((out / "train_log.csv").read_text().splitlines()) == 3  # rank 0 writes alone
+
+
+def test_a_new_segmenter_starts_at_the_lesion_prior():
+    import torch
+
+    from napari_medood.models.segmenter import LesionSegmenter
+
+    torch.manual_seed(0)
+    network = LesionSegmenter(channels=(4, 8, 16), prior=0.01).eval()
+    scan = torch.rand(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        probability = torch.sigmoid(network.predict(scan))
+    # rare lesions from the first step, not an even guess that Dice + BCE must unlearn
+    assert float(probability.mean()) < 0.1

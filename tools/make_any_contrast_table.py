@@ -129,6 +129,8 @@ def main() -> None:
             result = evaluate(
                 cases, DetectorPredictions(detector), options=EvalOptions(bootstrap=0)
             )
+            if result.pixel.get("ap") is None:
+                raise SystemExit(f"{name} on the {key} set: {result.settings['failed'][:1]}")
             cells.append(f"{result.pixel.get('ap'):.3f}")
             if key == "synthetic":
                 own = result

