@@ -476,3 +476,25 @@ def test_the_contrast_randomised_model_does_not_light_up_a_flair():
         notes = " ".join(result.notes)
         assert ("says FLAIR" in notes) == (name == "brain-t1-unet")
     assert lit["brain-t1-unet"] > 0.5 and lit["brain-any-unet-cpu"] < 0.1
+
+
+def test_the_ood_supervised_model_flags_less_of_a_smoother_healthy_brain(sample):
+    """brain-t1-unet takes a smoother healthy brain for an abnormal one; brain-t1-unet-ood,
+    fine-tuned on the clean patches it fired on (Med-OoD), flags far less of it, each at
+    its own calibrated threshold."""
+    from napari_medood.detectors import get_detector
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.training.data import smoothed
+
+    image, mask = sample
+    card = Checkpoint.open("brain-t1-unet-ood").card
+    assert card["training"]["ood_supervision"]["hard"] > 0
+    assert card["gate"] == "brain-t1-gate"
+    # the held-out brain as a 1.4 mm blur shows it (0.7 voxels of 2 mm)
+    blurred = image.with_data(smoothed(image.data, mask, (0.7, 0.7, 0.7)))
+    flagged = {}
+    for name in ("brain-t1-unet", "brain-t1-unet-ood"):
+        result = get_detector(name, device="cpu", gate=False).predict(blurred, mask)
+        flagged[name] = result.extras["calibration"]["flagged_share"]
+    assert flagged["brain-t1-unet"] > 0.5
+    assert flagged["brain-t1-unet-ood"] < 0.5 * flagged["brain-t1-unet"]

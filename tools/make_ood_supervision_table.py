@@ -2,13 +2,14 @@
 
     python tools/make_ood_supervision_table.py [--shared ../shared/data] [--work work/ood13]
         [--unets brain-t1-unet,work/ood13/unet-without/run/best,work/ood13/with/run/best]
-        [--skip-training]
+        [--seeds 0,1] [--skip-training]
 
 1. The segmenter pair: scans with real MS lesion shapes implanted into six IXI brains
    (tools/make_lesion_training_set.py), ``medood-train seg`` without OoD supervision (the
    baseline), then again from scratch with the same recipe plus ``--ood-supervision auto``
    (lesions removed, blacked out and inpainted, and the six brains as they are; kept where
-   the baseline fires). Runs that finished are not repeated.
+   the baseline fires); one pair per seed, since a single run says little on six brains.
+   Runs that finished are not repeated.
 2. One ``medood-eval`` run per model (the segmenters and the ``--unets``) on the two real MS
    patients' T1 scans, calibrated on the two held-out healthy IXI brains, with a fixed
    threshold: 0.5 for the segmenters, brain-t1-unet's calibrated threshold for the U-Nets.
@@ -60,7 +61,11 @@ def ms_cohort(shared: Path, work: Path) -> Path:
     return table
 
 
-def train_segmenters(data: Path, work: Path) -> dict[str, Path]:
+def train_segmenters(data: Path, work: Path, seed: int = 0) -> dict[str, Path]:
+    """The segmenter pair of one seed (folders ``seg-without``/``seg-with``, ``-s<seed>``
+    after the first): the baseline, then the same recipe with OoD supervision that it
+    filters."""
+    suffix = f"-s{seed}" if seed else ""
     common = [
         "--config",
         str(REPO / "configs" / "brain-t1-seg.yaml"),
@@ -68,8 +73,10 @@ def train_segmenters(data: Path, work: Path) -> dict[str, Path]:
         f"train={data / 'train.csv'}",
         "--set",
         f"val={data / 'val.csv'}",
+        "--set",
+        f"seed={seed}",
     ]
-    baseline, with_ood = work / "seg-without", work / "seg-with"
+    baseline, with_ood = work / f"seg-without{suffix}", work / f"seg-with{suffix}"
     if not (baseline / "best" / "card.json").exists():
         run([str(BIN / "medood-train"), "seg", *common, "--out", str(baseline)])
     if not (with_ood / "best" / "card.json").exists():
@@ -90,7 +97,8 @@ def train_segmenters(data: Path, work: Path) -> dict[str, Path]:
                 "name=brain-t1-seg-ood",
             ]
         )
-    return {"segmenter": baseline / "best", "segmenter + OoD": with_ood / "best"}
+    label = f" (seed {seed})" if seed else ""
+    return {f"segmenter{label}": baseline / "best", f"segmenter + OoD{label}": with_ood / "best"}
 
 
 def evaluate(model: str, cohort: Path, healthy: Path, threshold: float, out: Path) -> dict:
@@ -216,6 +224,11 @@ def main() -> None:
         help="U-Nets to compare: the shipped one, then fine-tuned without and with OoD",
     )
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument(
+        "--seeds",
+        default="0,1",
+        help="segmenter pairs to train, one per seed (the figure: the first)",
+    )
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -229,7 +242,9 @@ def main() -> None:
                 str(data),
             ]
         )
-    models = {} if args.skip_training else train_segmenters(data, work)
+    models: dict[str, Path] = {}
+    for seed in () if args.skip_training else [int(v) for v in args.seeds.split(",") if v]:
+        models.update(train_segmenters(data, work, seed))
     cohort = ms_cohort(args.shared, work)
     healthy = data / "healthy.csv"
     unets = [u for u in args.unets.split(",") if u]
