@@ -174,7 +174,7 @@ def test_medood_train_finds_a_familys_trainer_through_the_registry(tmp_path, cap
         assert "best validation toy metric 0.5000" in capsys.readouterr().err
         assert train_main(["tyo"]) == 2
         assert (
-            "unknown method to train 'tyo'; valid choices: 'unet', 'diffusion', 'classifier', 'flow', 'toy'"
+            "unknown method to train 'tyo'; valid choices: 'unet', 'seg', 'diffusion', 'classifier', 'flow', 'toy'"
             in capsys.readouterr().err
         )
     finally:

@@ -15,12 +15,15 @@ Writes, into docs/images/:
   truth) are green and were not taken as the brain mask;
 - napari-detect-mhd.png: brain-t1-mhd on the sample: the MHD map over one of its ten
   reconstructions (the stack's slider above the canvas), the other by-products listed hidden;
+- napari-compare.png: the Compare panel on MS patient 19's T1 (from ../shared/data):
+  brain-t1-unet against brain-t1-seg, their difference and where they disagree, with the
+  consensus lesions outlined;
 - napari-random-contrast.png: the playground's "Random contrast" on an IXI T1 and its DLMUSE
   parcellation (from ../shared/data): a training image of the contrast-agnostic detector
   (seed 3) with its lesion-like blobs outlined in green.
 
 ``--only NAME`` takes one of them (inspector, playground, detect, detect_flair, detect_mhd,
-trust_gate, trust_panel, random_contrast).
+trust_gate, trust_panel, random_contrast, compare).
 """
 
 from __future__ import annotations
@@ -246,6 +249,38 @@ def trust_panel() -> None:
     viewer.close()
 
 
+def compare(shared: Path) -> None:
+    """Two models on one MS patient's T1: the Compare panel's four layers and summary."""
+    patient = shared / "open-ms-lesjak-mni" / "patient19"
+    if not patient.is_dir():
+        print(f"skipping napari-compare.png: {patient} not found")
+        return
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.open(
+        patient / "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+        plugin="napari-medood",
+    )
+    [lesions] = viewer.open(
+        patient / "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz",
+        plugin="napari-medood",
+    )
+    lesions.contour = 1
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medood", "Compare two models")
+    widget.model_a_choice.value = "brain-t1-unet"
+    widget.model_b_choice.value = "brain-t1-seg"
+    widget.device_choice.value = "cpu"
+    widget.run()
+    wait_until_idle(widget)
+    print(f"compare: {widget.summary_label.text()}")
+    viewer.layers.move(viewer.layers.index(lesions), len(viewer.layers))
+    viewer.reset_view()
+    viewer.dims.set_point(0, lesions.data_to_world((90, 0, 0))[0])
+    settle()
+    viewer.screenshot(str(OUT / "napari-compare.png"), canvas_only=False, flash=False)
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
@@ -260,6 +295,7 @@ def main() -> None:
             "trust_gate",
             "trust_panel",
             "random_contrast",
+            "compare",
         ),
         help="take one screenshot",
     )
@@ -274,6 +310,7 @@ def main() -> None:
         "trust_gate": lambda: trust_gate(args.shared),
         "trust_panel": trust_panel,
         "random_contrast": lambda: random_contrast(args.shared),
+        "compare": lambda: compare(args.shared),
     }
     for name, shot in shots.items():
         if args.only in (None, name):

@@ -114,6 +114,31 @@ def write_row(path: Path, row: dict, fields: tuple[str, ...]) -> None:
         writer.writerow(row)
 
 
+def training_record(
+    config, execution, train_cases, val_cases, world: int, device: str, **entries
+) -> dict:
+    """The card's ``training`` entry a patch-trained family shares: precision, data and
+    validation names, licence, the recipe (the configuration less where its data and
+    outputs are), the processes and device; ``entries`` add the family's own."""
+    import torch
+
+    return {
+        "precision": execution.precision,
+        "data": [c.name for c in train_cases],
+        "data_licence": config.data_licence,
+        "validation": [c.name for c in val_cases],
+        "recipe": {
+            k: v
+            for k, v in config.to_dict().items()
+            if k not in ("train", "masks", "val", "out", "name", "description")
+        },
+        **entries,
+        "processes": world,
+        "device": device_description(device),
+        "torch": torch.__version__,
+    }
+
+
 def device_description(device: str) -> str:
     import platform
 

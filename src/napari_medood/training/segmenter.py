@@ -304,9 +304,9 @@ def train_segmenter(
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.segmenter import SEGMENTER_PRESETS, LesionSegmenter
     from napari_medood.training._loop import (
-        device_description,
         run_patch_training,
         setup_distributed,
+        training_record,
     )
     from napari_medood.training.data import expected_scans, prepare_scans
     from napari_medood.training.unet import validate
@@ -344,25 +344,19 @@ def train_segmenter(
         negatives,
         p_negative,
     )
-    training_info = {
-        "precision": execution.precision,
-        "data": [c.name for c in train_cases],
-        "data_licence": config.data_licence,
-        "validation": [c.name for c in val_cases],
-        "lesion_ml": [
+    training_info = training_record(
+        config,
+        execution,
+        train_cases,
+        val_cases,
+        world,
+        device,
+        lesion_ml=[
             round(float(s.lesion.sum()) * float(np.prod(config.spacing)) / 1000, 3) for s in scans
         ],
-        "recipe": {
-            k: v
-            for k, v in config.to_dict().items()
-            if k not in ("train", "masks", "val", "out", "name", "description")
-        },
-        "init": init,
-        "ood_supervision": ood_record,
-        "processes": world,
-        "device": device_description(device),
-        "torch": torch.__version__,
-    }
+        init=init,
+        ood_supervision=ood_record,
+    )
     # batch Dice: a hard negative's empty target does not make its own Dice undefined
     dice_ce = DiceCELoss(sigmoid=True, batch=True)
 

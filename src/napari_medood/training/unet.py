@@ -15,9 +15,9 @@ from napari_medood.errors import MedoodError
 from napari_medood.execution import plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
 from napari_medood.training._loop import (
-    device_description,
     run_patch_training,
     setup_distributed,
+    training_record,
 )
 from napari_medood.training.config import UNetTrainConfig
 from napari_medood.training.registry import Trainer, TrainResult
@@ -203,22 +203,16 @@ def train_unet(
         negatives,
         p_negative,
     )
-    training_info = {
-        "precision": execution.precision,
-        "data": [c.name for c in train_cases],
-        "data_licence": config.data_licence,
-        "validation": [c.name for c in val_cases],
-        "recipe": {
-            k: v
-            for k, v in config.to_dict().items()
-            if k not in ("train", "masks", "val", "out", "name", "description")
-        },
-        "init": init,
-        "ood_supervision": ood_record,
-        "processes": world,
-        "device": device_description(device),
-        "torch": torch.__version__,
-    }
+    training_info = training_record(
+        config,
+        execution,
+        train_cases,
+        val_cases,
+        world,
+        device,
+        init=init,
+        ood_supervision=ood_record,
+    )
 
     def card_of(metrics: dict, training: dict) -> dict:
         return model_card(config, features, metrics, training, expects=expects)

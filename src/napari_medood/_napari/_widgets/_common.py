@@ -309,13 +309,24 @@ def camera_of(viewer: Any) -> Any:
     return scene.camera if scene is not None else viewer.camera
 
 
+#: the pause between the steps that show a result, so the window draws and answers
+STEP_PAUSE_MS = 30
+
+
 class CancellableRun:
     """What a panel with Run and Cancel buttons shares (``run_button``, ``cancel_button``,
-    ``progress_bar``, ``status``; its own ``_progress``, ``_fail`` and ``_finished`` slots):
-    its job runs in a napari worker through :func:`progress_generator`, with a cancel
-    event the core checks; Run is off and Cancel on until the worker finishes."""
+    ``progress_bar``, ``status``): its job runs in a napari worker through
+    :func:`progress_generator`, with a cancel event the core checks; Run is off and Cancel
+    on until the worker finishes. A panel names what its status line says when a run is
+    cancelled or fails (``cancelled_text``, ``failure_text``) and the title of its error
+    notification (``title``), and may override the slots."""
 
     _worker: Any = None
+    _pending_steps: int = 0
+    last_error: str | None = None
+    cancelled_text = "Cancelled."
+    failure_text = "Could not run"
+    title = ""
 
     def start_run(self, job_function, job, returned, aborted) -> None:
         import threading
@@ -352,6 +363,55 @@ class CancellableRun:
         self._worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+
+    @property
+    def busy(self) -> bool:
+        """A run, or the showing of its result, is under way."""
+        return self._worker is not None or self._pending_steps > 0
+
+    def _reset_progress(self) -> None:
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+
+    def _finished(self) -> None:
+        self.end_run()
+        if self.progress_bar.maximum() == 0:
+            self._reset_progress()
+
+    def _aborted(self) -> None:
+        self.status.setText(self.cancelled_text)
+        self.last_error = "cancelled"
+        self._reset_progress()
+
+    def _fail(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        from napari_medood.errors import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self._aborted()
+            return
+        self.last_error = str(exc)
+        self._reset_progress()
+        self.status.setText(f"{self.failure_text}: {exc}")
+        if self.title:
+            show_error(f"{self.title}: {exc}")
+
+    def _run_steps(self, steps: list) -> None:
+        """Call ``steps`` one at a time with a pause between them (adding large layers),
+        so that the window keeps drawing and answering while a result appears."""
+        from qtpy.QtCore import QTimer
+
+        self._pending_steps = len(steps)
+        if not steps:
+            return
+        first, rest = steps[0], steps[1:]
+        try:
+            first()
+        finally:
+            self._pending_steps = len(rest)
+        if rest:
+            QTimer.singleShot(STEP_PAUSE_MS, lambda: self._run_steps(rest))
 
 
 def progress_generator(function, *args, cancel_event=None, **kwargs):

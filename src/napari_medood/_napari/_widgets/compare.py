@@ -45,7 +45,6 @@ COMPARISON_KEY = "medood_comparison"
 #: the panel's outputs, in the order they are stacked (the last on top)
 OUTPUTS = ("map_a", "map_b", "difference", "disagreement")
 READING, PREPARING = "reading the layers", "preparing the result layers"
-STEP_PAUSE_MS = 30
 #: the disagreement labels' colours: A's side red and B's blue, as in the difference layer
 DISAGREEMENT_COLOURS = {1: "#ff4d4d", 2: "#4d88ff", 3: "#ffd700"}
 THRESHOLD_TIP = (
@@ -84,6 +83,10 @@ def disagreement_colormap():
 
 class CompareWidget(CancellableRun, Panel):
     """Dock panel over :func:`napari_medood.evaluation.compare.compare_models`."""
+
+    cancelled_text = "Cancelled: no layer was added."
+    failure_text = "Could not compare"
+    title = "Compare two models"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         from magicgui.widgets import ComboBox, Container, FloatSpinBox
@@ -219,33 +222,6 @@ class CompareWidget(CancellableRun, Panel):
             self.progress_bar.setRange(0, 0)
             self.status.setText(str(message))
 
-    def _reset_progress(self) -> None:
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-
-    def _finished(self) -> None:
-        self.end_run()
-        if self.progress_bar.maximum() == 0:
-            self._reset_progress()
-
-    def _aborted(self) -> None:
-        self.status.setText("Cancelled: no layer was added.")
-        self.last_error = "cancelled"
-        self._reset_progress()
-
-    def _fail(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        from napari_medood.errors import Cancelled
-
-        if isinstance(exc, Cancelled):
-            self._aborted()
-            return
-        self.last_error = str(exc)
-        self._reset_progress()
-        self.status.setText(f"Could not compare: {exc}")
-        show_error(f"Compare two models: {exc}")
-
     # ------------------------------------------------------------------------- result
     def _show(self, outcome: ComparisonOutcome | None) -> None:
         from napari_medood.evaluation.compare import summary_lines
@@ -274,25 +250,6 @@ class CompareWidget(CancellableRun, Panel):
                 for key in OUTPUTS
             ]
         )
-
-    def _run_steps(self, steps: list) -> None:
-        from qtpy.QtCore import QTimer
-
-        self._pending_steps = len(steps)
-        if not steps:
-            return
-        first, rest = steps[0], steps[1:]
-        try:
-            first()
-        finally:
-            self._pending_steps = len(rest)
-        if rest:
-            QTimer.singleShot(STEP_PAUSE_MS, lambda: self._run_steps(rest))
-
-    @property
-    def busy(self) -> bool:
-        """A run, or the showing of its result, is under way."""
-        return self._worker is not None or self._pending_steps > 0
 
     def _place(self, key: str, layer: Any, previous: Any) -> None:
         """Add ``layer``, or, after a run of the same pair on the same scan, put its data

@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 DETECTION_KEY = "medood_detection"
 READING, PREPARING = "reading the layers", "preparing the result layers"
-STEP_PAUSE_MS = 30
 #: the families that use flip test-time augmentation (``DetectorOptions.tta``)
 #: the threshold slider's steps over [0, 1]
 SLIDER_STEPS = 1000
@@ -133,6 +132,10 @@ class ColourBar(QLabel):
 
 class DetectWidget(CancellableRun, Panel):
     """Dock panel over the detectors (``napari_medood.detectors``)."""
+
+    cancelled_text = "Cancelled: no result was added."
+    failure_text = "Could not run the detector"
+    title = "Detect anomalies"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox
@@ -413,33 +416,6 @@ class DetectWidget(CancellableRun, Panel):
             text = message
         self.status.setText(f"{self._model}: {text}")
 
-    def _reset_progress(self) -> None:
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-
-    def _finished(self) -> None:
-        self.end_run()
-        if self.progress_bar.maximum() == 0:
-            self._reset_progress()
-
-    def _aborted(self) -> None:
-        self.status.setText("Cancelled: no result was added.")
-        self.last_error = "cancelled"
-        self._reset_progress()
-
-    def _fail(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        from napari_medood.errors import Cancelled
-
-        if isinstance(exc, Cancelled):
-            self._aborted()
-            return
-        self.last_error = str(exc)
-        self._reset_progress()
-        self.status.setText(f"Could not run the detector: {exc}")
-        show_error(f"Detect anomalies: {exc}")
-
     def _show(self, outcome: DetectionOutcome | None) -> None:
         from napari.utils.notifications import show_warning
 
@@ -479,25 +455,6 @@ class DetectWidget(CancellableRun, Panel):
                 lambda: self._place_extras(outcome, source),
             ]
         )
-
-    def _run_steps(self, steps: list) -> None:
-        from qtpy.QtCore import QTimer
-
-        self._pending_steps = len(steps)
-        if not steps:
-            return
-        first, rest = steps[0], steps[1:]
-        try:
-            first()
-        finally:
-            self._pending_steps = len(rest)
-        if rest:  # a pause lets the window draw and answer between the steps
-            QTimer.singleShot(STEP_PAUSE_MS, lambda: self._run_steps(rest))
-
-    @property
-    def busy(self) -> bool:
-        """A run, or the showing of its result, is under way."""
-        return self._worker is not None or self._pending_steps > 0
 
     def _place_map(self, outcome: DetectionOutcome, source: Any, previous: Any) -> None:
         layer = outcome.map_layer
