@@ -227,34 +227,42 @@ def model_card(config: SegTrainConfig, network, metrics: dict, training: dict, e
 
 def ood_candidates(config: SegTrainConfig, scans: Sequence, healthy: Sequence):
     """``draw(rng) -> (image, brain mask)``: a patch of a training scan with its lesions
-    removed (centred on where one was), or of a healthy scan; the removed images are made
-    once here."""
+    removed (centred on where one was), or of a healthy scan. A scan's lesions are removed
+    the first time it is drawn and kept for the next draws: a large cohort is not inpainted
+    whole for a few dozen candidates."""
     from napari_medood.synth.ood_supervision import remove_objects
     from napari_medood.training.data import random_patch
 
     modes = ("black", "inpaint") if config.ood_removal == "both" else (config.ood_removal,)
-    removed = [
-        (scan, remove_objects(scan.image, scan.lesion, mode, scan.mask))
-        for scan in scans
+    removable = [
+        (index, mode)
+        for index, scan in enumerate(scans)
         if scan.lesion is not None and scan.lesion.any()
         for mode in modes
     ]
-    pools = [pool for pool in (removed, list(healthy)) if pool]
+    pools = [pool for pool in (removable, list(healthy)) if pool]
     if not pools:
         raise MedoodError(
             "ood_supervision needs anomaly-free samples: training scans with lesions to "
             "remove, or healthy scans (ood_healthy)"
         )
+    removed: dict[tuple[int, str], np.ndarray] = {}
 
     def draw(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         pool = pools[int(rng.integers(len(pools)))]
         item = pool[int(rng.integers(len(pool)))]
-        if isinstance(item, tuple):  # (scan, its image without lesions)
-            scan, image = item
-            return random_patch(scan, config.patch, rng, image=image, centres=scan.lesion)
+        if isinstance(item, tuple):  # (training scan, removal mode)
+            scan = scans[item[0]]
+            if item not in removed:
+                removed[item] = remove_objects(scan.image, scan.lesion, item[1], scan.mask)
+            return random_patch(scan, config.patch, rng, image=removed[item], centres=scan.lesion)
         return random_patch(item, config.patch, rng)
 
-    return draw, {"removed_images": len(removed), "healthy_scans": len(healthy), "modes": modes}
+    return draw, {
+        "removed_images": len(removable),
+        "healthy_scans": len(healthy),
+        "modes": modes,
+    }
 
 
 def anomaly_free_mix(config, scans, space, execution, world=1, progress=None, cancelled=None):

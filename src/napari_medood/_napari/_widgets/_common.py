@@ -328,6 +328,26 @@ class CancellableRun:
     failure_text = "Could not run"
     title = ""
 
+    def run_controls(self, run_text: str = "Run"):
+        """Make the panel's ``run_button``, ``cancel_button`` (off until a run starts),
+        ``progress_bar`` and ``status`` label, connected to ``run`` and :meth:`cancel`;
+        returns the row of the two buttons for the panel's layout."""
+        from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton
+
+        self.run_button = QPushButton(run_text)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.status = wrapping_label()
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        return buttons
+
     def start_run(self, job_function, job, returned, aborted) -> None:
         import threading
 

@@ -20,9 +20,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import (
     QFormLayout,
-    QHBoxLayout,
-    QProgressBar,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -135,13 +132,7 @@ class CompareWidget(CancellableRun, Panel):
             ]
         )
         self.options.margins = (0, 0, 0, 0)
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.status = wrapping_label()
+        buttons = self.run_controls()
         self.summary_label = wrapping_label()
         self.notes_label = wrapping_label()
         self.notes_label.setStyleSheet("color: #ffb347;")
@@ -151,9 +142,6 @@ class CompareWidget(CancellableRun, Panel):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Scan", self.image_combo)
         form.addRow("Brain mask", self.mask_combo)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.options.native)
@@ -165,8 +153,6 @@ class CompareWidget(CancellableRun, Panel):
         layout.addStretch(1)
 
         self.image_combo.currentIndexChanged.connect(lambda *_: self.mask_combo.choose_default())
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self.mask_combo.choose_default()
 
     # ---------------------------------------------------------------------------- run

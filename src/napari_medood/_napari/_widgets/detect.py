@@ -25,9 +25,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSlider,
     QVBoxLayout,
@@ -200,13 +198,7 @@ class DetectWidget(CancellableRun, Panel):
         from napari_medood._napari._widgets.trust import TrustView
 
         self.trust_view = TrustView()
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.status = wrapping_label()
+        buttons = self.run_controls()
         self.peak_button = QPushButton("Go to peak")
         self.peak_button.setToolTip("show the slice through the map's highest voxel")
         self.peak_button.setEnabled(False)
@@ -223,9 +215,6 @@ class DetectWidget(CancellableRun, Panel):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Scan", self.image_combo)
         form.addRow("Brain mask", self.mask_combo)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         threshold = QVBoxLayout()  # the slider spans the colour bar above it
         threshold.setSpacing(2)
         threshold.addWidget(self.slider)
@@ -253,8 +242,6 @@ class DetectWidget(CancellableRun, Panel):
         self.model_choice.changed.connect(self._model_changed)
         self.checkpoint_edit.changed.connect(lambda value: self.add_checkpoint(value))
         self.image_combo.currentIndexChanged.connect(self._scan_changed)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self.peak_button.clicked.connect(self.go_to_peak)
         self.slider.valueChanged.connect(self._threshold_changed)
         napari_viewer.layers.events.removed.connect(self._layer_removed)

@@ -21,8 +21,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -187,12 +185,7 @@ class TrustWidget(CancellableRun, Panel):
         )
         self.threshold_spin.tooltip = "a scan whose confidence falls below this percentile of the reference scans is called out of distribution"
         self.description = wrapping_label()
-        self.run_button = QPushButton("Check")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.status = wrapping_label()
+        buttons = self.run_controls("Check")
         self.view = TrustView()
 
         form = QFormLayout()
@@ -211,9 +204,6 @@ class TrustWidget(CancellableRun, Panel):
             row.addWidget(widget.native, 1)
             layout.addLayout(row)
         layout.addWidget(self.description)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
@@ -223,8 +213,6 @@ class TrustWidget(CancellableRun, Panel):
         self.model_choice.changed.connect(self._model_changed)
         self.checkpoint_edit.changed.connect(lambda value: self.add_checkpoint(value))
         self.threshold_spin.changed.connect(self._threshold_changed)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self._model_changed()
 
     def add_checkpoint(self, folder: str | Path) -> None:
