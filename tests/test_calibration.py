@@ -237,3 +237,112 @@ def test_a_map_far_wider_than_on_healthy_scans_carries_a_note():
     # at the healthy share, or with no calibration, nothing is said
     assert widespread_note({**calibration, "flagged_share": 0.01}) is None
     assert widespread_note(None) is None
+
+
+def skull_stripped_copy(subject: str, folder):
+    """An IXI T1 scan with everything outside its DLMUSE brain set to 0, as a
+    brain-extraction tool leaves it, written beside the original's path and mask."""
+    import nibabel as nib
+
+    scan = next(shared("ixi-t1-2mm", "t1").glob(f"{subject}*"))
+    mask = next(shared("ixi-t1-2mm", "dlmuse").glob(f"{subject}*"))
+    image = nib.load(scan)
+    brain = np.asarray(nib.load(mask).dataobj) > 0
+    stripped = np.where(brain, np.asarray(image.dataobj), 0).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / scan.name.replace("_ds", "_ds_brain")
+    nib.save(nib.Nifti1Image(stripped, image.affine, image.header), target)
+    return scan, mask, target, brain
+
+
+def test_a_skull_stripped_brain_is_found_only_in_skull_stripped_scans(tmp_path):
+    """Its non-background voxels are the brain a mask file would hold; a whole head (even
+    with a zeroed background), a CT, an MR of the abdomen are not skull-stripped."""
+    from napari_medood.detectors.calibration import voxel_ml
+    from napari_medood.io import read_volume
+    from napari_medood.preprocessing.masks import skull_stripped_brain
+
+    original, _, stripped, brain = skull_stripped_copy("IXI039", tmp_path)
+    volume = read_volume(stripped)
+    found = skull_stripped_brain(volume.data, voxel_ml(volume.affine))
+    # the mask file's brain, but for its few voxels whose own intensity is 0 (10 of 214,784)
+    assert found is not None and np.count_nonzero(found != brain) < 1e-4 * brain.sum()
+    head = read_volume(original)  # IXI heads: a third of their voxels are exactly 0
+    assert np.mean(head.data == 0) > 0.3
+    assert skull_stripped_brain(head.data, voxel_ml(head.affine)) is None
+    # the MS scans: brain-extracted, registered (a few negative voxels at the brain's edge)
+    ms = read_volume(
+        shared("open-ms-lesjak-mni", "patient07")
+        / "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
+    )
+    assert ms.data.min() < 0
+    found = skull_stripped_brain(ms.data, voxel_ml(ms.affine))
+    positive = ms.data > 0
+    assert found is not None and not (positive & ~found).any()
+    # and the holes inside it (CSF at or below 0 after N4): 2 ml of a 1,130 ml brain
+    assert np.count_nonzero(found & ~positive) < 0.01 * positive.sum()
+    for name in ("example_ct.nii.gz", "example_mr_sm.nii.gz"):
+        other = read_volume(shared("totalsegmentator-example") / name)
+        assert skull_stripped_brain(other.data, voxel_ml(other.affine)) is None, name
+
+
+def test_a_skull_stripped_scan_without_a_mask_reads_as_the_original_with_its_mask(tmp_path):
+    """The default model's calibration serves a skull-stripped scan given without a mask
+    file: the same millilitres flagged (within 5 %) and the same calibrated sample score as
+    the whole-head original read with its brain mask, from the API and from medood-predict."""
+    import nibabel as nib
+
+    from napari_medood.cli import predict_main
+    from napari_medood.detectors import default_model, get_detector
+    from napari_medood.io import read_volume
+    from napari_medood.preprocessing.masks import load_mask
+
+    original, mask_file, stripped, _ = skull_stripped_copy("IXI048", tmp_path / "stripped")
+    detector = get_detector(default_model(), device="cpu", gate=False)
+    volume = read_volume(original)
+    with_mask = detector.predict(volume, load_mask(mask_file, volume.grid))
+    without = detector.predict(read_volume(stripped))
+    assert without.extras["mask"] == "skull-stripped"
+    assert any("looks skull-stripped" in note for note in without.notes)
+    ml_with = with_mask.extras["calibration"]["flagged_ml"]
+    ml_without = without.extras["calibration"]["flagged_ml"]
+    assert ml_with > 1.0
+    assert ml_without == pytest.approx(ml_with, rel=0.05)
+    assert without.score == pytest.approx(with_mask.score, abs=0.02)
+    assert "uncalibrated" in without.extras["scores"]  # the calibrated score, not the top-100
+    # the same through the command line: maps and calibrated scores
+    threshold = detector.card["calibration"]["voxel_threshold"]
+    scores = {}
+    for label, arguments in (
+        ("with", ["--mask", str(mask_file), str(original)]),
+        ("without", [str(stripped)]),
+    ):
+        out = tmp_path / label
+        for task in ("pixel", "sample"):
+            code = predict_main(["--device", "cpu", "--task", task, *arguments, str(out)])
+            assert code == 0
+        written = nib.load(next(out.glob("*.nii.gz")))
+        above = np.count_nonzero(np.asarray(written.dataobj) > threshold) * 8 / 1000
+        scores[label] = (above, float(next(out.glob("*.txt")).read_text()))
+    assert scores["without"][0] == pytest.approx(scores["with"][0], rel=0.05)
+    assert scores["without"][1] == pytest.approx(scores["with"][1], abs=0.02)
+    # a whole head without its mask is not read against the calibration
+    assert "calibration" not in detector.predict(volume).extras
+
+
+def test_a_calibration_on_skull_stripped_scans_holds_for_masked_ones(tmp_path):
+    """Healthy skull-stripped scans without mask files calibrate a model as brains with
+    masks do: the card records maps read in brain masks, and a masked scan is read
+    against it."""
+    from napari_medood.detectors import get_detector
+    from napari_medood.evaluation.calibration import calibrate_on_healthy
+    from napari_medood.io.cohort import Case
+
+    cases = []
+    for subject in HELD_OUT:
+        _, _, stripped, _ = skull_stripped_copy(subject, tmp_path)
+        cases.append(Case(stripped.name, stripped, None))
+    detector = get_detector("intensity")
+    entry = calibrate_on_healthy(detector, cases, fpr=0.01)
+    assert entry["made_with"]["mask"] == "given"
+    assert entry["healthy_fpr_per_scan"] == [pytest.approx(0.01, abs=0.01)] * 2

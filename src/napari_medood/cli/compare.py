@@ -31,9 +31,10 @@ OUTPUT_FILES = {
 }
 EPILOG = """\
 a model flags the voxels above its threshold: its card's calibrated threshold when the
-calibration holds for this run (e.g. brain-t1-unet with a brain mask), else --threshold-a /
---threshold-b (default 0.5); the volumes are counted inside the mask (without one, inside
-the Otsu foreground the detectors use). The summary says which threshold each model used.
+calibration holds for this run (e.g. brain-t1-unet with a brain mask, or on a skull-stripped
+scan), else --threshold-a / --threshold-b (default 0.5); the volumes are counted inside the
+mask (without one, inside a skull-stripped scan's brain or the Otsu foreground, as the
+detectors do). The summary says which threshold each model used.
 
 outputs in --out DIR (written atomically; the scan and mask are only read):
   map_a.nii.gz, map_b.nii.gz  each model's anomaly map, on the scan's grid and affine

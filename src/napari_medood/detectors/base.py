@@ -168,13 +168,17 @@ class BaseDetector:
         name = (self.card or {}).get("gate")
         return str(name) if name and self.gate_enabled else None
 
-    def made_with(self, mask_given: bool = True) -> dict[str, Any]:
+    def made_with(self, mask: bool | str = True) -> dict[str, Any]:
         """How this detector makes its maps, as a calibration records it: test-time
-        augmentation, variant, and whether a mask was given or the foreground was taken."""
+        augmentation, variant, and the mask it read them in (``mask``: how
+        :func:`working_mask` found it, or True for a given mask and False for the
+        foreground)."""
+        if isinstance(mask, bool):
+            mask = MASK_GIVEN if mask else MASK_FOREGROUND
         return {
             "tta": getattr(self, "tta_method", None),
             "variant": getattr(self, "variant", None),
-            "mask": "given" if mask_given else "foreground",
+            "mask": mask,
         }
 
     def describe_score(self) -> ScoreInfo:
@@ -236,9 +240,11 @@ class BaseDetector:
         from napari_medood.detectors.compatibility import check_scan, scan_notes
 
         check_scan(volume)
-        given = mask is not None
-        mask = foreground_of(volume, mask)
-        notes = scan_notes(volume, mask, given, self.card)
+        mask, mask_kind = working_mask(volume, mask)
+        brain = mask_kind != MASK_FOREGROUND  # a brain mask: given, or a skull-stripped scan's
+        notes = scan_notes(volume, mask, brain, self.card)
+        if mask_kind == MASK_SKULL_STRIPPED:
+            notes.append(skull_stripped_note(volume, mask))
         check_cancelled(cancelled)
         if trust is None and self.gate_name is not None:
             trust = self.trust(volume, mask, cancelled)
@@ -266,18 +272,18 @@ class BaseDetector:
             if output.score is None:
                 raise MedoodError(f"the {self.name} detector declares a score but returned none")
             score = float(output.score)
-        extras = dict(output.extras)
+        extras = {**output.extras, "mask": mask_kind}
         if trust is not None:
             extras["trust"] = trust
         if anomaly_map is not None:
             from napari_medood.detectors.calibration import calibration_extras, widespread_note
 
             calibration = calibration_extras(
-                self.card, anomaly_map.data, volume.affine, mask, self.made_with(given)
+                self.card, anomaly_map.data, volume.affine, mask, self.made_with(mask_kind)
             )
             if calibration is not None:
                 extras["calibration"] = calibration
-                note = widespread_note(calibration, "the brain" if given else "the foreground")
+                note = widespread_note(calibration, "the brain" if brain else "the foreground")
                 if note is not None:
                     notes.append(note)
             if calibration is not None and "sample_score" in calibration and SCORE in self.outputs:
@@ -294,14 +300,45 @@ def score_info_of(detector) -> ScoreInfo | None:
     return describe() if callable(describe) else getattr(detector, "score_info", None)
 
 
-def foreground_of(volume: Volume, mask: np.ndarray | None) -> np.ndarray:
-    """The mask a detector works in: the given one (checked against the scan's grid), else
-    an Otsu head/body mask of the scan."""
-    from napari_medood.preprocessing.masks import check_mask, mask_from_threshold
+#: how a detector's working mask was found (``working_mask``; ``made_with["mask"]``)
+MASK_GIVEN, MASK_SKULL_STRIPPED, MASK_FOREGROUND = "given", "skull-stripped", "foreground"
 
-    if mask is None:
-        return mask_from_threshold(volume.data, "otsu")
-    return check_mask(mask, volume.grid, volume.source)
+
+def working_mask(volume: Volume, mask: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """The mask a detector works in and how it was found: the given one (checked against
+    the scan's grid); else, for a skull-stripped scan, its non-background voxels, which are
+    its brain (``preprocessing.masks.skull_stripped_brain``); else an Otsu head/body mask."""
+    from napari_medood.detectors.calibration import voxel_ml
+    from napari_medood.preprocessing.masks import (
+        check_mask,
+        mask_from_threshold,
+        skull_stripped_brain,
+    )
+
+    if mask is not None:
+        return check_mask(mask, volume.grid, volume.source), MASK_GIVEN
+    brain = skull_stripped_brain(volume.data, voxel_ml(volume.affine))
+    if brain is not None:
+        return brain, MASK_SKULL_STRIPPED
+    return mask_from_threshold(volume.data, "otsu"), MASK_FOREGROUND
+
+
+def foreground_of(volume: Volume, mask: np.ndarray | None) -> np.ndarray:
+    """The mask a detector works in (:func:`working_mask`, without how it was found)."""
+    return working_mask(volume, mask)[0]
+
+
+def skull_stripped_note(volume: Volume, brain: np.ndarray) -> str:
+    """What a run without a brain mask on a skull-stripped scan should say."""
+    from napari_medood.detectors.calibration import voxel_ml
+
+    brain_ml = float(np.count_nonzero(brain)) * voxel_ml(volume.affine)
+    outside = 100.0 * (1.0 - float(np.count_nonzero(brain)) / brain.size)
+    return (
+        f"no brain mask given: the scan looks skull-stripped ({outside:.0f} % of its voxels "
+        f"are background), so its {brain_ml:,.0f} ml of non-background voxels were taken as "
+        "the brain"
+    )
 
 
 def topk_mean(anomaly_map: np.ndarray, k: int = 100, mask: np.ndarray | None = None) -> float:

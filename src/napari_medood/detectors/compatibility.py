@@ -75,9 +75,14 @@ def card_mismatches(
     notes = []
     contrast = expects.get("contrast")
     if profile.looks_like_ct and expects.get("modality", "MR") != "CT":
+        modality = expects.get("modality", "MR")
+        scans = (
+            f"{modality} scans of any contrast"
+            if contrast == "any"
+            else f"{modality} {contrast or ''}".rstrip() + " scans"
+        )
         notes.append(
-            f"intensities go below -500 like CT Hounsfield units; {model} was "
-            f"trained on {expects.get('modality', 'MR')} {contrast or ''} scans".rstrip()
+            f"intensities go below -500 like CT Hounsfield units; {model} was trained on {scans}"
         )
     elif (
         contrast

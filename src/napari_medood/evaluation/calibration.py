@@ -23,11 +23,12 @@ def calibrate_on_healthy(
     progress: ProgressCallback | None = None,
     cancelled: CancelledPredicate | None = None,
 ) -> dict[str, Any]:
-    """The card's ``calibration`` entry of ``detector`` on healthy ``cases`` (each with
-    its brain mask, else an Otsu mask): the threshold above which ``fpr`` of their brain
-    voxels lie (pooled), each scan's share and millilitres above it, and the failures.
+    """The card's ``calibration`` entry of ``detector`` on healthy ``cases`` (every one with
+    its brain mask or skull-stripped, or none: an Otsu mask): the threshold above which
+    ``fpr`` of their brain voxels lie (pooled), each scan's share and millilitres above it,
+    and the failures.
     A scan that fails is reported and skipped; if every scan fails, nothing is calibrated."""
-    from napari_medood.detectors.base import foreground_of
+    from napari_medood.detectors.base import MASK_FOREGROUND, MASK_GIVEN, working_mask
     from napari_medood.detectors.calibration import RELATIVE_FLAGGED_VOLUME, flagged_ml
     from napari_medood.io.readers import read_volume
     from napari_medood.preprocessing.masks import load_mask
@@ -36,20 +37,26 @@ def calibrate_on_healthy(
         raise MedoodError(f"the healthy voxel false-positive rate must be within (0, 1), not {fpr}")
     if not cases:
         raise MedoodError("calibration needs healthy scans (none were found)")
-    masked = {case.mask is not None for case in cases}
-    if len(masked) > 1:
-        raise MedoodError(
-            "give a brain mask for every healthy scan or for none: a calibration holds for "
-            "maps read in one kind of mask"
-        )
-    maps, failed = [], []
+    maps, failed, brains = [], [], {}
     for index, case in enumerate(cases):
         report(progress, index, len(cases), case.name)
         check_cancelled(cancelled)
         try:
             volume = read_volume(case.image)
             mask = load_mask(case.mask, volume.grid) if case.mask is not None else None
-            mask = foreground_of(volume, mask)
+            mask, how = working_mask(volume, mask)
+        except MedoodError as exc:
+            failed.append({"case": case.name, "error": str(exc)})
+            continue
+        # a skull-stripped scan without a mask file is read in its brain, as if given one
+        brains[case.name] = how != MASK_FOREGROUND
+        if len(set(brains.values())) > 1:
+            raise MedoodError(
+                "give a brain mask (or a skull-stripped scan) for every healthy scan or for "
+                f"none: a calibration holds for maps read in one kind of mask, and {case.name} "
+                "differs from the scans before it"
+            )
+        try:
             result = detector.predict(volume, mask, cancelled=cancelled)
             if result.anomaly_map is None:
                 raise MedoodError(f"{detector.name} gives no map to calibrate")
@@ -80,7 +87,7 @@ def calibrate_on_healthy(
         ],
         "failed": failed,
         # how the maps were made: a map made otherwise is not read against this entry
-        "made_with": detector.made_with(masked == {True}),
+        "made_with": detector.made_with(MASK_GIVEN if any(brains.values()) else MASK_FOREGROUND),
     }
     if "score" in getattr(detector, "outputs", ()) and np.mean(entry["healthy_flagged_ml"]) > 0:
         # the sample score becomes the flagged volume relative to these scans'

@@ -9,9 +9,9 @@ by both, the Dice between the two flagged sets and the Pearson correlation of th
 A model flags the voxels above its own threshold: its card's calibrated threshold when the
 calibration holds for maps made as this run makes them (``detectors.calibration``), else
 the threshold the caller gives (0.5 by default). The counts run over the brain mask, or,
-without one, over the Otsu foreground the detectors themselves work in. The
-``medood-compare`` command and the napari "Compare two models" panel are faces of this
-module.
+without one, over the brain of a skull-stripped scan or the Otsu foreground, where the
+detectors themselves work. The ``medood-compare`` command and the napari "Compare two
+models" panel are faces of this module.
 """
 
 from __future__ import annotations
@@ -184,11 +184,12 @@ def pearson_in(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float | None
     return float(np.clip(np.dot(x, y) / spread, -1.0, 1.0))
 
 
-def threshold_of(detector: Any, mask_given: bool, given: float | None) -> tuple[float, str]:
+def threshold_of(detector: Any, mask_given: bool | str, given: float | None) -> tuple[float, str]:
     """The threshold a model flags voxels above, and where it came from: its card's
     calibrated threshold when that calibration holds for maps made as this run makes
-    them (:func:`~napari_medood.detectors.calibration.calibration_applies`), else ``given``,
-    else :data:`DEFAULT_THRESHOLD`."""
+    them (:func:`~napari_medood.detectors.calibration.calibration_applies`; ``mask_given``:
+    whether a mask was given, or how ``detectors.base.working_mask`` found it), else
+    ``given``, else :data:`DEFAULT_THRESHOLD`."""
     from napari_medood.detectors.calibration import calibrated_threshold, calibration_applies
 
     card = getattr(detector, "card", None)
@@ -239,7 +240,7 @@ def compare_models(
             a threshold is outside [0, 1]; the detectors' own errors (a mask on another grid).
         Cancelled: the caller asked to stop.
     """
-    from napari_medood.detectors.base import foreground_of
+    from napari_medood.detectors.base import MASK_GIVEN, MASK_SKULL_STRIPPED, working_mask
 
     detectors = (("A", detector_a), ("B", detector_b))
     for which, detector in detectors:
@@ -254,8 +255,8 @@ def compare_models(
         if value is not None:
             _checked_threshold(value, which)
     # the region counted: the given mask (checked against the scan before any model runs),
-    # else the same Otsu foreground the detectors compute for themselves
-    region = foreground_of(volume, mask)
+    # else the same brain of a skull-stripped scan, or Otsu foreground, the detectors use
+    region, how = working_mask(volume, mask)
     results = []
     for which, detector in detectors:
         check_cancelled(cancelled)
@@ -279,10 +280,7 @@ def compare_models(
         raise MedoodError(
             f"the maps have shape {map_a.shape}, the scan {volume.name} {volume.shape}"
         )
-    thresholds = {
-        which: threshold_of(detector, mask is not None, given[which])
-        for which, detector in detectors
-    }
+    thresholds = {which: threshold_of(detector, how, given[which]) for which, detector in detectors}
     compared = compare_maps(
         map_a.data,
         map_b.data,
@@ -300,7 +298,10 @@ def compare_models(
             "threshold_from": thresholds[which][1],
             "flagged_ml": summary[key]["flagged_ml"],
         }
-    summary["region"] = "mask" if mask is not None else "foreground (Otsu)"
+    summary["region"] = {
+        MASK_GIVEN: "mask",
+        MASK_SKULL_STRIPPED: "brain of the skull-stripped scan",
+    }.get(how, "foreground (Otsu)")
     summary["difference"] = "A - B"
     summary["labels"] = {str(k): v for k, v in DISAGREEMENT_LABELS.items()}
     notes = tuple(

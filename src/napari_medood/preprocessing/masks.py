@@ -60,6 +60,52 @@ def mask_from_threshold(
     return mask
 
 
+#: a skull-stripped scan has at least this share of its voxels at one background value (0,
+#: or its minimum); a whole-head MR zeroed outside the head has as many, so the volume decides
+SKULL_STRIPPED_BACKGROUND = 0.3
+#: the volume (ml) of what a skull-stripped scan keeps: a brain, from a small child's to the
+#: largest adult intracranial volumes; heads are well above (the IXI heads: 5,600-7,000 ml)
+BRAIN_ML = (250.0, 2200.0)
+#: voxels below the background value (interpolation overshoot at the brain's edge after
+#: registration) may be at most this share
+BELOW_BACKGROUND = 0.02
+
+
+def skull_stripped_brain(data: np.ndarray, voxel_ml: float) -> np.ndarray | None:
+    """The brain of a skull-stripped (brain-extracted) scan given without a mask, or None
+    when ``data`` does not look skull-stripped.
+
+    Skull-stripping tools set everything outside the brain to one background value (0, or
+    the minimum), so a third or more of the voxels hold it; what is left is one brain-sized
+    region (:data:`BRAIN_ML`). The brain is then the voxels above the background, with
+    enclosed holes filled: the mask the tool itself applied, which is what a brain mask file
+    would have held. A whole head with a zeroed background passes the first test, not the
+    second; a CT or an MR with noise in its background passes neither.
+    """
+    from scipy import ndimage
+
+    data = np.asarray(data)
+    if data.size == 0 or not np.isfinite(data).all():
+        return None
+    low = data.min()
+    counts = {value: int(np.count_nonzero(data == value)) for value in {0, low}}
+    background = max(counts, key=counts.get)
+    if counts[background] < SKULL_STRIPPED_BACKGROUND * data.size:
+        return None
+    if np.count_nonzero(data < background) > BELOW_BACKGROUND * data.size:
+        return None
+    brain = data > background
+    kept_ml = float(np.count_nonzero(brain)) * voxel_ml
+    if not BRAIN_ML[0] <= kept_ml <= BRAIN_ML[1]:
+        return None
+    labels, count = ndimage.label(brain)
+    if count > 1:  # one brain, perhaps with a few detached specks, not several bodies
+        sizes = np.bincount(labels.ravel())[1:]
+        if sizes.max() < 0.9 * sizes.sum():
+            return None
+    return ndimage.binary_fill_holes(brain)
+
+
 def check_mask(mask: np.ndarray, grid: Grid, name: str | os.PathLike | None = None) -> np.ndarray:
     """Return ``mask`` as bool after checking it matches the image grid and is not empty."""
     mask = np.asarray(mask)

@@ -133,8 +133,12 @@ class LayerComboBox(QComboBox):
         return layer if layer is not None and layer in self._viewer.layers else None
 
 
+#: the brain-mask pickers' choice of none: what the detectors then work in
+NO_MASK = "none: a skull-stripped scan's own brain, else an Otsu head mask"
+
+
 def scan_and_mask_pickers(
-    viewer: napari.viewer.Viewer, parent: QWidget, no_mask: str
+    viewer: napari.viewer.Viewer, parent: QWidget, no_mask: str = NO_MASK
 ) -> tuple[LayerComboBox, LayerComboBox]:
     """A scan picker (never an anomaly map) and a brain-mask picker that follows it (same
     shape, never a ground truth or a threshold; ``no_mask`` names the choice of none)."""

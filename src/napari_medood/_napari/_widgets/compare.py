@@ -104,9 +104,7 @@ class CompareWidget(CancellableRun, Panel):
         self._pair: tuple[str, str] = ("", "")
         self._pending_steps = 0
 
-        self.image_combo, self.mask_combo = scan_and_mask_pickers(
-            napari_viewer, self, "none: Otsu head mask"
-        )
+        self.image_combo, self.mask_combo = scan_and_mask_pickers(napari_viewer, self)
         models = map_models()
         first = default_model() if default_model() in models else (models or [None])[0]
         second = next((m for m in models if m != first), first)

@@ -154,9 +154,7 @@ class DetectWidget(CancellableRun, Panel):
         self._checkpoints: list[str] = []
         self._pending_steps = 0
 
-        self.image_combo, self.mask_combo = scan_and_mask_pickers(
-            napari_viewer, self, "none: Otsu head mask"
-        )
+        self.image_combo, self.mask_combo = scan_and_mask_pickers(napari_viewer, self)
         # magicgui builds the value widgets of the run options
         self.model_choice = ComboBox(label="Model", choices=self._model_choices())
         self.checkpoint_edit = FileEdit(label="Checkpoint", mode="d")
@@ -294,7 +292,9 @@ class DetectWidget(CancellableRun, Panel):
             str(card.get("description", card.get("name", ""))),
             f"gives: {' + '.join(outputs)}",
         ]
-        if expects.get("contrast"):
+        if expects.get("contrast") == "any":
+            parts.append(f"for {expects.get('modality', '')} scans of any contrast".strip())
+        elif expects.get("contrast"):
             parts.append(f"for {expects.get('modality', '')} {expects['contrast']} scans".strip())
         spacing = card.get("preprocessing", {}).get("spacing")
         if spacing:
@@ -304,7 +304,7 @@ class DetectWidget(CancellableRun, Panel):
         tested = card.get("metrics", {}).get("test", {}).get("model", {})
         lesions = [
             f"{label} {tested[key]['pixel_ap']:.2f}"
-            for key, label in (("ms-t1", "MS T1"), ("ms-flair", "MS FLAIR"))
+            for key, label in (("ms-t1", "MS T1"), ("ms-t2", "MS T2"), ("ms-flair", "MS FLAIR"))
             if tested.get(key, {}).get("pixel_ap") is not None
         ]
         if lesions:
@@ -547,8 +547,24 @@ class DetectWidget(CancellableRun, Panel):
             abs(self.threshold - float(calibration["voxel_threshold"])) < 0.5 / SLIDER_STEPS
         ):
             share = 100 * float(calibration.get("healthy_voxel_fpr", 0.0))
-            text += f" (calibrated: {share:g} % of healthy brain voxels)"
+            if self._calibration_holds():
+                text += f" (calibrated: {share:g} % of healthy brain voxels)"
+            else:
+                text += " (the model's calibrated threshold; it does not hold for this map)"
         return text if millilitres is None else f"{text}: {millilitres:.1f} ml"
+
+    def _calibration_holds(self) -> bool:
+        """Was the map shown read against the chosen model's calibration? (Before any run:
+        yes. Not for a map made without a brain mask on a whole head, with TTA, or by
+        another model.)"""
+        layer = self.map_layer
+        if layer is None or layer not in self.viewer.layers:
+            return True
+        detection = layer.metadata.get(DETECTION_KEY, {})
+        return (
+            detection.get("calibration") is not None
+            and detection.get("model") == self.model_choice.value
+        )
 
     def _show_flagged_volume(self, flagged: np.ndarray | None, flagged_at: float) -> None:
         """The volume above the threshold, before any Labels layer is made."""
@@ -716,8 +732,9 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
     say(PREPARING)
     from napari_medood.detectors.base import score_info_of
 
-    info = score_info_of(detector)
     calibration = result.extras.get("calibration")
+    # a map not read against the card's calibration keeps the family's own score
+    info = score_info_of(detector) if calibration is not None else detector.score_info
     healthy = " and ".join(f"{v:.1f}" for v in (calibration or {}).get("healthy_flagged_ml", []))
     if result.score is None:
         score_text = "No sample score."

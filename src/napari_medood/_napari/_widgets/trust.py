@@ -168,9 +168,7 @@ class TrustWidget(CancellableRun, Panel):
         self._worker = None
         self._cancel = threading.Event()
         self._checkpoints: list[str] = []
-        self.image_combo, self.mask_combo = scan_and_mask_pickers(
-            napari_viewer, self, "none: Otsu head mask"
-        )
+        self.image_combo, self.mask_combo = scan_and_mask_pickers(napari_viewer, self)
         models = feature_ood_models()
         self.model_choice = ComboBox(
             label="Model", choices=models, value=models[0] if models else None
