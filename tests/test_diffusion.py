@@ -632,7 +632,7 @@ def test_the_shipped_model_maps_the_sample_on_the_command_line(tmp_path, capsys)
     card = Checkpoint.open("brain-t1-mhd").card  # the weights match the card's sha256
     assert card["detector"] == "diffusion2d" and card["expects"]["contrast"] == "T1w"
     tested = card["metrics"]["test"]
-    assert set(tested["model"]) == {"ixi-held-out", "ms-t1", "ms-flair"}
+    assert set(tested["model"]) == {"ixi-held-out", "ms-t1", "ms-t2", "ms-flair"}
     assert set(tested["variants"]["residual"]) == set(tested["model"])
 
 

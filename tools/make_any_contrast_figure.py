@@ -1,7 +1,8 @@
-"""The README's any-contrast figure: one MS patient's T1 and FLAIR, and each brain U-Net's map.
+"""The README's any-contrast figure: one MS patient's T1, T2 and FLAIR, and each brain
+U-Net's map.
 
     python tools/make_any_contrast_figure.py [--shared ../shared/data] [--patient patient19]
-                                             [--models brain-t1-unet,brain-any-unet-cpu]
+                            [--models brain-t1-unet,brain-any-unet-cpu,brain-any-unet-gpu]
 
 One row per contrast, on the axial slice with the most consensus-lesion voxels: the scan with
 the lesions outlined in green, then each model's map (0 to 1) with its calibrated threshold
@@ -38,14 +39,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--patient", default="patient19")
-    parser.add_argument("--models", default="brain-t1-unet,brain-any-unet-cpu")
+    parser.add_argument("--models", default="brain-t1-unet,brain-any-unet-cpu,brain-any-unet-gpu")
     args = parser.parse_args()
     folder = args.shared / "open-ms-lesjak-mni" / args.patient
     lesions = read_volume(folder / LESIONS)
     models = args.models.split(",")
     detectors = [get_detector(name, device="cpu", gate=False) for name in models]
     columns = ["scan, lesions outlined", *models]
-    figure, axes = plt.subplots(2, len(columns), figsize=(3.2 * len(columns), 6.6))
+    rows = len(MS_FILES)
+    figure, axes = plt.subplots(rows, len(columns), figsize=(3.2 * len(columns), 3.3 * rows))
     for row, (contrast, name) in enumerate(MS_FILES.items()):
         scan = read_volume(folder / name)
         brain = scan.data > 0
@@ -83,7 +85,7 @@ def main() -> None:
         if "calibration" in (d.card or {})
     }
     figure.suptitle(
-        "The same MS patient in two contrasts: green, consensus lesions; cyan, each model's "
+        f"The same MS patient in {rows} contrasts: green, consensus lesions; cyan, each model's "
         f"calibrated threshold ({' / '.join(sorted(shares))} of healthy T1 brain voxels)",
         fontsize=9,
     )

@@ -7,7 +7,7 @@
    twice + one normal copy each, seed 1 -- the checkpoint was chosen on seed 0);
 2. scores every detector (the shipped model and the baselines) on it, with thresholds
    calibrated on the set's normal cases;
-3. scores every detector on MS patients 07 and 19 (Lesjak et al.), T1 and FLAIR, against
+3. scores every detector on MS patients 07 and 19 (Lesjak et al.), T1, T2 and FLAIR, against
    their consensus lesion masks, inside the brain (the images are brain-extracted);
 4. writes docs/baselines.md and the shipped model's test metrics into its card; the full
    reports (report.md, plots, per-case CSV) stay in the work folder.
@@ -31,6 +31,7 @@ from napari_medood.synth.dataset import ValidationSetConfig, build_validation_se
 REPO = Path(__file__).resolve().parents[1]
 MS_FILES = {
     "T1": "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+    "T2": "T2_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
     "FLAIR": "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
 }
 LESIONS = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
@@ -88,6 +89,7 @@ def main() -> None:
             discover_cases(synthetic),
         ),
         ("ms-t1", "MS patients 07 + 19, T1 1 mm", discover_cases(ms_cohort(shared, work, "T1"))),
+        ("ms-t2", "MS patients 07 + 19, T2 1 mm", discover_cases(ms_cohort(shared, work, "T2"))),
         (
             "ms-flair",
             "MS patients 07 + 19, FLAIR 1 mm",
@@ -122,12 +124,14 @@ def main() -> None:
             out = work / "reports" / f"{key}_{label.replace(':', '_')}"
             if variant is None:
                 detector = KeepingMaps(
-                    get_detector(name, DetectorOptions("cpu", extra_maps=False)),
+                    get_detector(name, DetectorOptions("cpu", extra_maps=False, gate=False)),
                     kept.setdefault(name, {}),
                 )
             else:  # the variant's map came with the default run: scored, not computed again
                 detector = ReplayedVariant(
-                    get_detector(name, DetectorOptions("cpu", variant=variant, extra_maps=False)),
+                    get_detector(
+                        name, DetectorOptions("cpu", variant=variant, extra_maps=False, gate=False)
+                    ),
                     kept[name],
                     variant,
                 )
@@ -202,18 +206,24 @@ class ReplayedVariant:
 
 
 def entries() -> list[tuple[str, str | None]]:
-    """Every detector a user can pick, and each shipped model's other variants (the MHD
-    model's single-reconstruction residual), as ``(name, variant)``."""
+    """Every detector a user can pick that makes a map, and each shipped model's other
+    variants (the MHD model's single-reconstruction residual), as ``(name, variant)``.
+    Score-only models (the feature-OOD gates) have their own tables (make_ood_table.py)."""
     from napari_medood.models.checkpoint import Checkpoint, bundled_models
-    from napari_medood.registry import declared_variants, get_family
+    from napari_medood.registry import declared_outputs, declared_variants, get_family
 
     out: list[tuple[str, str | None]] = []
     shipped = bundled_models()
     for name in available_models():
-        out.append((name, None))
         if name in shipped:
-            variants = declared_variants(get_family(Checkpoint.open(name).family))
+            family = get_family(Checkpoint.open(name).family)
+            if "map" not in declared_outputs(family):
+                continue
+            out.append((name, None))
+            variants = declared_variants(family)
             out += [(name, variant) for variant in variants[1:]]  # the first is the default
+        else:
+            out.append((name, None))
     return out
 
 
@@ -239,6 +249,7 @@ def write_card_metrics(metrics: dict) -> None:
                 "ixi-held-out": "synthetic FPI outliers on IXI039/IXI048 (held out of "
                 "training), seed 1",
                 "ms-t1": "MS patients 07, 19 (Lesjak et al.), T1, consensus lesions",
+                "ms-t2": "same patients, T2",
                 "ms-flair": "same patients, FLAIR",
             },
             "model": metrics[name],

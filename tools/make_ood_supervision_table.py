@@ -2,7 +2,7 @@
 
     python tools/make_ood_supervision_table.py [--shared ../shared/data] [--work work/ood13]
         [--unets brain-t1-unet,work/ood13/unet-without/run/best,work/ood13/with/run/best]
-        [--seeds 0,1] [--skip-training]
+        [--more-unets brain-any-unet-gpu] [--seeds 0,1] [--skip-training]
 
 1. The segmenter pair: scans with real MS lesion shapes implanted into six IXI brains
    (tools/make_lesion_training_set.py), ``medood-train seg`` without OoD supervision (the
@@ -12,7 +12,8 @@
    Runs that finished are not repeated.
 2. One ``medood-eval`` run per model (the segmenters and the ``--unets``) on the two real MS
    patients' T1 scans, calibrated on the two held-out healthy IXI brains, with a fixed
-   threshold: 0.5 for the segmenters, brain-t1-unet's calibrated threshold for the U-Nets.
+   threshold: 0.5 for the segmenters, brain-t1-unet's calibrated threshold for the U-Nets,
+   and each of ``--more-unets`` at its own calibrated threshold.
 3. The table (markdown, printed and written to WORK/table.md) and the figure
    docs/images/ood-supervision.png (patient 19: each pair's maps and where they disagree).
 """
@@ -223,6 +224,12 @@ def main() -> None:
         default="brain-t1-unet,work/ood13/unet-without/run/best,work/ood13/with/run/best",
         help="U-Nets to compare: the shipped one, then fine-tuned without and with OoD",
     )
+    parser.add_argument(
+        "--more-unets",
+        default="",
+        help="more U-Nets (shipped names or folders), a row each, each at its own calibrated "
+        "threshold",
+    )
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument(
         "--seeds",
@@ -256,7 +263,12 @@ def main() -> None:
         "Dice there | healthy ml there (IXI039 / IXI048) | Dice at 1 % healthy FPR |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, model in [*models.items(), *zip(names, unets, strict=False)]:
+    more = [m for m in args.more_unets.split(",") if m]
+    for model in more:  # read at their own calibrations, not the first U-Net's
+        thresholds[model] = Checkpoint.open(model).card["calibration"]["voxel_threshold"]
+    rows = [*models.items(), *zip(names, unets, strict=False)]
+    rows += [(f"U-Net `{Path(m).name}`", m) for m in more]
+    for name, model in rows:
         threshold = thresholds.get(str(model), unet_threshold)
         thresholds[str(model)] = threshold
         slug = name.lower().replace(" ", "-").replace("(", "").replace(")", "").replace("+", "plus")

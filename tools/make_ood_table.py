@@ -1,16 +1,19 @@
 """The OOD tables of docs/ood.md, on the shared data, in one command.
 
     python tools/make_ood_table.py [--shared ../shared/data] [--work work/ood]
-                                   [--adrenal MODEL] [--gate MODEL] [--only adrenal|gate]
+                                   [--adrenal MODEL] [--gate MODEL] [--any-gate MODEL]
+                                   [--only adrenal|gate|any_gate]
 
 adrenal3d-flow (MedOODFlow's MedMNIST protocol on AdrenalMNIST3D 64^3):
   in distribution: the test split (298 volumes); out of distribution: the reference's ten
   transformation shifts applied to that split (TorchIO, methods.md section 3; spacing taken
   as 1 mm; each output min-max re-normalised like the ID data), and cross-domain volumes
   (the 8 IXI and 8 MS brain MRIs, the CT and 8 random half-size CT crops) resized to 64^3.
-brain-t1-gate (the trust gate of the brain T1 detectors):
+brain-t1-gate (the trust gate of the brain T1 detectors), or another brain gate (--gate):
   in distribution: the held-out IXI T1 scans (IXI039, IXI048) and the MS patients' T1;
   out: the MS FLAIR, T2 and T1-post, the CT, and each in-distribution T1 under every shift.
+  A gate whose detector reads any MR contrast (its card expects "any", brain-any-gate) has
+  the MS FLAIR, T2 and T1-post in distribution too: out are the CT and the shifts.
 
 Every head scores the same features; OOD = positive, score = -confidence (OpenOOD). The
 tables go to docs/ood.md and the numbers into both models' cards (``metrics.test``).
@@ -185,7 +188,9 @@ def gate(shared: Path, work: Path, model: str) -> tuple[str, dict, list]:
                 volume,
                 volume.data > 0,
             )
-    scans_id += [ms_scans[(p, "T1")] for p in ("patient07", "patient19")]
+    any_contrast = gated_contrast(detector) == "any"
+    id_contrasts = ("T1", "FLAIR", "T2", "T1POST") if any_contrast else ("T1",)
+    scans_id += [ms_scans[(p, c)] for c in id_contrasts for p in ("patient07", "patient19")]
     per_scan = []
 
     def confidences(scans):
@@ -200,15 +205,16 @@ def gate(shared: Path, work: Path, model: str) -> tuple[str, dict, list]:
 
     confidence_id = confidences(scans_id)
     sets = {}
-    for contrast in ("FLAIR", "T2", "T1POST"):
+    for contrast in () if any_contrast else ("FLAIR", "T2", "T1POST"):
         sets[f"modality: MS {contrast}"] = confidences(
             [ms_scans[(p, contrast)] for p in ("patient07", "patient19")]
         )
     ct = read_volume(shared / "totalsegmentator-example" / "example_ct.nii.gz")
     sets["modality: CT"] = confidences([("CT (trunk)", ct, None)])
+    shifted = [scan for scan in scans_id if scan[0].endswith(" T1")]  # the T1 scans
     for kind in SHIFTS:
         corrupted = []
-        for index, (name, volume, mask) in enumerate(scans_id):
+        for index, (name, volume, mask) in enumerate(shifted):
             data = corrupt(volume.data.astype(np.float32), kind, volume.grid.spacing, seed=index)
             corrupted.append((f"{name} + {kind}", volume.with_data(data), mask))
         sets[f"shift: T1 + {kind}"] = confidences(corrupted)
@@ -219,6 +225,17 @@ def gate(shared: Path, work: Path, model: str) -> tuple[str, dict, list]:
         {"in_distribution": [n for n, _, _ in scans_id], "sets": rows},
         per_scan,
     )
+
+
+def gated_contrast(detector) -> str | None:
+    """The contrast the gate's detector expects (its backbone's card), e.g. ``T1w`` or
+    ``any``."""
+    from napari_medood.models.checkpoint import read_card, resolve_model
+
+    backbone = (detector.card or {}).get("backbone", {}).get("model")
+    if not backbone:
+        return None
+    return read_card(resolve_model(backbone)).get("expects", {}).get("contrast")
 
 
 def write_card_metrics(model: str, metrics: dict) -> None:
@@ -240,20 +257,27 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "work" / "ood")
     parser.add_argument("--adrenal", default="adrenal3d-flow")
     parser.add_argument("--gate", default="brain-t1-gate")
-    parser.add_argument("--only", choices=("adrenal", "gate"))
+    parser.add_argument(
+        "--any-gate", default="brain-any-gate", help="the gate of the any-contrast U-Net"
+    )
+    parser.add_argument("--only", choices=("adrenal", "gate", "any_gate"))
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "ood.md")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    parts = {}
+    # every part measured so far, so that one part can be measured again alone
+    cached = args.work / "tables.json"
+    parts = json.loads(cached.read_text()) if cached.exists() else {}
     if args.only in (None, "adrenal"):
         text, metrics = adrenal(args.shared, args.work, args.adrenal)
         write_card_metrics(args.adrenal, {"protocol": "tools/make_ood_table.py", **metrics})
         parts["adrenal"] = text
         print(text)
-    if args.only in (None, "gate"):
-        text, metrics, per_scan = gate(args.shared, args.work, args.gate)
+    for part, model in (("gate", args.gate), ("any_gate", args.any_gate)):
+        if args.only not in (None, part):
+            continue
+        text, metrics, per_scan = gate(args.shared, args.work, model)
         write_card_metrics(
-            args.gate,
+            model,
             {
                 "protocol": "tools/make_ood_table.py",
                 **metrics,
@@ -262,22 +286,22 @@ def main() -> None:
         )
         lines = ["| scan | percentile | verdict |", "|---|---|---|"]
         lines += [f"| {n} | {p:.1f} | {'in' if ok else '**out**'} |" for n, p, ok in per_scan]
-        parts["gate"] = (
+        parts[part] = (
             text
             + "\n\nPer scan (flow head, threshold: the card's percentile):\n\n"
             + "\n".join(lines)
         )
-        print(parts["gate"])
-    (args.work / "tables.json").write_text(json.dumps(parts, indent=1))
-    if len(parts) == 2:
+        print(parts[part])
+    cached.write_text(json.dumps(parts, indent=1))
+    if {"adrenal", "gate", "any_gate"} <= set(parts):
         write_doc(args.doc, parts)
 
 
 def write_doc(path: Path, parts: dict) -> None:
-    template = (REPO / "docs" / "ood.template.md").read_text()
-    path.write_text(
-        template.replace("{{adrenal}}", parts["adrenal"]).replace("{{gate}}", parts["gate"])
-    )
+    text = (REPO / "docs" / "ood.template.md").read_text()
+    for name, part in parts.items():
+        text = text.replace("{{" + name + "}}", part)
+    path.write_text(text)
 
 
 if __name__ == "__main__":

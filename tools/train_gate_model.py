@@ -1,12 +1,13 @@
-"""Fit the shipped trust gate brain-t1-gate on the shared IXI scans.
+"""Fit a shipped trust gate (brain-t1-gate, brain-any-gate) on the shared IXI scans.
 
-    python tools/train_gate_model.py [--shared ../shared/data] [--out work/brain-t1-gate]
-                                     [--set key=value ...]
+    python tools/train_gate_model.py [--config configs/brain-t1-gate.yaml] [--shared ../shared/data]
+                                     [--out work/<name>] [--set key=value ...]
 
-The same split as brain-t1-unet: six IXI subjects are fitted on, IXI039 and IXI048 (the
+The same split as the brain U-Nets: six IXI subjects are fitted on, IXI039 and IXI048 (the
 bundled sample) are held out for the evaluation (tools/make_ood_table.py). The flow's epoch
-is selected against an abdominal MR (organ shift, not in the evaluation). The recipe is
-configs/brain-t1-gate.yaml; the checkpoint ends in OUT/best (copy it to models/brain-t1-gate).
+is selected against an abdominal MR (organ shift, not in the evaluation). The masks given
+are the DLMUSE parcellations, so a recipe with ``contrast_copies`` can draw random-contrast
+copies from them. The checkpoint ends in OUT/best (copy it to models/<name>).
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=REPO / "work" / "brain-t1-gate")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "brain-t1-gate.yaml")
+    parser.add_argument("--out", type=Path, help="default: work/<the recipe's name>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    import yaml
+
+    name = yaml.safe_load(args.config.read_text())["name"]
+    args.out = args.out or REPO / "work" / name
     ixi = args.shared / "ixi-t1-2mm"
     cases = [
         c
@@ -47,11 +53,11 @@ def main() -> None:
             writer.writerow([case.image.resolve(), case.mask.resolve()])
     ood = args.shared / "totalsegmentator-example" / "example_mr_sm.nii.gz"
     config = load_config(
-        REPO / "configs" / "brain-t1-gate.yaml",
+        args.config,
         [f"train={train}", f"val_ood={ood}", f"out={args.out}", *args.set],
         FlowTrainConfig,
     )
-    bar = tqdm(total=config.epochs, desc="brain-t1-gate", unit="epoch", file=sys.stderr)
+    bar = tqdm(total=config.epochs, desc=config.name, unit="epoch", file=sys.stderr)
 
     def progress(done: int, total: int, message: str) -> None:
         bar.n = done

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled
-from napari_medood.errors import MedoodError
+from napari_medood.errors import MedoodError, look_up_option
 from napari_medood.training.registry import Trainer, TrainResult
 
 
@@ -51,6 +51,12 @@ class FlowTrainConfig:
     views, reference_views: augmented copies per training / reference volume; augment:
         integer shifts and TorchIO's mild bias field and gamma (session
         variation, not damage).
+    contrast_copies: for a detector's encoder, healthy copies of each training scan drawn
+        in random contrasts from its parcellation (its mask file, DLMUSE say; the draw the
+        contrast-randomised detectors train on), fitted on beside the scan: the gate of a
+        detector that reads any MR contrast must not call a FLAIR out for being one.
+        Cross-fitting folds keep a scan and its copies together. contrast_groups: how the
+        parcellation's labels are grouped into structures (``dlmuse`` or ``labels``).
     heads: which to fit (default: every one the backbone can feed).
     Flow: blocks, hidden (default: the feature width, as the reference), clamp.
     Optimisation: epochs, batch_size, lr, betas, weight_decay, grad_clip.
@@ -75,6 +81,8 @@ class FlowTrainConfig:
     reference_views: int = 4
     reference_folds: int = 0
     augment: bool = True
+    contrast_copies: int = 0
+    contrast_groups: str = "dlmuse"
     heads: list[str] | None = None
     blocks: int = 4
     hidden: int | None = None
@@ -108,6 +116,9 @@ class FlowTrainConfig:
             raise MedoodError(f"unknown OOD heads {unknown}; valid: {', '.join(HEADS)}")
         if self.views < 1 or self.reference_views < 0:
             raise MedoodError("views must be >= 1 and reference_views >= 0")
+        if self.contrast_copies < 0:
+            raise MedoodError(f"contrast_copies must be >= 0, got {self.contrast_copies}")
+        look_up_option(self.contrast_groups, ("dlmuse", "labels"), "contrast_groups")
         if self.reference_folds == 1 or self.reference_folds < 0:
             raise MedoodError("reference_folds must be 0 (off) or at least 2")
         if self.reference is None and self.reference_views < 1:
@@ -310,7 +321,14 @@ def train_flow(
             progress(0, config.epochs, message)
 
     say("reading the training volumes")
-    train = load_source(config.train, input_spec, config.masks)
+    train = load_source(
+        config.train,
+        input_spec,
+        config.masks,
+        config.contrast_copies,
+        config.contrast_groups,
+        config.seed,
+    )
     check_cancelled(cancelled)
     say(f"features of {len(train)} training volumes x {config.views} views")
     train_features, labels, train_groups = extract_features(
@@ -366,15 +384,19 @@ def train_flow(
         seed=config.seed,
     )
     crossfit = config.reference is None and config.reference_folds >= 2
-    if crossfit and len(train) < config.reference_folds:
+    subjects = len(set(np.atleast_1d(train.subject_of(np.arange(len(train)))).tolist()))
+    if crossfit and subjects < config.reference_folds:
         raise MedoodError(
             f"reference_folds={config.reference_folds} needs at least as many training volumes "
-            f"(got {len(train)})"
+            f"(got {subjects})"
         )
     folds = max(config.reference_folds, 1)
-    # a group is one view of one volume: its volume decides its fold
-    train_fold = train_groups // config.views % folds
-    reference_fold = reference_groups // max(config.reference_views, 1) % folds
+    # a group is one view of one volume: its volume's subject decides its fold (a scan and
+    # its random-contrast copies are one subject)
+    train_fold = torch.as_tensor(train.subject_of(train_groups.numpy() // config.views)) % folds
+    if crossfit:  # the reference views are fresh views of the training volumes
+        volume = reference_groups.numpy() // max(config.reference_views, 1)
+        reference_fold = torch.as_tensor(train.subject_of(volume)) % folds
     heads_card: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {}
     for name in names:
@@ -455,6 +477,7 @@ def train_flow(
             "val_ood": config.val_ood,
             "data_licence": config.data_licence,
             "volumes": len(train),
+            "subjects": subjects,
             "views": int(len(np.unique(train_groups.numpy()))),
             "windows": len(train_features),
             "reference_views_scored": int(len(np.unique(reference_groups.numpy()))),
