@@ -156,7 +156,8 @@ def test_console_scripts_have_help(name):
 def test_list_models(capsys):
     assert predict_main(["--list-models"]) == 0
     out = capsys.readouterr().out
-    assert "brain-t1-unet (default):" in out and "inverted-intensity:" in out
+    assert "brain-any-unet-gpu (default):" in out and "brain-t1-unet:" in out
+    assert "inverted-intensity:" in out
 
 
 def test_train_needs_a_method(capsys):

@@ -24,6 +24,18 @@ def wait(qtbot, widget):
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
 
 
+def calibrated_ml_is_shown(qtbot, widget, calibration):
+    """The slider's label calls its threshold calibrated and gives the millilitres of the
+    2 mm map above it, those the detector counted give or take the slider's rounding to
+    thousandths."""
+    qtbot.waitUntil(lambda: "ml" in widget.threshold_label.text(), timeout=10_000)
+    label = widget.threshold_label.text()
+    assert "(calibrated: 1 % of healthy brain voxels)" in label
+    above = (widget.map_layer.data > widget.threshold).sum() * 8 / 1000
+    assert f"{above:.1f} ml" in label
+    assert calibration["flagged_ml"] == pytest.approx(above, abs=0.5)
+
+
 def maps_of(viewer, source_name):
     return [x for x in viewer.layers if x.name.startswith(f"{source_name} anomaly")]
 
@@ -33,14 +45,15 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
 
     viewer, widget, scan, mask = detect
     source = scan.data.copy()
-    assert widget.model_choice.value == "brain-t1-unet"
+    assert widget.model_choice.value == "brain-any-unet-gpu"  # the default
     assert "validation pixel AP" in widget.card_label.text()
-    assert "for MR T1w scans" in widget.card_label.text()
+    assert "for MR scans of any contrast" in widget.card_label.text()
+    assert "trained on NVIDIA H200" in widget.card_label.text()
     assert widget.mask_combo.current_layer() is mask  # the brain mask was picked by its role
     # the slider starts at the card's calibrated threshold (1 % of healthy brain voxels)
     from napari_medood.models.checkpoint import Checkpoint
 
-    calibrated = Checkpoint.open("brain-t1-unet").card["calibration"]["voxel_threshold"]
+    calibrated = Checkpoint.open("brain-any-unet-gpu").card["calibration"]["voxel_threshold"]
     assert widget.threshold == pytest.approx(calibrated, abs=0.0005)
     assert "calibrated threshold" in widget.card_label.text()
     widget.run_button.click()
@@ -50,13 +63,7 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     # the flagged volume at that threshold, as the detector counted it
     calibration = widget.map_layer.metadata["medood_detection"]["calibration"]
     assert calibration["voxel_threshold"] == calibrated
-    qtbot.waitUntil(lambda: "ml" in widget.threshold_label.text(), timeout=10_000)
-    label = widget.threshold_label.text()
-    assert "(calibrated: 1 % of healthy brain voxels)" in label
-    above = (widget.map_layer.data > widget.threshold).sum() * 8 / 1000
-    assert f"{above:.1f} ml" in label
-    # the slider holds thousandths: the same volume, give or take the rounding
-    assert calibration["flagged_ml"] == pytest.approx(above, abs=0.5)
+    calibrated_ml_is_shown(qtbot, widget, calibration)
     assert widget.notes == ()  # a T1 brain with its mask: nothing to warn about
     assert not widget.notes_label.isVisible()
     layer = widget.map_layer
@@ -226,8 +233,9 @@ def test_a_flair_scan_and_its_lesions(make_napari_viewer, qtbot, ms_t1, ms_lesio
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Detect anomalies")
     widget.device_choice.value = "cpu"
     assert widget.image_combo.current_layer() is flair
-    assert widget.mask_combo.current_layer() is None  # Otsu, not the lesions
+    assert widget.mask_combo.current_layer() is None  # its own brain, not the lesions
     assert widget.mask_combo.findData(lesions) == -1  # not even offered
+    widget.model_choice.value = "brain-t1-unet"
     widget.run_button.click()
     wait(qtbot, widget)
     assert widget.last_error is None, widget.last_error
@@ -467,7 +475,7 @@ def test_the_flip_tta_box_reaches_the_detector(detect, qtbot, monkeypatch):
         return real(name, options, **values)
 
     monkeypatch.setattr(detectors, "get_detector", recording)
-    assert widget.model_choice.value == "brain-t1-unet"
+    assert widget.model_choice.value == "brain-any-unet-gpu"
     assert widget.tta_check.enabled and widget.tta_check.value is False  # off by default
     assert "mirror left-right" in widget.tta_check.text and "2x time" in widget.tta_check.text
     widget.gate_check.setChecked(False)
@@ -475,7 +483,7 @@ def test_the_flip_tta_box_reaches_the_detector(detect, qtbot, monkeypatch):
     widget.run_button.click()
     wait(qtbot, widget)
     assert widget.last_error is None, widget.last_error
-    assert asked == [("brain-t1-unet", True)]
+    assert asked == [("brain-any-unet-gpu", True)]
     assert widget.last_result.extras["tta"] == "left-right flip"
     assert widget.map_layer.metadata["medood_detection"]["tta"] == "left-right flip"
     assert "flip TTA" in widget.status.text()  # "N windows (cpu, ..., flip TTA)."
@@ -487,5 +495,54 @@ def test_the_flip_tta_box_reaches_the_detector(detect, qtbot, monkeypatch):
     assert widget.last_error is None, widget.last_error
     assert asked[-1] == ("intensity", False)
     # back on the U-Net the box is offered again, as the user left it
-    widget.model_choice.value = "brain-t1-unet"
+    widget.model_choice.value = "brain-any-unet-gpu"
     assert widget.tta_check.enabled and widget.tta_check.value is True
+
+
+def test_a_skull_stripped_scan_opened_without_a_mask_shows_the_calibrated_ml(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """The commonest research input: a brain-extracted scan, opened alone. The default
+    model takes its non-zero voxels as the brain, says so, and reads the map against its
+    calibration: the slider's label says "calibrated" and gives the millilitres the detector
+    counted, as for the whole head with its brain mask."""
+    import nibabel as nib
+
+    from conftest import REPO
+
+    samples = REPO / "src" / "napari_medood" / "samples"
+    head = nib.load(samples / "ixi048_t1_2mm.nii.gz")
+    brain = np.asarray(nib.load(samples / "ixi048_brainmask_2mm.nii.gz").dataobj) > 0
+    stripped = np.where(brain, np.asarray(head.dataobj), 0).astype(np.float32)
+    path = tmp_path / "ixi048_t1_2mm_brain.nii.gz"
+    nib.save(nib.Nifti1Image(stripped, head.affine, head.header), path)
+    viewer = make_napari_viewer()
+    [scan] = viewer.open(path, plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Detect anomalies")
+    widget.device_choice.value = "cpu"
+    assert widget.image_combo.current_layer() is scan
+    assert widget.mask_combo.current_layer() is None  # no mask layer: none is given
+    widget.run_button.click()
+    wait(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    result = widget.last_result
+    assert result.extras["mask"] == "skull-stripped"
+    assert any("looks skull-stripped" in note for note in widget.notes)
+    assert "looks skull-stripped" in widget.notes_label.text()
+    calibration = result.extras["calibration"]
+    calibrated_ml_is_shown(qtbot, widget, calibration)
+    assert f"{calibration['flagged_ml']:.1f} ml above the calibrated threshold" in (
+        widget.status.text()
+    )
+    # a whole head opened without its mask: its map is not read against the calibration,
+    # and the label does not call the threshold calibrated for it
+    [whole] = viewer.open(samples / "ixi048_t1_2mm.nii.gz", plugin=PLUGIN)
+    widget.image_combo.setCurrentIndex(widget.image_combo.findData(whole))
+    assert widget.mask_combo.current_layer() is None
+    widget.run_button.click()
+    wait(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.last_result.extras["mask"] == "foreground"
+    assert "calibration" not in widget.last_result.extras
+    qtbot.waitUntil(lambda: "ml" in widget.threshold_label.text(), timeout=10_000)
+    assert "it does not hold for this map" in widget.threshold_label.text()

@@ -346,7 +346,8 @@ def test_medood_predict_writes_the_gate_verdict_beside_the_map(tmp_path, ct_scan
     name = Path(ct_scan).name
     assert (out / name).is_file()
     trust = json.loads((out / f"{name}.trust.json").read_text())
-    assert trust["model"] == "brain-t1-gate" and trust["in_distribution"] is False
+    assert trust["model"] == "brain-any-gate"  # the default model's gate
+    assert trust["in_distribution"] is False
     assert 0.0 <= trust["score"] <= 1.0 and trust["verdict"].startswith("NOT like")
     warnings = [line for line in run.stderr.splitlines() if "NOT like the training data" in line]
     assert len(warnings) == 1  # one line per scan
@@ -444,3 +445,52 @@ def test_a_flow_config_refuses_a_spacing_that_is_not_three_voxel_sizes(spacing):
             ["backbone=brain-t1-unet", "train=scans/", f"spacing={spacing}"],
             FlowTrainConfig,
         )
+
+
+def test_random_contrast_copies_join_the_gate_s_training_scans_as_their_subject(tmp_path):
+    """medood-train flow --set contrast_copies=2: each training scan is followed by two
+    healthy copies drawn in random contrasts from its parcellation (unlike it and each
+    other, zero outside the same brain), all three of one subject, so cross-fitting never
+    scores a scan's reference views with heads that saw its copies; the card records it."""
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.training.flow import FlowTrainConfig, open_backbone, train_flow
+    from napari_medood.training.ood_data import load_source
+
+    ixi = shared("ixi-t1-2mm")
+    cases = discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:3]
+    table = tmp_path / "train.csv"
+    table.write_text(
+        "Path,Mask\n" + "".join(f"{c.image},{c.mask}\n" for c in cases), encoding="utf-8"
+    )
+    _, _, spec, _ = open_backbone("brain-any-unet-gpu", spacing=[4, 4, 4])
+    volumes = load_source(str(table), spec, None, contrast_copies=2, seed=3)
+    assert len(volumes) == 9 and volumes.subjects == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    real, first, second = volumes.arrays[:3]
+    assert real.shape == first.shape == second.shape
+    assert not np.allclose(real, first) and not np.allclose(first, second)
+    # the same brain, zero around it (the real scan's darkest brain voxels are 0 as well)
+    from scipy import ndimage
+
+    around = ~ndimage.binary_dilation(ndimage.binary_fill_holes(real != 0), iterations=2)
+    assert around.sum() > 0.3 * around.size and not first[around].any()
+    again = load_source(str(table), spec, None, contrast_copies=2, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(volumes.arrays, again.arrays, strict=True))
+    config = FlowTrainConfig(
+        backbone="brain-any-unet-gpu",
+        train=str(table),
+        out=str(tmp_path / "gate"),
+        spacing=[4.0, 4.0, 4.0],
+        contrast_copies=2,
+        views=2,
+        reference_views=1,
+        reference_folds=3,
+        epochs=2,
+        batch_size=8,
+        device="cpu",
+    )
+    result = train_flow(config)
+    card = Checkpoint.open(result.best).card
+    assert card["training"]["volumes"] == 9 and card["training"]["subjects"] == 3
+    assert card["training"]["recipe"]["contrast_copies"] == 2
+    assert len(card["heads"]["flow"]["reference"]) == 9  # one fresh view of each volume

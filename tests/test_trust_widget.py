@@ -24,8 +24,8 @@ def test_detect_shows_the_gate_verdict_on_the_sample_t1_and_no_warning(make_napa
     scan, mask = viewer.open_sample(PLUGIN, "ixi_brain_t1")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Detect anomalies")
     widget.device_choice.value = "cpu"
-    assert widget.model_choice.value == "brain-t1-unet"
-    assert "trust gate brain-t1-gate" in widget.card_label.text()
+    assert widget.model_choice.value == "brain-any-unet-gpu"  # the default, and its gate
+    assert "trust gate brain-any-gate" in widget.card_label.text()
     assert widget.gate_check.isVisibleTo(widget) and widget.gate_check.isChecked()
     widget.run_button.click()
     wait(qtbot, widget)
@@ -34,7 +34,7 @@ def test_detect_shows_the_gate_verdict_on_the_sample_t1_and_no_warning(make_napa
     assert report is not None and report.in_distribution
     assert widget.trust_view.isVisibleTo(widget)
     assert widget.trust_view.verdict.text().startswith("in distribution:")
-    assert "percentile of healthy IXI T1 scans" in widget.trust_view.verdict.text()
+    assert "percentile of healthy IXI brains, T1 and random" in widget.trust_view.verdict.text()
     assert widget.notes == ()  # nothing to warn about
     assert widget.map_layer is not None
     assert widget.last_result.extras["trust"] is report
@@ -78,6 +78,7 @@ def test_the_verdict_on_an_ms_flair_comes_before_the_map_and_ranks_below_the_sam
     (flair,) = viewer.open(str(shared("open-ms-lesjak-mni", "patient07", FLAIR)), plugin=PLUGIN)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Detect anomalies")
     widget.device_choice.value = "cpu"
+    widget.model_choice.value = "brain-t1-unet"  # the T1 model, checked by the T1 gate
     widget.run_button.click()
     # the verdict arrives while the map is still being computed; then cancel the map
     qtbot.waitUntil(lambda: widget.trust_report is not None, timeout=120_000)

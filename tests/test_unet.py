@@ -404,9 +404,10 @@ def test_predict_cli_tta_is_recorded_in_the_map_header_and_console(tmp_path, cap
     args = ["--device", "cpu", "--precision", "float32", "--no-gate", "--mask", mask, scan]
     assert predict_main(["--tta", *args, str(tmp_path / "tta")]) == 0
     err = capsys.readouterr().err
-    assert "brain-t1-unet on cpu at float32 with left-right flip test-time augmentation" in err
+    default = "brain-any-unet-gpu"
+    assert f"{default} on cpu at float32 with left-right flip test-time augmentation" in err
     header = nib.load(tmp_path / "tta" / "ixi048_t1_2mm.nii.gz").header
-    assert bytes(header["descrip"]).startswith(b"napari-medood brain-t1-unet (cpu, float32")
+    assert bytes(header["descrip"]).startswith(f"napari-medood {default} (cpu, float32".encode())
     assert bytes(header["descrip"]).rstrip(b"\0").endswith(b", flip TTA)")
     # without --tta: another map, and neither the header nor the console mention TTA
     assert predict_main([*args, str(tmp_path / "plain")]) == 0
@@ -498,3 +499,62 @@ def test_the_ood_supervised_model_flags_less_of_a_smoother_healthy_brain(sample)
         flagged[name] = result.extras["calibration"]["flagged_share"]
     assert flagged["brain-t1-unet"] > 0.5
     assert flagged["brain-t1-unet-ood"] < 0.5 * flagged["brain-t1-unet"]
+
+
+def test_the_gpu_trained_model_ships_calibrated_with_a_gate_pinned_to_its_encoder(sample):
+    """brain-any-unet-gpu: the GPU-trained weights as training wrote them (sha256), its
+    calibration on the held-out IXI brains, and its own trust gate on its encoder, which
+    takes the held-out sample for a brain like its training brains and a trunk CT for none."""
+    from conftest import shared
+    from napari_medood.detectors import get_detector
+    from napari_medood.io import read_volume
+    from napari_medood.models.checkpoint import Checkpoint
+
+    model = Checkpoint.open("brain-any-unet-gpu")  # checks the weights against the card
+    card = model.card
+    assert card["training"]["device"] == "NVIDIA H200"
+    assert card["training"]["steps_done"] == 3000 and card["training"]["seconds"] > 0
+    assert card["expects"]["contrast"] == "any"
+    calibration = card["calibration"]
+    assert calibration["made_with"]["mask"] == "given"
+    assert [s[:6] for s in calibration["healthy_scans"]] == ["IXI039", "IXI048"]
+    gate = Checkpoint.open(card["gate"]).card
+    assert gate["backbone"]["model"] == "brain-any-unet-gpu"
+    assert gate["backbone"]["sha256"] == card["weights"]["sha256"]
+    assert gate["training"]["recipe"]["contrast_copies"] > 0
+    detector = get_detector("brain-any-unet-gpu", device="cpu")
+    image, brain = sample
+    assert detector.trust(image, brain).in_distribution
+    ct = read_volume(shared("totalsegmentator-example", "example_ct.nii.gz"))
+    assert not detector.trust(ct).in_distribution
+
+
+def test_the_gpu_trained_model_reads_a_flair_and_a_smoother_brain_calmly(sample):
+    """On an MS FLAIR brain-t1-unet paints nearly everything above 0.5, brain-any-unet-gpu a
+    few percent at most and without a contrast warning; on the held-out brain blurred as a
+    1.4 mm acquisition shows it, it flags far less than brain-t1-unet, each at its own
+    calibrated threshold."""
+    from conftest import shared
+    from napari_medood.detectors import get_detector
+    from napari_medood.io import read_volume
+    from napari_medood.training.data import smoothed
+
+    flair = read_volume(
+        shared(
+            "open-ms-lesjak-mni",
+            "patient19",
+            "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+        )
+    )
+    brain = flair.data > 0
+    image, mask = sample
+    blurred = image.with_data(smoothed(image.data, mask, (0.7, 0.7, 0.7)))
+    lit, flagged = {}, {}
+    for name in ("brain-t1-unet", "brain-any-unet-gpu"):
+        detector = get_detector(name, device="cpu", gate=False)
+        result = detector.predict(flair, brain)
+        lit[name] = float((result.anomaly_map.data[brain] > 0.5).mean())
+        assert ("says FLAIR" in " ".join(result.notes)) == (name == "brain-t1-unet")
+        flagged[name] = detector.predict(blurred, mask).extras["calibration"]["flagged_share"]
+    assert lit["brain-t1-unet"] > 0.5 and lit["brain-any-unet-gpu"] < 0.05
+    assert flagged["brain-any-unet-gpu"] < 0.6 * flagged["brain-t1-unet"]

@@ -7,12 +7,15 @@ Writes, into docs/images/:
   and the MedOOD dock on its Scan tab;
 - napari-playground.png: the Anomaly playground with two committed anomalies (green) and a
   pending preview (yellow);
-- napari-detect.png: the MedOOD dock's Detect tab: the shipped model on an anomaly made in
-  the playground, the view at the map's peak, its colour bar, the flagged voxels in orange
-  at the model's calibrated threshold;
-- napari-detect-flair.png: the shipped T1 model on an MS patient's FLAIR scan (from
+- napari-detect.png: the MedOOD dock's Detect tab: the default model on an anomaly made in
+  the playground, the view through the anomaly's centre, its colour bar, the flagged voxels
+  in orange at the model's calibrated threshold;
+- napari-detect-flair.png: the T1 model brain-t1-unet on an MS patient's FLAIR scan (from
   ../shared/data): the panel says what is wrong before the map is read, the lesions (ground
   truth) are green and were not taken as the brain mask;
+- napari-detect-skull-stripped.png: the default model on the bundled sample stripped of its
+  skull and opened alone: the scan's own brain is the mask, the flagged millilitres at the
+  calibrated threshold under the slider;
 - napari-detect-mhd.png: brain-t1-mhd on the sample: the MHD map over one of its ten
   reconstructions (the stack's slider above the canvas), the other by-products listed hidden;
 - napari-compare.png: the Compare panel on MS patient 19's T1 (from ../shared/data):
@@ -22,8 +25,8 @@ Writes, into docs/images/:
   parcellation (from ../shared/data): a training image of the contrast-agnostic detector
   (seed 3) with its lesion-like blobs outlined in green.
 
-``--only NAME`` takes one of them (inspector, playground, detect, detect_flair, detect_mhd,
-trust_gate, trust_panel, random_contrast, compare).
+``--only NAME`` takes one of them (inspector, playground, detect, detect_flair,
+detect_skull_stripped, detect_mhd, trust_gate, trust_panel, random_contrast, compare).
 """
 
 from __future__ import annotations
@@ -33,7 +36,10 @@ import time
 from pathlib import Path
 
 import napari
+import numpy as np
 from qtpy.QtWidgets import QApplication
+
+from napari_medood._napari._widgets._common import go_to_voxel
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "images"
@@ -118,6 +124,19 @@ def wait_until_idle(widget) -> None:
     settle(0.5)
 
 
+def detect_at_calibration(dock, shot: str):
+    """The dock's Detect tab run with the default model on the CPU; the slider stays at the
+    card's calibrated threshold, the flagged voxels made a layer."""
+    widget = dock.detect
+    dock.setCurrentWidget(widget)
+    widget.device_choice.value = "cpu"
+    widget.run()
+    wait_until_idle(widget)
+    widget._threshold_changed(widget.slider.value())
+    print(f"{shot}: {widget.threshold_label.text()}")
+    return widget
+
+
 def detect() -> None:
     """The shipped model on the sample with an implanted anomaly, in the MedOOD dock."""
     viewer = napari.Viewer(show=True)
@@ -129,8 +148,10 @@ def detect() -> None:
     playground_widget.shape_combo.setCurrentIndex(playground_widget.shape_combo.findData("sphere"))
     playground_widget.size_spin.setValue(22.0)
     playground_widget.alpha_spin.setValue(1.0)
+    # a patch of this scan from elsewhere, the MOOD winner's foreign-patch anomaly (the
+    # default model misses a ball of uniform noise brighter than any tissue: its card says so)
     playground_widget.texture_combo.setCurrentIndex(
-        playground_widget.texture_combo.findData("noise")
+        playground_widget.texture_combo.findData("scan")
     )
     playground_widget.place((66, 70, 30))
     while playground_widget._worker is not None:
@@ -138,17 +159,19 @@ def detect() -> None:
     playground_widget.commit()
     playground_widget._labels_layer.visible = False
     scan.visible = False
-    widget = dock.detect
-    dock.setCurrentWidget(widget)
-    widget.device_choice.value = "cpu"
-    widget.run()
-    wait_until_idle(widget)
-    # the slider stays at the card's calibrated threshold; the flagged voxels as a layer
-    widget._threshold_changed(widget.slider.value())
-    print(f"detect: {widget.threshold_label.text()}")
+    sphere = np.asarray(playground_widget._labels_layer.data) > 0
+    widget = detect_at_calibration(dock, "detect")
+    flagged = np.asarray(widget.map_layer.data) > widget.threshold
+    voxel_ml = float(np.prod(np.abs(widget.map_layer.scale))) / 1000
+    print(
+        f"detect: the sphere holds {sphere.sum() * voxel_ml:.1f} ml, "
+        f"{(sphere & flagged).sum() * voxel_ml:.1f} ml of it flagged; "
+        f"{(flagged & ~sphere).sum() * voxel_ml:.1f} ml flagged elsewhere"
+    )
     viewer.layers.selection.active = widget.map_layer
     viewer.reset_view()
-    widget.go_to_peak()
+    # the slice through the sphere's centre (the map's peak may be elsewhere)
+    go_to_voxel(viewer, widget.map_layer, np.argwhere(sphere).mean(axis=0))
     settle()
     viewer.screenshot(str(OUT / "napari-detect.png"), canvas_only=False, flash=False)
     viewer.close()
@@ -173,6 +196,7 @@ def detect_flair(shared: Path) -> None:
     lesions.contour = 1
     _, widget = viewer.window.add_plugin_dock_widget("napari-medood", "Detect anomalies")
     widget.device_choice.value = "cpu"
+    widget.model_choice.value = "brain-t1-unet"  # the T1 model, which warns on a FLAIR
     widget.run()
     wait_until_idle(widget)
     widget.map_layer.opacity = 0.6
@@ -182,6 +206,35 @@ def detect_flair(shared: Path) -> None:
     settle()
     viewer.screenshot(str(OUT / "napari-detect-flair.png"), canvas_only=False, flash=False)
     viewer.close()
+
+
+def detect_skull_stripped() -> None:
+    """The default model on a skull-stripped scan opened alone: no mask layer, the scan's
+    own brain taken as the mask, the calibrated millilitres under the slider."""
+    import tempfile
+
+    import nibabel as nib
+
+    samples = REPO / "src" / "napari_medood" / "samples"
+    head = nib.load(samples / "ixi048_t1_2mm.nii.gz")
+    brain = np.asarray(nib.load(samples / "ixi048_brainmask_2mm.nii.gz").dataobj) > 0
+    stripped = np.where(brain, np.asarray(head.dataobj), 0).astype(np.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "ixi048_t1_2mm_brain.nii.gz"
+        nib.save(nib.Nifti1Image(stripped, head.affine, head.header), path)
+        viewer = napari.Viewer(show=True)
+        viewer.window._qt_window.resize(1400, 900)
+        viewer.open(path, plugin="napari-medood")
+        _, dock = viewer.window.add_plugin_dock_widget("napari-medood", "MedOOD (all panels)")
+        widget = detect_at_calibration(dock, "detect_skull_stripped")
+        widget.map_layer.opacity = 0.7
+        viewer.reset_view()
+        widget.go_to_peak()
+        settle()
+        viewer.screenshot(
+            str(OUT / "napari-detect-skull-stripped.png"), canvas_only=False, flash=False
+        )
+        viewer.close()
 
 
 def detect_mhd() -> None:
@@ -291,6 +344,7 @@ def main() -> None:
             "playground",
             "detect",
             "detect_flair",
+            "detect_skull_stripped",
             "detect_mhd",
             "trust_gate",
             "trust_panel",
@@ -306,6 +360,7 @@ def main() -> None:
         "playground": playground,
         "detect": detect,
         "detect_flair": lambda: detect_flair(args.shared),
+        "detect_skull_stripped": detect_skull_stripped,
         "detect_mhd": detect_mhd,
         "trust_gate": lambda: trust_gate(args.shared),
         "trust_panel": trust_panel,

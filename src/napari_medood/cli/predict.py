@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", metavar="INPUT", nargs="?", help="scan file or folder")
     parser.add_argument("output", metavar="OUTPUT", nargs="?", help="folder for the results")
-    add_model_option(parser, "; default: brain-t1-unet")
+    from napari_medood.detectors import PREFERRED_DEFAULT
+
+    add_model_option(parser, f"; default: {PREFERRED_DEFAULT}")
     add_device_option(parser)
     add_precision_option(parser)
     add_variant_option(parser)

@@ -56,7 +56,7 @@ class UNetDetector(BaseDetector):
             left-right (RAS x in model space); about twice the time.
     """
 
-    checkpoints: Sequence[str | os.PathLike] = ("brain-t1-unet",)
+    checkpoints: Sequence[str | os.PathLike] = ("brain-any-unet-gpu",)
     device: str = "auto"
     overlap: float | None = None
     batch_size: int | None = None
