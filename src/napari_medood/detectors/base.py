@@ -170,15 +170,15 @@ class BaseDetector:
 
     def made_with(self, mask: bool | str = True) -> dict[str, Any]:
         """How this detector makes its maps, as a calibration records it: test-time
-        augmentation, variant, and the mask it read them in (``mask``: how
-        :func:`working_mask` found it, or True for a given mask and False for the
-        foreground)."""
-        if isinstance(mask, bool):
-            mask = MASK_GIVEN if mask else MASK_FOREGROUND
+        augmentation, variant, and whether it read them in a brain mask (``given``) or in
+        the foreground (``mask``: how :func:`working_mask` found it, or True for a given
+        mask and False for the foreground). A skull-stripped scan's own brain is a brain
+        mask, as a given one is."""
+        brain = mask in (True, MASK_GIVEN, MASK_SKULL_STRIPPED)
         return {
             "tta": getattr(self, "tta_method", None),
             "variant": getattr(self, "variant", None),
-            "mask": mask,
+            "mask": MASK_GIVEN if brain else MASK_FOREGROUND,
         }
 
     def describe_score(self) -> ScoreInfo:

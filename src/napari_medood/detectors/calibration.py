@@ -17,8 +17,9 @@ wants; 0.5 is an average healthy brain, 2/3 twice its volume, 0.9 nine times.
 A calibration holds for maps made as it was measured: ``made_with`` records the test-time
 augmentation, the variant and whether brain masks were given (else the detector's own
 foreground mask); a map made otherwise is not read against it. A skull-stripped scan given
-without a mask counts as given one: its non-background voxels are its brain
-(``detectors.base.working_mask``), the region a brain mask file would have held.
+without a mask counts as given one (``BaseDetector.made_with``): its non-background voxels
+are its brain (``detectors.base.working_mask``), the region a brain mask file would have
+held.
 """
 
 from __future__ import annotations
@@ -76,21 +77,12 @@ def flagged_ml(
 
 def calibration_applies(card: Mapping[str, Any] | None, made_with: Mapping[str, Any]) -> bool:
     """Was the card's calibration measured on maps made as ``made_with`` says (``tta``,
-    ``variant``, ``mask``: ``given``, ``skull-stripped`` (read as ``given``) or
-    ``foreground``)? Keys the entry does not record are not compared."""
+    ``variant``, ``mask``: ``given`` (a brain mask, or a skull-stripped scan's own brain)
+    or ``foreground``)? Keys the entry does not record are not compared."""
     if calibrated_threshold(card) is None:
         return False
     measured = card["calibration"].get("made_with") or {}
-    return all(
-        _same_kind(key, measured[key]) == _same_kind(key, value)
-        for key, value in made_with.items()
-        if key in measured
-    )
-
-
-def _same_kind(key: str, value: Any) -> Any:
-    """A skull-stripped scan's own brain is a brain mask, as a given one is."""
-    return "given" if key == "mask" and value == "skull-stripped" else value
+    return all(measured[key] == value for key, value in made_with.items() if key in measured)
 
 
 def calibration_extras(

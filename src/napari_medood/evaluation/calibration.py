@@ -28,7 +28,7 @@ def calibrate_on_healthy(
     ``fpr`` of their brain voxels lie (pooled), each scan's share and millilitres above it,
     and the failures.
     A scan that fails is reported and skipped; if every scan fails, nothing is calibrated."""
-    from napari_medood.detectors.base import MASK_FOREGROUND, MASK_GIVEN, working_mask
+    from napari_medood.detectors.base import MASK_FOREGROUND, working_mask
     from napari_medood.detectors.calibration import RELATIVE_FLAGGED_VOLUME, flagged_ml
     from napari_medood.io.readers import read_volume
     from napari_medood.preprocessing.masks import load_mask
@@ -87,7 +87,7 @@ def calibrate_on_healthy(
         ],
         "failed": failed,
         # how the maps were made: a map made otherwise is not read against this entry
-        "made_with": detector.made_with(MASK_GIVEN if any(brains.values()) else MASK_FOREGROUND),
+        "made_with": detector.made_with(any(brains.values())),
     }
     if "score" in getattr(detector, "outputs", ()) and np.mean(entry["healthy_flagged_ml"]) > 0:
         # the sample score becomes the flagged volume relative to these scans'

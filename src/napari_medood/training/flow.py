@@ -384,7 +384,7 @@ def train_flow(
         seed=config.seed,
     )
     crossfit = config.reference is None and config.reference_folds >= 2
-    subjects = len(set(np.atleast_1d(train.subject_of(np.arange(len(train)))).tolist()))
+    subjects = len(np.unique(train.subject_of(np.arange(len(train)))))
     if crossfit and subjects < config.reference_folds:
         raise MedoodError(
             f"reference_folds={config.reference_folds} needs at least as many training volumes "
