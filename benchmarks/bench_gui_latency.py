@@ -30,7 +30,7 @@ def main() -> None:
     from napari.layers import Image
     from qtpy.QtCore import QEventLoop, QTimer
 
-    from napari_medood._napari._widgets._common import placement_of
+    from napari_medood._napari._widgets._viewer import placement_of
     from napari_medood.detectors import get_detector
 
     def settle(seconds: float) -> None:

@@ -115,7 +115,7 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     peak = np.unravel_index(int(np.argmax(layer.data)), layer.data.shape)
     world = layer.data_to_world(np.asarray(peak, dtype=float))
     assert viewer.dims.point[0] == pytest.approx(world[0], abs=1.0)
-    from napari_medood._napari._widgets._common import camera_of
+    from napari_medood._napari._widgets._viewer import camera_of
 
     np.testing.assert_allclose(camera_of(viewer).center[-2:], world[1:], atol=1.0)
 
@@ -153,7 +153,7 @@ def test_a_second_run_replaces_only_this_scans_result_from_this_model(detect, qt
 
 
 def _placement(layer):
-    from napari_medood._napari._widgets._common import placement_of
+    from napari_medood._napari._widgets._viewer import placement_of
 
     return placement_of(layer)
 
@@ -252,7 +252,7 @@ def test_a_flair_scan_and_its_lesions(make_napari_viewer, qtbot, ms_t1, ms_lesio
     orange = widget.threshold_layer.colormap.map(np.array([1]))[0, :3]
     assert green[1] > green[0] and orange[0] > orange[1]
     # the panel clears when a layer it scored goes away
-    evaluate.compute_button.click()
+    evaluate.run_button.click()
     qtbot.waitUntil(lambda: evaluate.counts is not None, timeout=30_000)
     evaluate.slider.setValue(500)
     qtbot.waitUntil(lambda: evaluate._threshold_layer is not None, timeout=5_000)
@@ -375,7 +375,7 @@ def test_all_panels_fit_a_1000_px_screen(make_napari_viewer, qtbot):
     ]
     detect = docks["Detect anomalies"]
     assert detect.card_label.wordWrap() and detect.status.wordWrap()
-    from napari_medood._napari._widgets._common import ElidedLabel
+    from napari_medood._napari._widgets._panel import ElidedLabel
 
     inspector = docks["Anomaly inspector"]
     path_labels = inspector.body.findChildren(ElidedLabel)

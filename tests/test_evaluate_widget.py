@@ -38,7 +38,7 @@ def test_evaluate_panel_metrics_and_live_threshold(flair_case, qtbot):
     viewer, widget, map_layer = flair_case
     truth_layer = widget.truth_combo.current_layer()
     assert widget.map_combo.current_layer() is map_layer and truth_layer is not None
-    widget.compute_button.click()
+    widget.run_button.click()
     qtbot.waitUntil(lambda: widget.counts is not None, timeout=30_000)
     reference = VoxelHistogram()
     reference.add(map_layer.data, truth_layer.data > 0)
@@ -75,7 +75,7 @@ def test_evaluate_panel_refuses_mismatched_layers(flair_case, qtbot):
     viewer, widget, map_layer = flair_case
     viewer.add_labels(np.zeros((5, 5, 5), np.uint8), name="tiny truth")
     widget.truth_combo.setCurrentIndex(widget.truth_combo.findText("tiny truth"))
-    widget.compute_button.click()
+    widget.run_button.click()
     assert "has shape" in widget.last_error and widget.counts is None
 
 
@@ -88,5 +88,58 @@ def test_without_an_anomaly_map_evaluate_picks_none(make_napari_viewer):
     assert widget.map_combo.currentText() == "choose the anomaly map"
     assert widget.truth_combo.current_layer() is None
     assert widget.truth_combo.findData(mask) == -1  # a brain mask is not a ground truth
-    widget.compute_button.click()
+    widget.run_button.click()
     assert "choose an anomaly map" in widget.last_error
+
+
+@pytest.fixture
+def small_case(make_napari_viewer):
+    """A made-up map and its ground truth (no shared data), chosen in the panel."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((64, 24, 24), np.uint8)
+    truth[20:30, 8:16, 8:16] = 1
+    anomaly_map = np.clip(rng.normal(0.3, 0.1, truth.shape) + 0.5 * truth, 0, 1)
+    viewer = make_napari_viewer()
+    map_layer = viewer.add_image(anomaly_map.astype(np.float32), name="made-up map")
+    truth_layer = viewer.add_labels(truth, name="made-up truth")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate")
+    widget.map_combo.setCurrentIndex(widget.map_combo.findData(map_layer))
+    widget.truth_combo.setCurrentIndex(widget.truth_combo.findData(truth_layer))
+    return viewer, widget, map_layer, truth_layer
+
+
+def test_cancel_stops_the_count_and_keeps_the_numbers_shown(small_case, qtbot, monkeypatch):
+    import time
+
+    import napari_medood._napari._widgets.evaluate as evaluate
+
+    viewer, widget, map_layer, truth_layer = small_case
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    assert widget.last_error is None, widget.last_error
+    counts, threshold_layer = widget.counts, widget._threshold_layer
+    reference = VoxelHistogram()
+    reference.add(map_layer.data, truth_layer.data > 0)
+    assert widget.metrics()["ap"] == pytest.approx(reference.average_precision())
+    assert widget.progress_bar.value() == widget.progress_bar.maximum() > 1  # counted in slabs
+    layers = list(viewer.layers)
+
+    class SlowHistogram(VoxelHistogram):
+        """Counts a slab in a tenth of a second: long enough to press Cancel mid-count."""
+
+        def add(self, *args, **kwargs):
+            time.sleep(0.1)
+            return super().add(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "VoxelHistogram", SlowHistogram)
+    widget.run_button.click()
+    assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: "counting the voxels: 2/" in widget.status.text(), timeout=10_000)
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
+    assert widget.status.text() == "Cancelled: the voxels were not counted."
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert widget.progress_bar.value() == 0
+    # the numbers and the threshold layer of the earlier count stay, nothing was added
+    assert widget.counts is counts and widget._threshold_layer is threshold_layer
+    assert list(viewer.layers) == layers

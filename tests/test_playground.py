@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -196,9 +197,49 @@ def test_widget_reports_bad_input_without_changing_anything(
     widget.load_lesion_masks([ms_lesions, broken])
     wait_idle(qtbot, widget)
     assert str(broken) in widget.last_error and widget.lesion_bank is None
+    assert widget.status.text().startswith("Could not read the lesion masks: ")
     widget.load_lesion_masks([ms_lesions])
     wait_idle(qtbot, widget)
     assert widget.lesion_bank is not None and len(widget.lesion_bank) > 5
+
+
+@pytest.mark.gui
+def test_cancel_drops_an_anomaly_computed_after_it(playground_widget, qtbot, monkeypatch):
+    """Cancel during a preview: the panel is idle again and nothing is added, even though
+    the preview (which has no cancel checks of its own) finishes its work."""
+    viewer, widget, scan, mask = playground_widget
+    real_preview = Playground.preview
+    started, finished = [], []
+
+    def preview_until_cancelled(session, *args, **kwargs):
+        started.append(True)
+        for _ in range(1000):  # in the worker: until the user presses Cancel (10 s at most)
+            if widget._cancel.is_set():
+                break
+            time.sleep(0.01)
+        placement = real_preview(session, *args, **kwargs)
+        finished.append(placement)
+        return placement
+
+    monkeypatch.setattr(Playground, "preview", preview_until_cancelled)
+    layers = list(viewer.layers)
+    widget.random_button.click()
+    assert widget.busy and widget.cancel_button.isEnabled()
+    assert not widget.random_button.isEnabled() and not widget.contrast_button.isEnabled()
+    qtbot.waitUntil(lambda: bool(started), timeout=10_000)
+    widget.cancel_button.click()
+    wait_idle(qtbot, widget)
+    assert finished  # the preview ran to its end after Cancel ...
+    assert widget.pending is None and widget._image_layer is None  # ... and was dropped
+    assert list(viewer.layers) == layers
+    assert widget.status.text() == "Cancelled: no anomaly was placed."
+    assert widget.random_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert widget.progress_bar.value() == 0
+    # the panel works again
+    monkeypatch.setattr(Playground, "preview", real_preview)
+    widget.random_button.click()
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None and widget.pending is not None
 
 
 @pytest.mark.gui
@@ -212,7 +253,7 @@ def test_the_view_goes_to_each_new_anomaly(playground_widget, qtbot):
     assert widget.last_error is None, widget.last_error
     world = scan.data_to_world(np.asarray(widget.pending.centre, dtype=float))
     assert viewer.dims.point[0] == pytest.approx(world[0], abs=scan.scale[0])
-    from napari_medood._napari._widgets._common import camera_of
+    from napari_medood._napari._widgets._viewer import camera_of
 
     np.testing.assert_allclose(camera_of(viewer).center[-2:], world[1:], atol=1.0)
     # the new layers say what they are: a scan, and its ground truth (drawn green)
@@ -255,7 +296,7 @@ def test_random_contrast_is_the_generators_image_over_the_scan(
 
     from napari_medood._napari._layers import to_display
     from napari_medood._napari._roles import GROUND_TRUTH, SCAN, role_of
-    from napari_medood._napari._widgets._common import scan_and_mask_pickers
+    from napari_medood._napari._widgets._pickers import scan_and_mask_pickers
     from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
 
     viewer, widget, scan, parcellation = contrast_widget

@@ -39,7 +39,7 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_medood._napari._widgets._common import go_to_voxel
+from napari_medood._napari._widgets._viewer import go_to_voxel
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "images"

@@ -25,14 +25,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medood._napari._roles import ANOMALY_MAP, BY_PRODUCT, THRESHOLD, with_role
-from napari_medood._napari._widgets._common import (
-    CancellableRun,
-    Panel,
-    job_volume,
-    scan_and_mask_pickers,
-    scan_job,
-    wrapping_label,
-)
+from napari_medood._napari._widgets._panel import Panel, wrapping_label
+from napari_medood._napari._widgets._pickers import scan_and_mask_pickers
+from napari_medood._napari._widgets._runs import CancellableRun, job_volume, scan_job
 
 if TYPE_CHECKING:
     import napari
@@ -194,17 +189,7 @@ class CompareWidget(CancellableRun, Panel):
         self.notes = ()
         self.notes_label.hide()
         self.status.setText(f"{model_a} vs {model_b}: starting...")
-        self.start_run(compare_job, job, self._show, self._aborted)
-
-    def _progress(self, report: tuple[int, int, str]) -> None:
-        done, total, message = report
-        if total > 0:
-            self.progress_bar.setRange(0, total)
-            self.progress_bar.setValue(done)
-            self.status.setText(f"{message}: {done}/{total}")
-        else:
-            self.progress_bar.setRange(0, 0)
-            self.status.setText(str(message))
+        self.start_run(compare_job, job, self._show)
 
     # ------------------------------------------------------------------------- result
     def _show(self, outcome: ComparisonOutcome | None) -> None:

@@ -40,17 +40,10 @@ from napari_medood._napari._roles import (
     role_of,
     with_role,
 )
-from napari_medood._napari._widgets._common import (
-    CancellableRun,
-    Panel,
-    go_to_voxel,
-    job_volume,
-    remove_derived,
-    scan_and_mask_pickers,
-    scan_job,
-    show_labels,
-    wrapping_label,
-)
+from napari_medood._napari._widgets._panel import Panel, wrapping_label
+from napari_medood._napari._widgets._pickers import scan_and_mask_pickers
+from napari_medood._napari._widgets._runs import CancellableRun, job_volume, scan_job
+from napari_medood._napari._widgets._viewer import go_to_voxel, remove_derived, show_labels
 from napari_medood.execution import PRECISIONS
 
 if TYPE_CHECKING:
@@ -385,7 +378,7 @@ class DetectWidget(CancellableRun, Panel):
         self.trust_view.hide()
         self.trust_report = None
         self.status.setText(f"{self._model}: starting...")
-        self.start_run(detect_job, job, self._show, self._aborted)
+        self.start_run(detect_job, job, self._show)
 
     def _progress(self, report: tuple[int, int, str]) -> None:
         from napari_medood._napari._widgets.trust import TrustNotice

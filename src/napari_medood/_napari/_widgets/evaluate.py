@@ -4,10 +4,11 @@ Pick the anomaly map (an Image layer with values in [0, 1]), the ground truth (a
 any label > 0 is abnormal) and optionally a brain mask; each picker starts at the layer with
 that role (threshold layers are never offered as ground truth, lesion masks never as brain
 masks). Compute counts the voxels once (off the GUI thread, with the MOOD challenge's
-semantics) and shows AP and AUROC, the precision-recall curve, and Dice, precision and recall
-at the threshold of the slider. Moving the slider updates an orange Labels layer of the voxels
-at or above the threshold, over the map (ground truth shows in green). When one of its layers
-is removed the panel clears its numbers and its threshold layer.
+semantics, with a progress bar and a Cancel button that keeps the numbers shown before) and
+shows AP and AUROC, the precision-recall curve, and Dice, precision and recall at the
+threshold of the slider. Moving the slider updates an orange Labels layer of the voxels at or
+above the threshold, over the map (ground truth shows in green). When one of its layers is
+removed the panel clears its numbers and its threshold layer.
 """
 
 from __future__ import annotations
@@ -34,30 +35,49 @@ from napari_medood._napari._roles import (
     label_colormap,
     with_role,
 )
-from napari_medood._napari._widgets._common import (
-    LayerComboBox,
-    Panel,
-    show_labels,
-    wrapping_label,
-)
-from napari_medood.evaluation.metrics import CaseCounts, best_dice_sweep
+from napari_medood._napari._widgets._panel import Panel, wrapping_label
+from napari_medood._napari._widgets._pickers import LayerComboBox
+from napari_medood._napari._widgets._runs import CancellableRun
+from napari_medood._napari._widgets._viewer import show_labels
+from napari_medood._progress import check_cancelled, report
+from napari_medood.evaluation.metrics import CaseCounts, VoxelHistogram, best_dice_sweep
 
 if TYPE_CHECKING:
     import napari
 
 SLIDER_STEPS = 1000
+#: the slabs (along the first axis) counted between two progress reports and cancel checks
+COUNT_STEPS = 32
 
 
-def _compute_counts(
-    anomaly_map: np.ndarray, truth: np.ndarray, mask: np.ndarray | None
-) -> CaseCounts:
-    from napari_medood.evaluation.metrics import VoxelHistogram
+def count_voxels(job: dict, progress=None, cancelled=None) -> tuple[CaseCounts, np.ndarray | None]:
+    """Off the GUI thread: the voxel counts of ``job["map"]`` against ``job["truth"]`` (any
+    label > 0 is abnormal) inside ``job["mask"]`` (None: every voxel), with the MOOD
+    challenge's semantics; returns them and the mask as booleans. Counted a slab of the
+    first axis at a time (the counts are per voxel, so they add up), which gives an honest
+    progress bar and a prompt Cancel."""
+    anomaly_map, truth = job["map"], job["truth"]
+    mask = None if job["mask"] is None else np.asarray(job["mask"]) > 0
+    histogram = VoxelHistogram()
+    length = np.shape(anomaly_map)[0]
+    edges = np.unique(np.linspace(0, length, min(COUNT_STEPS, length) + 1).round().astype(int))
+    for done, (start, stop) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        check_cancelled(cancelled)
+        histogram.add(
+            np.asarray(anomaly_map[start:stop]),
+            np.asarray(truth[start:stop]) > 0,
+            None if mask is None else mask[start:stop],
+        )
+        report(progress, done + 1, len(edges) - 1, "counting the voxels")
+    return CaseCounts.from_dense(histogram.pos, histogram.neg), mask
 
-    return VoxelHistogram().add(anomaly_map, truth > 0, mask)
 
-
-class EvaluateWidget(Panel):
+class EvaluateWidget(CancellableRun, Panel):
     """Dock widget: voxel metrics of an anomaly map against a label layer, with a live threshold."""
+
+    cancelled_text = "Cancelled: the voxels were not counted."
+    failure_text = "Cannot evaluate"
+    title = "Evaluate"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         from napari.layers import Image, Labels
@@ -67,7 +87,6 @@ class EvaluateWidget(Panel):
         self.setObjectName("medood-evaluate")
         self.counts: CaseCounts | None = None
         self.last_error: str | None = None
-        self._worker = None
         self._threshold_layer = None
         self._map_layer = None
         self._mask = None
@@ -93,7 +112,7 @@ class EvaluateWidget(Panel):
             exclude=(THRESHOLD, GROUND_TRUTH),
             like=self.map_combo.current_layer,
         )
-        self.compute_button = QPushButton("Compute")
+        buttons = self.run_controls("Compute")
         self.best_button = QPushButton("Best Dice")
         self.best_button.setEnabled(False)
         self.slider = QSlider(Qt.Orientation.Horizontal)
@@ -112,12 +131,12 @@ class EvaluateWidget(Panel):
         threshold_row.addWidget(self.slider, 1)
         threshold_row.addWidget(self.threshold_spin)
         form.addRow("Threshold", threshold_row)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.compute_button)
         buttons.addWidget(self.best_button)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
         layout.addWidget(self.metrics_label)
         self.canvas, self.axes = self._make_plot()
         layout.addWidget(self.canvas)
@@ -127,7 +146,6 @@ class EvaluateWidget(Panel):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(40)
         self._debounce.timeout.connect(self._update_threshold_layer)
-        self.compute_button.clicked.connect(self.compute)
         self.best_button.clicked.connect(self.use_best_dice)
         self.slider.valueChanged.connect(lambda v: self.threshold_spin.setValue(v / SLIDER_STEPS))
         self.threshold_spin.valueChanged.connect(self._threshold_changed)
@@ -199,10 +217,8 @@ class EvaluateWidget(Panel):
     def threshold(self) -> float:
         return float(self.threshold_spin.value())
 
-    def compute(self) -> None:
+    def run(self) -> None:
         """Count the voxels of the chosen map against the ground truth (in a worker)."""
-        from napari.qt.threading import create_worker
-
         if self._worker is not None:
             return
         try:
@@ -214,52 +230,45 @@ class EvaluateWidget(Panel):
                 raise ValueError(
                     "choose an anomaly map (Image layer) and its ground truth (Labels layer)"
                 )
-            anomaly_map, truth = np.asarray(map_layer.data), np.asarray(truth_layer.data)
-            if anomaly_map.shape != truth.shape:
+            shape, truth_shape = np.shape(map_layer.data), np.shape(truth_layer.data)
+            if shape != truth_shape:
                 raise ValueError(
-                    f"the map '{map_layer.name}' has shape {anomaly_map.shape} but "
-                    f"the ground truth '{truth_layer.name}' has {truth.shape}"
+                    f"the map '{map_layer.name}' has shape {shape} but "
+                    f"the ground truth '{truth_layer.name}' has {truth_shape}"
                 )
             mask_layer = self.mask_combo.current_layer()
-            mask = None if mask_layer is None else np.asarray(mask_layer.data) > 0
-            if mask is not None and mask.shape != anomaly_map.shape:
+            mask_shape = None if mask_layer is None else np.shape(mask_layer.data)
+            if mask_shape is not None and mask_shape != shape:
                 raise ValueError(
-                    f"the mask '{mask_layer.name}' has shape {mask.shape}, the map "
-                    f"{anomaly_map.shape}"
+                    f"the mask '{mask_layer.name}' has shape {mask_shape}, the map {shape}"
                 )
         except ValueError as exc:
             self._fail(exc)
             return
-        self._map_layer, self._mask = map_layer, mask
-        self._layers_used = tuple(x for x in (map_layer, truth_layer, mask_layer) if x is not None)
-        self.metrics_label.setText("computing...")
-        self.compute_button.setEnabled(False)
-        self._worker = create_worker(
-            _compute_counts,
-            anomaly_map,
-            truth,
-            mask,
-            _connect={
-                "returned": self._computed,
-                "errored": self._fail,
-                "finished": self._finished,
-            },
-        )
+        # only references here: the worker reads the arrays
+        job = {
+            "map": map_layer.data,
+            "truth": truth_layer.data,
+            "mask": None if mask_layer is None else mask_layer.data,
+        }
+        used = tuple(x for x in (map_layer, truth_layer, mask_layer) if x is not None)
+        self.status.setText("computing...")
+        self.start_run(count_voxels, job, lambda outcome: self._computed(outcome, used))
 
-    def _finished(self) -> None:
-        self._worker = None
-        self.compute_button.setEnabled(True)
-
-    def _fail(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
-
-        self.last_error = str(exc)
-        self.metrics_label.setText(f"Cannot evaluate: {exc}")
-        show_error(f"Evaluate: {exc}")
-
-    def _computed(self, counts: CaseCounts) -> None:
+    def _computed(self, outcome: tuple[CaseCounts, np.ndarray | None], used: tuple) -> None:
+        gone = [layer.name for layer in used if layer not in self.viewer.layers]
+        if gone:  # the numbers would belong to no layer in the viewer
+            self._reset_progress()
+            self.status.setText(f"'{gone[0]}' was removed during the count; Compute again.")
+            return
+        counts, mask = outcome
         self.counts = counts
+        self._map_layer, self._mask, self._layers_used = used[0], mask, used
         self.last_error = None
+        self.progress_bar.setValue(self.progress_bar.maximum())
+        self.status.setText(
+            f"Counted {counts.n_pos + counts.n_neg:,} voxels, {counts.n_pos:,} abnormal."
+        )
         self.best_button.setEnabled(counts.n_pos > 0)
         self._show_metrics()
         self._update_threshold_layer()

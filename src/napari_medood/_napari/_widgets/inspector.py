@@ -14,12 +14,8 @@ from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from napari_medood._napari._layers import METADATA_KEY, layer_data_to_volume
 from napari_medood._napari._roles import SCAN
-from napari_medood._napari._widgets._common import (
-    ElidedLabel,
-    LayerComboBox,
-    Panel,
-    wrapping_label,
-)
+from napari_medood._napari._widgets._panel import ElidedLabel, Panel, wrapping_label
+from napari_medood._napari._widgets._pickers import LayerComboBox
 from napari_medood.io.volume import Volume
 
 if TYPE_CHECKING:

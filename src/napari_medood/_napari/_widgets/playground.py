@@ -12,7 +12,8 @@ intensity, lesion-like blobs are drawn in, then blur, a bias field, gamma and no
 (:class:`~napari_medood.synth.contrast.ContrastRandomiser`, seeded by the panel's seed). The
 image and its blobs appear as a scan and its ground truth over the source, ready for Detect.
 
-The work runs off the GUI thread and the source layers are never modified.
+The work runs off the GUI thread, with a progress bar and a Cancel button (a cancelled
+anomaly or contrast adds nothing), and the source layers are never modified.
 """
 
 from __future__ import annotations
@@ -46,15 +47,11 @@ from napari_medood._napari._roles import (
     label_colormap,
     with_role,
 )
-from napari_medood._napari._widgets._common import (
-    LayerComboBox,
-    Panel,
-    go_to_voxel,
-    placement_of,
-    scan_and_mask_pickers,
-    unwrap,
-    wrapping_label,
-)
+from napari_medood._napari._widgets._panel import Panel
+from napari_medood._napari._widgets._pickers import LayerComboBox, scan_and_mask_pickers
+from napari_medood._napari._widgets._runs import CancellableRun
+from napari_medood._napari._widgets._viewer import go_to_voxel, placement_of, unwrap
+from napari_medood._progress import check_cancelled, report
 from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser, ContrastSample
 from napari_medood.synth.playground import TEXTURE_LABELS, AnomalySettings, Placement, Playground
 
@@ -75,6 +72,16 @@ GROUP_LABELS = {"dlmuse": "DLMUSE structures", "labels": "every label its own"}
 PLAYGROUND_KEY = "medood_playground"
 CONTRAST_KEY = "medood_random_contrast"
 _PARCELLATION_NAME = re.compile(r"(dlmuse|muse|parc|aseg|synthseg|atlas)", re.IGNORECASE)
+#: what the status line says when a random contrast, or reading lesion masks, fails or is
+#: cancelled (placing an anomaly says the panel's own texts)
+CONTRAST_TEXTS = {
+    "failure_text": "Could not draw a random contrast",
+    "cancelled_text": "Cancelled: no random contrast was drawn.",
+}
+LESION_TEXTS = {
+    "failure_text": "Could not read the lesion masks",
+    "cancelled_text": "Cancelled: the lesion shapes are unchanged.",
+}
 
 
 class ParcellationComboBox(LayerComboBox):
@@ -132,10 +139,26 @@ def check_same_grid(parcellation: Any, source: Any) -> None:
         )
 
 
-def draw_random_contrast(job: dict[str, Any]) -> dict[str, Any]:
+def preview_anomaly(job: dict[str, Any], progress=None, cancelled=None) -> Placement:
+    """Off the GUI thread: the anomaly ``job["settings"]`` describe, previewed on the session
+    at ``job["centre"]`` (None: a random place); nothing changes until Commit."""
+    report(progress, 0, 0, "computing the anomaly")
+    return job["session"].preview(job["settings"], job["centre"], job["other"])
+
+
+def read_lesion_shapes(paths: list[str], progress=None, cancelled=None):
+    """Off the GUI thread: the lesions of these mask files, as a lesion shape bank."""
+    from napari_medood.synth.lesions import LesionShapeBank
+
+    report(progress, 0, 0, f"reading {len(paths)} lesion mask files")
+    return LesionShapeBank.from_mask_files(paths, min_voxels=10)
+
+
+def draw_random_contrast(job: dict[str, Any], progress=None, cancelled=None) -> dict[str, Any]:
     """One :class:`ContrastRandomiser` draw from a parcellation layer's data (run off the GUI
     thread: the labels are copied here, never written); returns the sample, the number of
     tissue groups present and the lesion bank used."""
+    report(progress, 0, 0, "reading the parcellation")
     labels = np.array(job["labels"])  # a private copy: the layer is never written
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)
@@ -147,6 +170,8 @@ def draw_random_contrast(job: dict[str, Any]) -> dict[str, Any]:
     randomiser = ContrastRandomiser(
         groups=groups, spacing=job["spacing"], lesion_bank=job["lesion_bank"]
     )
+    check_cancelled(cancelled)
+    report(progress, 0, 0, f"drawing a random contrast (seed {job['seed']})")
     sample = randomiser(labels, job["seed"], foreground=labels > 0)
     present = np.unique(labels[labels > 0])
     if groups is None:
@@ -162,8 +187,12 @@ def draw_random_contrast(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class PlaygroundWidget(Panel):
+class PlaygroundWidget(CancellableRun, Panel):
     """Dock widget over :class:`~napari_medood.synth.playground.Playground`."""
+
+    cancelled_text = "Cancelled: no anomaly was placed."
+    failure_text = "Could not place the anomaly"
+    title = "Anomaly playground"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         from napari.layers import Image
@@ -178,7 +207,6 @@ class PlaygroundWidget(Panel):
         self._mask_layer = None
         self._image_layer = None
         self._labels_layer = None
-        self._worker = None
         self.lesion_bank = None  # None: the bank shipped with napari-medood
         self._default_bank = None  # the shipped bank, once a random contrast has read it
         self._contrast_layer = None
@@ -219,6 +247,7 @@ class PlaygroundWidget(Panel):
         self.undo_button = QPushButton("Undo")
         self.clear_button = QPushButton("Clear")
         self.save_button = QPushButton("Save...")
+        self.cancel_controls()
         buttons = QGridLayout()
         for index, button in enumerate(
             (
@@ -229,11 +258,11 @@ class PlaygroundWidget(Panel):
                 self.undo_button,
                 self.clear_button,
                 self.save_button,
+                self.cancel_button,
             )
         ):
             buttons.addWidget(button, index // 2, index % 2)
         self.go_check = QCheckBox("go to each new anomaly", checked=True)
-        self.status = wrapping_label()
 
         # what the contrast-agnostic detector trains on, drawn from a parcellation
         contrast_box = QGroupBox("Random contrast")
@@ -266,6 +295,7 @@ class PlaygroundWidget(Panel):
         layout.addLayout(buttons)
         layout.addWidget(self.go_check)
         layout.addWidget(contrast_box)
+        layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
@@ -307,13 +337,19 @@ class PlaygroundWidget(Panel):
         self.mask_combo.choose_default()
         self.parcellation_combo.choose_default()
 
+    def _show_running(self) -> None:
+        # several buttons start runs here, and others wait for them
+        self._update_enabled()
+
     def _update_enabled(self, *args: Any) -> None:
-        busy = self._worker is not None
+        busy = self.busy
         has_pending = self.pending is not None
         has_history = self.session is not None and self.session.count > 0
         self.other_combo.setEnabled(self.texture_combo.currentData() == "layer")
         self.random_button.setEnabled(not busy)
         self.contrast_button.setEnabled(not busy)
+        self.lesion_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(self._worker is not None)
         self.commit_button.setEnabled(has_pending and not busy)
         self.discard_button.setEnabled(has_pending and not busy)
         self.undo_button.setEnabled((has_pending or has_history) and not busy)
@@ -370,10 +406,8 @@ class PlaygroundWidget(Panel):
 
     def place(self, centre: tuple[int, int, int] | None) -> None:
         """Preview an anomaly at a voxel of the source layer (None: a random place)."""
-        if self._worker is not None:
+        if self.busy:
             return
-        from napari.qt.threading import create_worker
-
         try:
             session = self._ensure_session()
             settings = self.settings()
@@ -389,33 +423,8 @@ class PlaygroundWidget(Panel):
             self._fail(exc)
             return
         self.status.setText("computing...")
-        self._worker = create_worker(
-            session.preview,
-            settings,
-            centre,
-            other,
-            _connect={
-                "returned": self._show_preview,
-                "errored": self._fail,
-                "finished": self._finished,
-            },
-        )
-        self._update_enabled()
-
-    def _finished(self) -> None:
-        self._worker = None
-        self._update_enabled()
-
-    def _fail(self, exc: BaseException, what: str = "place the anomaly") -> None:
-        from napari.utils.notifications import show_error
-
-        self.last_error = str(exc)
-        self.status.setText(f"Could not {what}: {exc}")
-        show_error(f"Anomaly playground: {exc}")
-        self._update_enabled()
-
-    def _fail_contrast(self, exc: BaseException) -> None:
-        self._fail(exc, "draw a random contrast")
+        job = {"session": session, "settings": settings, "centre": centre, "other": other}
+        self.start_run(preview_anomaly, job, self._show_preview)
 
     def _show_preview(self, placement: Placement) -> None:
         self._restore_pending_region()
@@ -574,16 +583,14 @@ class PlaygroundWidget(Panel):
             try:
                 self.save_to(folder)
             except (OSError, ValueError) as exc:
-                self._fail(exc)
+                self._fail(exc, failure_text="Could not save")
 
     def load_lesion_masks(self, paths: list[str | Path]) -> None:
         """Use the lesions of these mask files for "real lesion shape", read off the GUI
         thread (an unreadable file is reported by name and the current shapes are kept)."""
-        from napari.qt.threading import create_worker
-
         from napari_medood.synth.lesions import LesionShapeBank
 
-        if self._worker is not None:
+        if self.busy:
             return
         paths = [str(p) for p in paths]
         self.status.setText(f"reading {len(paths)} lesion mask files...")
@@ -595,13 +602,7 @@ class PlaygroundWidget(Panel):
             self.lesion_button.setText(f"{len(bank)} lesions from {len(paths)} files")
             self.status.setText(f"Lesion shapes: {len(bank)} lesions from {len(paths)} files.")
 
-        self._worker = create_worker(
-            LesionShapeBank.from_mask_files,
-            paths,
-            min_voxels=10,
-            _connect={"returned": use, "errored": self._fail, "finished": self._finished},
-        )
-        self._update_enabled()
+        self.start_run(read_lesion_shapes, paths, use, **LESION_TEXTS)
 
     def _ask_lesion_masks(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(
@@ -614,10 +615,8 @@ class PlaygroundWidget(Panel):
     def draw_contrast(self) -> None:
         """Draw a training image of random contrast from the chosen parcellation (with the
         panel's seed), off the GUI thread; it appears over the healthy scan."""
-        if self._worker is not None:
+        if self.busy:
             return
-        from napari.qt.threading import create_worker
-
         source = self.source_combo.current_layer()
         parcellation = self.parcellation_combo.current_layer()
         try:
@@ -632,7 +631,7 @@ class PlaygroundWidget(Panel):
                 )
             check_same_grid(parcellation, source)
         except ValueError as exc:
-            self._fail_contrast(exc)
+            self._fail(exc, **CONTRAST_TEXTS)
             return
         seed = self.seed_spin.value()
         grouping = self.groups_combo.currentData()
@@ -654,16 +653,12 @@ class PlaygroundWidget(Panel):
             "grouping": grouping,
         }
         self.status.setText(f"drawing a random contrast (seed {seed})...")
-        self._worker = create_worker(
+        self.start_run(
             draw_random_contrast,
             job,
-            _connect={
-                "returned": lambda outcome: self._show_contrast(outcome, context),
-                "errored": self._fail_contrast,
-                "finished": self._finished,
-            },
+            lambda outcome: self._show_contrast(outcome, context),
+            **CONTRAST_TEXTS,
         )
-        self._update_enabled()
 
     def _show_contrast(self, outcome: dict[str, Any], context: dict[str, Any]) -> None:
         sample: ContrastSample = outcome["sample"]

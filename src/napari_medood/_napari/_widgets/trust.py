@@ -25,14 +25,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medood._napari._widgets._common import (
-    CancellableRun,
-    Panel,
-    job_volume,
-    scan_and_mask_pickers,
-    scan_job,
-    wrapping_label,
-)
+from napari_medood._napari._widgets._panel import Panel, wrapping_label
+from napari_medood._napari._widgets._pickers import scan_and_mask_pickers
+from napari_medood._napari._widgets._runs import CancellableRun, job_volume, scan_job
 
 if TYPE_CHECKING:
     import napari
@@ -157,6 +152,8 @@ def feature_ood_models(extra: tuple[str, ...] = ()) -> list[str]:
 class TrustWidget(CancellableRun, Panel):
     """The "Is this scan in distribution?" panel."""
 
+    failure_text = "Could not check the scan"
+
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox
 
@@ -263,28 +260,7 @@ class TrustWidget(CancellableRun, Panel):
             "threshold": float(self.threshold_spin.value),
         }
         self.status.setText(f"{job['model']}: starting...")
-        self.start_run(trust_job, job, self._show, lambda: self.status.setText("Cancelled."))
-
-    @property
-    def busy(self) -> bool:
-        return self._worker is not None
-
-    def _progress(self, report) -> None:
-        self.status.setText(str(report[2]))
-
-    def _finished(self) -> None:
-        self.end_run()
-        self.progress_bar.setRange(0, 1)
-
-    def _fail(self, exc: BaseException) -> None:
-        from napari_medood.errors import Cancelled
-
-        self.progress_bar.setRange(0, 1)
-        if isinstance(exc, Cancelled):
-            self.status.setText("Cancelled.")
-            return
-        self.last_error = str(exc)
-        self.status.setText(f"Could not check the scan: {exc}")
+        self.start_run(trust_job, job, self._show)
 
     def _show(self, notice) -> None:
         if notice is None:
@@ -292,6 +268,7 @@ class TrustWidget(CancellableRun, Panel):
         report = notice.report
         self.last_error = None
         self.last_report = report
+        self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)
         self.status.setText(
             f"Score {report.score:.3f} (1 - percentile/100; higher = more out of distribution)"
