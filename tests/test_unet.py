@@ -190,8 +190,8 @@ def test_model_space_round_trip_is_exact_at_the_model_spacing(sample):
 def test_the_card_preprocessing_is_the_model_space_training_applies(sample):
     from napari_medood.models.checkpoint import Checkpoint
     from napari_medood.preprocessing.model_space import ModelSpace
-    from napari_medood.training.config import UNetTrainConfig
-    from napari_medood.training.unet import model_card, model_space
+    from napari_medood.training.data import model_space
+    from napari_medood.training.unet import UNetTrainConfig, model_card
 
     config = UNetTrainConfig(train="x", spacing=[1.5, 1.5, 1.5])
     card = model_card(config, (8, 16), {}, {})

@@ -2,7 +2,8 @@
 (percentile-normalised) lies from that of the scans it was "trained" on, in their standard
 deviations, squashed into [0, 1). Its checkpoint is a card naming the family plus a
 safetensors file of two numbers. Tests register it to prove that a new family needs its own
-code and one registration, nothing else."""
+code and one registration, nothing else; its trainer (``toy_trainer.py``) shows the same
+for the training spine."""
 
 from __future__ import annotations
 
@@ -44,7 +45,13 @@ class ToyScoreDetector(BaseDetector):
 
 def register() -> None:
     register_family(
-        Family(NAME, "toy: mean brain intensity vs training", ToyScoreDetector.from_checkpoints),
+        Family(
+            NAME,
+            "toy: mean brain intensity vs training",
+            ToyScoreDetector.from_checkpoints,
+            trainer="toy_trainer:TRAINER",  # trained through the spine (tests/toy_trainer.py)
+            train_name="toy",
+        ),
         replace=True,
     )
 

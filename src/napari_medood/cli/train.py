@@ -26,6 +26,10 @@ OUT/best holds the best checkpoint by validation (model.safetensors + card.json,
 medood-predict --model OUT/best); OUT/last and OUT/state.pt let an interrupted run resume:
 run the same command again. Logs: OUT/train_log.csv, OUT/val_log.csv.
 
+a time budget: --budget 300 stops after 300 s (preparation included) with the schedule
+fitted to the steps they allow, so the model ends annealed; the same command with a larger
+budget goes on from there.
+
 several GPUs or machines (DDP), the same command under torchrun:
   torchrun --nproc_per_node 4 $(which medood-train) unet --config cfg.yaml
 """
@@ -53,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="mix in anomaly-free hard negatives (Med-OoD): a share of the samples, or 'auto' "
         "for the ratio rule; the same as --set ood_supervision=SHARE (unet, seg)",
     )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this many seconds of the run, preparation included, with the "
+        "learning-rate schedule fitted to the steps they allow (the same as --set "
+        "budget_s=SECONDS); run again with more to go on",
+    )
     add_precision_option(parser)
     parser.set_defaults(precision=None)  # the configuration's, unless given here
     return parser
@@ -75,6 +87,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"ood_supervision={args.ood_supervision}")
     if args.precision is not None:
         overrides.append(f"precision={args.precision}")
+    if args.budget is not None:
+        overrides.append(f"budget_s={args.budget}")
     config = load_config(args.config, overrides, trainer.config)
     rank = int(os.environ.get("RANK", "0"))
     bar = tqdm(
@@ -86,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
     )
 
     def progress(done: int, total: int, message: str) -> None:
-        if total != bar.total:  # a stage before the steps (mining hard negatives, say)
+        if total != bar.total:  # another stage (mining hard negatives), or a budget's fit
             bar.reset(total=total)
         bar.n = done
         bar.set_postfix_str(message, refresh=False)
@@ -105,9 +119,15 @@ def _train(args: argparse.Namespace) -> int:
             if result.best_metric is not None
             else "no validation set"
         )
+        budget = (
+            f" (budget {result.budget_s:.0f} s: the schedule fitted to {result.scheduled_steps})"
+            if result.budget_s
+            else ""
+        )
         say(
             PROG,
-            f"{result.last_step} steps in {result.seconds:.0f} s, {best}; checkpoint: {result.best}",
+            f"{result.last_step} steps in {result.seconds:.0f} s{budget}, {best}; "
+            f"checkpoint: {result.best}",
         )
     return EXIT_OK
 

@@ -19,6 +19,7 @@ from napari_medood.detectors.base import (
     DetectorOptions,
     DetectorOutput,
     ScoreInfo,
+    detector_from_checkpoints,
     sample_scores,
     topk_mean,
 )
@@ -57,7 +58,7 @@ def get_detector(name: str, options: DetectorOptions | None = None, **option_val
     from pathlib import Path
 
     from napari_medood.models.checkpoint import Checkpoint, bundled_models
-    from napari_medood.registry import declared_variants, get_family, resolve
+    from napari_medood.registry import resolve
 
     options = options or DetectorOptions(**option_values)
     if name in NAMED_DETECTORS:
@@ -71,26 +72,7 @@ def get_detector(name: str, options: DetectorOptions | None = None, **option_val
             look_up_option(str(name), [*shipped, *NAMED_DETECTORS], "detector (or checkpoint path)")
         except ValueError as exc:
             raise MedoodError(str(exc)) from None
-    checkpoints = [Checkpoint.open(part) for part in parts]
-    families = {c.family for c in checkpoints}
-    if len(families) > 1:
-        listed = ", ".join(f"{c.name} ({c.family})" for c in checkpoints)
-        raise MedoodError(f"an ensemble needs checkpoints of one family; got {listed}")
-    family = get_family(checkpoints[0].family, str(checkpoints[0].folder / "card.json"))
-    if options.variant is not None:
-        variants = declared_variants(family)
-        if not variants:
-            raise MedoodError(
-                f"{name} ({family.name}) gives one map and has no variants "
-                f"(got {options.variant!r})"
-            )
-        try:
-            look_up_option(options.variant, variants, f"variant of {name}")
-        except ValueError as exc:
-            raise MedoodError(str(exc)) from None
-    detector = resolve(family.detector)(checkpoints, options)
-    detector.gate_enabled = options.gate
-    return detector
+    return detector_from_checkpoints([Checkpoint.open(part) for part in parts], options, name)
 
 
 __all__ = [

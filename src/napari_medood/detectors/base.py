@@ -206,11 +206,12 @@ class BaseDetector:
         if name is None:
             return None
         if self._gate is None:
-            from napari_medood.detectors import get_detector
+            from napari_medood.models.checkpoint import Checkpoint
 
             device = getattr(self, "device", "auto")
             try:
-                self._gate = get_detector(name, DetectorOptions(device=str(device), gate=False))
+                options = DetectorOptions(device=str(device), gate=False)
+                self._gate = detector_from_checkpoints([Checkpoint.open(name)], options, name)
             except MedoodError as exc:  # a missing gate must not stop the map
                 import warnings
 
@@ -382,3 +383,29 @@ def sample_scores(
         "mean_in_mask": float(inside.mean()) if inside.size else 0.0,
         "fpi_slices": fpi_slice_score(anomaly_map, axial_axis(affine)),
     }
+
+
+def detector_from_checkpoints(checkpoints: list, options: DetectorOptions, name: str):
+    """The detector of ``checkpoints`` (one, or an ensemble of one family) through its
+    family's factory, with ``options``; ``name`` is what the user asked for, for errors."""
+    from napari_medood.registry import declared_variants, get_family, resolve
+
+    families = {c.family for c in checkpoints}
+    if len(families) > 1:
+        listed = ", ".join(f"{c.name} ({c.family})" for c in checkpoints)
+        raise MedoodError(f"an ensemble needs checkpoints of one family; got {listed}")
+    family = get_family(checkpoints[0].family, str(checkpoints[0].folder / "card.json"))
+    if options.variant is not None:
+        variants = declared_variants(family)
+        if not variants:
+            raise MedoodError(
+                f"{name} ({family.name}) gives one map and has no variants "
+                f"(got {options.variant!r})"
+            )
+        try:
+            look_up_option(options.variant, variants, f"variant of {name}")
+        except ValueError as exc:
+            raise MedoodError(str(exc)) from None
+    detector = resolve(family.detector)(checkpoints, options)
+    detector.gate_enabled = options.gate
+    return detector

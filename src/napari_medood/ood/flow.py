@@ -11,6 +11,7 @@ the score independent of the features' overall scale.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -60,6 +61,9 @@ class FlowRecipe:
     grad_clip: float = 1.0
     seed: int = 0
     history: list[dict] = field(default_factory=list)
+    #: stop after the first epoch that ends this many seconds after the fit began (None:
+    #: all the epochs); the best epoch so far is kept
+    seconds: float | None = None
 
 
 def log_likelihood(flow, features: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
@@ -101,7 +105,10 @@ def fit_flow(
     select = val_id is not None and val_ood is not None and len(val_id) and len(val_ood)
     best, best_state = -math.inf, None
     batch = max(1, min(recipe.batch_size, len(data)))
+    stop_at = None if recipe.seconds is None else time.perf_counter() + recipe.seconds
     for epoch in range(recipe.epochs):
+        if epoch and stop_at is not None and time.perf_counter() >= stop_at:
+            break
         flow.train()
         order = torch.randperm(len(data), generator=generator)
         losses = []

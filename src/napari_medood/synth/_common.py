@@ -54,3 +54,18 @@ def tight_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
             return None
         slices.append(slice(int(hits[0]), int(hits[-1]) + 1))
     return tuple(slices)
+
+
+def crop_clamped(array: np.ndarray, start, stop) -> np.ndarray:
+    """``array[start:stop]`` as float32, repeating edge voxels where the box leaves it."""
+    start, stop = np.asarray(start, int), np.asarray(stop, int)
+    inside_start = np.clip(start, 0, np.asarray(array.shape))
+    inside_stop = np.clip(stop, 0, np.asarray(array.shape))
+    if np.all(inside_start == start) and np.all(inside_stop == stop):
+        return np.array(
+            array[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))], dtype=np.float32
+        )
+    index = [
+        np.clip(np.arange(a, b), 0, n - 1) for a, b, n in zip(start, stop, array.shape, strict=True)
+    ]
+    return array[np.ix_(*index)].astype(np.float32)

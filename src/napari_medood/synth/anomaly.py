@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from napari_medood.errors import look_up_option
-from napari_medood.synth._common import Seed, as_rng, as_shape3
+from napari_medood.synth._common import Seed, as_rng, as_shape3, crop_clamped
 from napari_medood.synth.blending import blend
 from napari_medood.synth.patches import ForeignPatchBank, PatchTexture
 from napari_medood.synth.shapes import SHAPE_KINDS, Shape, brush_mask, cuboid_mask, sphere_mask
@@ -145,21 +145,6 @@ def image_texture(source: np.ndarray, shift: Sequence[int]) -> Texture:
         return crop_clamped(source, np.asarray(start) + offset, np.asarray(stop) + offset)
 
     return values
-
-
-def crop_clamped(array: np.ndarray, start, stop) -> np.ndarray:
-    """``array[start:stop]`` as float32, repeating edge voxels where the box leaves it."""
-    start, stop = np.asarray(start, int), np.asarray(stop, int)
-    inside_start = np.clip(start, 0, np.asarray(array.shape))
-    inside_stop = np.clip(stop, 0, np.asarray(array.shape))
-    if np.all(inside_start == start) and np.all(inside_stop == stop):
-        return np.array(
-            array[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))], dtype=np.float32
-        )
-    index = [
-        np.clip(np.arange(a, b), 0, n - 1) for a, b, n in zip(start, stop, array.shape, strict=True)
-    ]
-    return array[np.ix_(*index)].astype(np.float32)
 
 
 class _Positive:

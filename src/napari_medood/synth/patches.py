@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from napari_medood.synth._common import Seed, as_rng, as_shape3, rotation_matrix
+from napari_medood.synth._common import Seed, as_rng, as_shape3, crop_clamped, rotation_matrix
 
 
 class ForeignPatchBank:
@@ -91,8 +91,6 @@ class PatchTexture:
     def __call__(self, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
         """Foreign values over the image box ``[start, stop)``."""
         from scipy import ndimage
-
-        from napari_medood.synth.anomaly import crop_clamped
 
         local_start = np.asarray(start) - self.box_start
         local_stop = np.asarray(stop) - self.box_start

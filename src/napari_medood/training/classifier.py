@@ -4,57 +4,45 @@ MedOODFlow's recipe for its MONAI 3D ResNet-18 (shortcut A, one input channel): 
 betas (0.5, 0.999), polynomial learning-rate decay (power 0.9), cross-entropy, the best
 checkpoint by weighted F1 on the validation split. Training data: a MedMNIST 3D archive split
 (``path.npz:train``), with TorchIO flips, small affine changes and gamma as augmentation.
-Runs under torchrun unchanged (DDP, one share of each batch per process).
+Runs under torchrun unchanged (DDP, one share of each batch per process); resume, budget,
+logs and checkpoints are the training spine's (``training.spine``).
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from napari_medood._progress import Cancelled, CancelledPredicate, ProgressCallback, check_cancelled
+from napari_medood._progress import CancelledPredicate, ProgressCallback
 from napari_medood.errors import MedoodError
-from napari_medood.training._loop import (
-    barrier,
-    device_description,
-    distributed_model,
-    finish_distributed,
-    setup_distributed,
-    training_loader,
-    write_row,
-)
+from napari_medood.training.config import StepRunSettings, check_run_settings
 from napari_medood.training.registry import Trainer, TrainResult
 
 
 @dataclass
-class ClassifierTrainConfig:
+class ClassifierTrainConfig(StepRunSettings):
     """How to train the feature network (MedOODFlow's classifier recipe).
 
     Data: train and val, MedMNIST archive splits (``path.npz:train``, ``path.npz:val``);
         shape: the network's input (voxels); each volume is resized to it.
     Network (MONAI ResNet, basic blocks): depth (10/18/34), widths of the four stages (the
         reference's: 64, 128, 256, 512), num_classes.
-    Optimisation: steps, batch_size (per process), lr, betas, weight_decay, poly_power,
-        augment (TorchIO flips, affine, gamma), val_interval (steps).
+    Optimisation: Adam (betas, weight_decay) with a polynomial decay (poly_power); augment
+        (TorchIO flips, affine, gamma); the run's settings (steps, batch_size, precision,
+        budget_s...) are the spine's (``training.config.StepRunSettings``).
     """
 
     name: str = "classifier"
     description: str = "3D ResNet classifier (the feature network of a feature-OOD model)"
-    train: str = ""
     val: str | None = None
     out: str = "runs/classifier"
     shape: list[int] = field(default_factory=lambda: [64, 64, 64])
     depth: int = 18
     widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     num_classes: int = 2
-    steps: int = 2000
     batch_size: int = 16
-    lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.0
     poly_power: float = 0.9
@@ -63,14 +51,9 @@ class ClassifierTrainConfig:
     # gradients within 25 steps (layer4), and float32 ran as fast on this small network
     precision: str = "float32"
     val_interval: int = 200
-    log_interval: int = 10
     workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    data_licence: str = ""
 
     def validate(self) -> ClassifierTrainConfig:
-        from napari_medood.training.config import check_run_settings
         from napari_medood.training.ood_data import is_npz_source
 
         check_run_settings(self, "a MedMNIST archive split, path.npz:train")
@@ -84,9 +67,6 @@ class ClassifierTrainConfig:
         if self.depth not in (10, 18, 34):
             raise MedoodError(f"depth must be 10, 18 or 34, got {self.depth}")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def architecture(self) -> dict[str, Any]:
         return {
@@ -175,144 +155,61 @@ def train_classifier(
     progress: ProgressCallback | None = None,
     cancelled: CancelledPredicate | None = None,
 ) -> TrainResult:
-    """Train as ``config`` says; the best checkpoint (weighted F1 on ``val``) goes to
-    ``out/best``, the last to ``out/last``."""
+    """Train (or resume) as ``config`` says; the best checkpoint (weighted F1 on ``val``)
+    goes to ``out/best``."""
     import torch
 
-    from napari_medood.execution import plan_execution
-    from napari_medood.io.atomic import write_text_atomic
-    from napari_medood.models.checkpoint import save_checkpoint
     from napari_medood.models.features import build_classifier
     from napari_medood.training.ood_data import load_npz
+    from napari_medood.training.spine import Schedule, StepPlan, open_run, train_steps
 
-    config.validate()
-    rank, world, device = setup_distributed(config.device)
-    is_main = rank == 0
-    out = Path(config.out)
-    torch.manual_seed(config.seed)
-    execution = plan_execution(device, config.precision)
+    run = open_run(config)
+    execution = run.execution
     network = execution.prepare(build_classifier(config.architecture()), fold_batch_norm=False)
     network.train()
     train = load_npz(config.train, config.shape)
     val = load_npz(config.val, config.shape) if config.val else None
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
-    barrier(world)
-    model = distributed_model(network, device, world)
-    optimiser = torch.optim.Adam(
-        model.parameters(),
-        lr=config.lr,
-        betas=tuple(config.betas),
-        weight_decay=config.weight_decay,
-    )
-    schedule = torch.optim.lr_scheduler.PolynomialLR(
-        optimiser, total_iters=config.steps, power=config.poly_power
-    )
     dataset = AugmentedVolumes(
         train.arrays,
         train.labels,
-        config.steps * config.batch_size * world,
+        config.steps * config.batch_size * run.world,
         config.seed,
         config.augment,
     )
-    loader = training_loader(dataset, config, rank, world, 0, device)
-    training = {
-        "data": config.train,
-        "validation": config.val,
-        "data_licence": config.data_licence,
-        "volumes": len(train),
-        "recipe": {
-            k: v for k, v in config.to_dict().items() if k not in ("out", "name", "description")
-        },
-        "processes": world,
-        "device": device_description(device),
-        "precision": execution.precision,
-        "torch": torch.__version__,
-    }
-    best, step = None, 0
-    started = time.perf_counter()
-    try:
-        for volumes, labels in loader:
-            if step >= config.steps:
-                break
-            check_cancelled(cancelled)
-            with execution.autocast():
-                logits = model(execution.inputs(volumes))
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            finite = all(
-                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
-            )
-            if finite:  # a step with an overflowed gradient is skipped, as AMP's scaler does
-                optimiser.step()
-            schedule.step()
-            step += 1
-            if is_main and (step % config.log_interval == 0 or step == config.steps):
-                write_row(
-                    out / "train_log.csv",
-                    {
-                        "step": step,
-                        "loss": loss.item(),
-                        "lr": schedule.get_last_lr()[0],
-                        "seconds": round(time.perf_counter() - started, 1),
-                    },
-                    ("step", "loss", "lr", "seconds"),
-                )
-            if progress is not None:
-                progress(step, config.steps, f"loss {loss.item():.4f}")
-            if val is not None and (step % config.val_interval == 0 or step == config.steps):
-                if is_main:
-                    network.eval()
-                    logits = predict_logits(network, val.arrays, execution)
-                    network.train()
-                    f1 = weighted_f1(val.labels, logits.argmax(1).numpy())
-                    accuracy = float(np.mean(logits.argmax(1).numpy() == val.labels))
-                    write_row(
-                        out / "val_log.csv",
-                        {"step": step, "weighted_f1": f1, "accuracy": accuracy},
-                        ("step", "weighted_f1", "accuracy"),
-                    )
-                    if best is None or f1 > best:
-                        best = f1
-                        seconds = round(time.perf_counter() - started, 1)
-                        save_checkpoint(
-                            network,
-                            out / "best",
-                            classifier_card(
-                                config,
-                                {
-                                    "validation": {
-                                        "weighted_f1": f1,
-                                        "accuracy": accuracy,
-                                        "step": step,
-                                    }
-                                },
-                                {**training, "steps_done": step, "seconds": seconds},
-                            ),
-                        )
-                barrier(world)
-    except (KeyboardInterrupt, Cancelled):  # keep the weights reached so far
-        if is_main:
-            save_checkpoint(
-                network,
-                out / "last",
-                classifier_card(config, {}, {**training, "steps_done": step, "stopped": True}),
-            )
-        raise
-    seconds = time.perf_counter() - started
-    if is_main:
-        save_checkpoint(
-            network,
-            out / "last",
-            classifier_card(
-                config, {}, {**training, "steps_done": step, "seconds": round(seconds, 1)}
-            ),
-        )
-    finish_distributed(world)
-    best_dir = out / "best" if (out / "best").exists() else out / "last"
-    return TrainResult(best_dir, best, "weighted F1", step, seconds)
+    training = run.record(volumes=len(train), validation=config.val, data=config.train)
+
+    def step_loss(model, batch, step):
+        volumes, labels = batch
+        with execution.autocast():
+            logits = model(execution.inputs(volumes))
+        return torch.nn.functional.cross_entropy(logits.float(), labels.to(run.device))
+
+    def validate(module) -> dict:
+        logits = predict_logits(module, val.arrays, execution)
+        predicted = logits.argmax(1).numpy()
+        return {
+            "weighted_f1": weighted_f1(val.labels, predicted),
+            "accuracy": float(np.mean(predicted == val.labels)),
+        }
+
+    plan = StepPlan(
+        network=network,
+        dataset=dataset,
+        step_loss=step_loss,
+        optimiser=lambda parameters: torch.optim.Adam(
+            parameters, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
+        ),
+        schedule=Schedule("polynomial", config.lr, power=config.poly_power),
+        card=lambda metrics, training: classifier_card(config, metrics, training),
+        training=training,
+        validate=validate if val is not None else None,
+        metric="weighted_f1",
+        metric_label="weighted F1",
+        # float32 on CPUs whose 3D convolution backward overflows under bfloat16: a step
+        # with a non-finite gradient is skipped, as AMP's scaler does
+        skip_nonfinite=True,
+    )
+    return train_steps(run, plan, progress, cancelled)
 
 
 TRAINER = Trainer(

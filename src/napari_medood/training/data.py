@@ -12,6 +12,12 @@ from napari_medood.preprocessing.model_space import ModelSpace
 from napari_medood.preprocessing.profile import ScanProfile
 
 
+def model_space(config) -> ModelSpace:
+    """The model space of a run at ``config.spacing``: what training applies to its scans
+    and the card describes, so that the detector replays it."""
+    return ModelSpace(spacing=tuple(float(s) for s in config.spacing))
+
+
 @dataclass
 class ModelSpaceScan:
     """A normal scan prepared as the model sees it: RAS, model spacing, normalised, masked."""

@@ -11,43 +11,35 @@ UAD-IMAG's (``io.lmdb_cache``); each sample is a random slice, cropped or padded
 
 The validation loss is the L1 loss on every slice of the validation scans at four fixed
 steps (125, 250, 498, 750) with fixed noise, so that values of different steps compare.
-``OUT/last`` holds the latest weights and the optimiser state (``state.pt``: plain tensors,
-read back with ``weights_only=True``): the same command resumes there. Logs:
-``OUT/train_log.csv``, ``OUT/val_log.csv``.
+Resume, budget, logs, checkpoints and DDP are the training spine's (``training.spine``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_medood._progress import (
-    Cancelled,
     CancelledPredicate,
     ProgressCallback,
     check_cancelled,
     report,
 )
 from napari_medood.errors import MedoodError
-from napari_medood.execution import plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
-from napari_medood.training._loop import (
-    TRAIN_LOG_FIELDS,
-    barrier,
-    device_description,
-    distributed_model,
-    finish_distributed,
-    setup_distributed,
-    training_loader,
-    write_row,
+from napari_medood.training.config import (
+    CONTRAST_GROUPS,
+    OodSupervisionSettings,
+    StepRunSettings,
+    check_ood_supervision,
+    check_run_settings,
 )
+from napari_medood.training.data import model_space
 from napari_medood.training.registry import Trainer, TrainResult
 
 FAMILY = "diffusion2d"
@@ -57,7 +49,7 @@ REFERENCE_T = 498
 
 
 @dataclass
-class DiffusionTrainConfig:
+class DiffusionTrainConfig(StepRunSettings, OodSupervisionSettings):
     """How to train the slice diffusion model (MHD / cDDPM recipe, methods.md section 2).
 
     Data: train (healthy scans: folder, CSV or BIDS) and masks (their brain masks); val and
@@ -69,9 +61,9 @@ class DiffusionTrainConfig:
         (condition_dim wide).
     Diffusion: timesteps, schedule (cosine), noise (simplex or gaussian).
     Inference defaults written into the card: t (498), reconstructions (10).
-    Optimisation: steps, batch_size (per process), lr (Adam), augment (TorchIO intensity
-        augmentations), precision (``auto``: bfloat16 autocast on CPUs that compute it,
-        float16 on CUDA), amp false forces float32.
+    Optimisation: Adam at a constant lr; augment (TorchIO intensity augmentations); the
+        run's settings (steps, batch_size, precision, budget_s...) are the spine's
+        (``training.config.StepRunSettings``).
     Contrast randomisation (``synth.contrast``): contrast_copies healthy copies of each
         training scan drawn from its parcellation (the masks must be parcellations, such
         as DLMUSE) in a random contrast, seeded, join the slice cache beside the real
@@ -89,7 +81,6 @@ class DiffusionTrainConfig:
 
     name: str = "diffusion"
     description: str = "slice diffusion model (MHD: Mahalanobis distance to N reconstructions)"
-    train: str = ""
     masks: str | None = None
     val: str | None = None
     val_masks: str | None = None
@@ -111,28 +102,15 @@ class DiffusionTrainConfig:
     augment: bool = True
     contrast_copies: int = 0
     contrast_groups: str = "dlmuse"
-    ood_supervision: float | str = 0.0
-    ood_baseline: str | None = None
     ood_candidates: int = 256
     ood_threshold: float = 0.2
     ood_min_voxels: int = 10
-    steps: int = 2000
     batch_size: int = 16
-    lr: float = 1e-4
-    amp: bool = True
-    precision: str = "auto"
-    val_interval: int = 250
-    log_interval: int = 10
-    workers: int = 2
-    seed: int = 0
-    device: str = "auto"
-    data_licence: str = ""
     modality: str = "MR"
     contrast: str = "T1w"
 
     def validate(self) -> DiffusionTrainConfig:
         from napari_medood.models.diffusion import NOISE_KINDS
-        from napari_medood.training.config import check_run_settings
 
         check_run_settings(self, "healthy scans")
         if self.noise not in NOISE_KINDS:
@@ -151,16 +129,12 @@ class DiffusionTrainConfig:
             raise MedoodError(f"t must be within [0, {self.timesteps - 1}], got {self.t}")
         if self.reconstructions < 2:
             raise MedoodError("the Mahalanobis map needs at least 2 reconstructions")
-        from napari_medood.training.config import CONTRAST_GROUPS
-
         if self.ood_supervision == "auto":
             raise MedoodError(
                 "ood_supervision=auto is the ratio rule, which counts samples with lesions; "
                 "a diffusion model trains on healthy slices only: give the share of hard "
                 "slices (0.25, say)"
             )
-        from napari_medood.training.config import check_ood_supervision
-
         check_ood_supervision(self)
         if self.contrast_copies < 0:
             raise MedoodError(f"contrast_copies must be >= 0, got {self.contrast_copies}")
@@ -170,9 +144,6 @@ class DiffusionTrainConfig:
                 f"{', '.join(CONTRAST_GROUPS)}"
             )
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def architecture(self) -> dict[str, Any]:
         return {
@@ -190,10 +161,6 @@ class DiffusionTrainConfig:
         from napari_medood.models.diffusion import DiffusionProcess
 
         return DiffusionProcess(self.timesteps, self.schedule, "x0", self.noise)
-
-
-def model_space(config: DiffusionTrainConfig) -> ModelSpace:
-    return ModelSpace(spacing=tuple(float(s) for s in config.spacing))
 
 
 def model_card(config: DiffusionTrainConfig, metrics: dict, training: dict, expects: dict) -> dict:
@@ -452,44 +419,7 @@ def mine_hard_slices(
     return hard, record
 
 
-# -- the loop -------------------------------------------------------------------------
-
-#: what may change when a run resumes (where the data and logs are, how it runs); anything
-#: else would mix two recipes in one model
-RESUMABLE_CHANGES = (
-    "train",
-    "masks",
-    "val",
-    "val_masks",
-    "out",
-    "name",
-    "description",
-    "device",
-    "workers",
-    "log_interval",
-    "val_interval",
-    "data_licence",
-    "precision",
-)
-
-
-def check_resumable(out: Path, config: DiffusionTrainConfig) -> None:
-    """Refuse to resume a run in ``out`` with another recipe, naming what differs."""
-    path = out / "config.json"
-    if not path.is_file():
-        raise MedoodError(f"{out}: has a saved state but no config.json; train into another folder")
-    previous = json.loads(path.read_text())
-    current = config.to_dict()
-    changed = [
-        f"{key}={previous.get(key)!r} (now {current[key]!r})"
-        for key in current
-        if key not in RESUMABLE_CHANGES and key in previous and previous[key] != current[key]
-    ]
-    if changed:
-        raise MedoodError(
-            f"{out}: this run was started with {', '.join(changed)}; resume with the same "
-            "recipe, or train into another folder"
-        )
+# -- the family's run ------------------------------------------------------------------
 
 
 def train_diffusion(
@@ -500,39 +430,20 @@ def train_diffusion(
     """Train (or resume) as ``config`` says; returns where the best checkpoint is."""
     import torch
 
+    from napari_medood.distributed import barrier, from_first_process
+    from napari_medood.io.atomic import write_text_atomic
     from napari_medood.io.cohort import discover_cases
-    from napari_medood.models.checkpoint import save_checkpoint
+    from napari_medood.io.lmdb_cache import SliceLMDB
     from napari_medood.models.diffusion import build_slice_diffusion, to_model_units
     from napari_medood.training.data import any_contrast, expected_scans, prepare_scans
+    from napari_medood.training.spine import Schedule, StepPlan, open_run, train_steps
 
-    config.validate()
-    rank, world, device = setup_distributed(config.device)
-    is_main = rank == 0
-    out = Path(config.out)
-    last_dir, best_dir = out / "last", out / "best"
-    torch.manual_seed(config.seed)
-    execution = plan_execution(device, config.precision if config.amp else "float32")
+    run = open_run(config)
+    execution, world, rank, out = run.execution, run.world, run.rank, run.out
     process = config.process()
     alphas = process.alphas()
     model = execution.prepare(build_slice_diffusion(config.architecture()), fold_batch_norm=False)
     model.train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    use_scaler = execution.precision == "float16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-
-    start_step, best_loss, elapsed_before = 0, None, 0.0
-    if (last_dir / "state.pt").exists():
-        from safetensors.torch import load_file
-
-        check_resumable(out, config)
-        state = torch.load(last_dir / "state.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(load_file(str(last_dir / "model.safetensors"), device="cpu"))
-        model.to(device)
-        optimiser.load_state_dict(state["optimiser"])
-        scaler.load_state_dict(state["scaler"])
-        start_step = int(state["step"])
-        best_loss = float(state["best_loss"]) if state["best_loss"] >= 0 else None
-        elapsed_before = float(state["seconds"])
 
     space = model_space(config)
     train_cases = discover_cases(config.train, masks=config.masks)
@@ -545,11 +456,8 @@ def train_diffusion(
     train_folder = cache_folder(out, "train", train_cases, space, contrast)
     val_folder = cache_folder(out, "val", val_cases, space) if val_cases else None
     expects: dict = {}
-    if is_main:
+    if run.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        from napari_medood.io.atomic import write_text_atomic
-
-        write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
         expects_file = out / "expects.json"
         scans = write_slice_cache(train_cases, space, train_folder, contrast)
         if scans is None and not expects_file.exists():  # a cache from an older run
@@ -564,162 +472,64 @@ def train_diffusion(
         if val_folder is not None:
             write_slice_cache(val_cases, space, val_folder)
     barrier(world)  # the caches exist before any process reads them
-    from napari_medood.io.lmdb_cache import SliceLMDB
-
     train_slices = SliceLMDB(train_folder)
     val_slices = None
-    if is_main and val_folder is not None:
+    if run.is_main and val_folder is not None:
         with SliceLMDB(val_folder) as cache:
             val_slices = torch.from_numpy(
                 np.stack(
                     [fit_slice(cache[i][0], config.slice_size, None) for i in range(len(cache))]
                 )
             )[:, None]
-
-    model = distributed_model(model, device, world)
-    module = getattr(model, "module", model)
-    length = config.steps * config.batch_size * world
     hard, ood_record = [], None
     if config.ood_supervision:
-        from napari_medood.training._loop import from_first_process
-        from napari_medood.training.hard_negatives import check_same_baseline
-
         # the first process finds them and tells the others, so that all draw the same
         hard, ood_record = from_first_process(
             world,
             lambda: mine_hard_slices(config, train_slices, execution, progress, cancelled),
         )
-        if (last_dir / "state.pt").exists():
-            check_same_baseline(last_dir / "card.json", ood_record, out)
     dataset = SliceSamples(
         train_slices,
         config.slice_size,
-        length,
+        config.steps * config.batch_size * world,
         config.seed,
         config.augment,
         hard,
         float(config.ood_supervision) if hard else 0.0,
     )
-    loader = training_loader(dataset, config, rank, world, start_step, device)
-    training_info = {
-        "precision": execution.precision,
-        "data": [c.name for c in train_cases],
-        "data_licence": config.data_licence,
-        "validation": [c.name for c in val_cases],
-        "slices": len(train_slices),
-        "ood_supervision": ood_record,
-        "recipe": {
-            k: v
-            for k, v in config.to_dict().items()
-            if k not in ("train", "masks", "val", "val_masks", "out", "name", "description")
-        },
-        "processes": world,
-        "device": device_description(device),
-        "torch": torch.__version__,
-    }
+    training = run.record(
+        train_cases, val_cases, slices=len(train_slices), ood_supervision=ood_record
+    )
 
-    def save_last(step: int, seconds: float) -> None:
-        card = model_card(config, {}, {**training_info, "steps_done": step}, expects)
-        save_checkpoint(module, last_dir, card)
-        temp = last_dir / "state.pt.part"
-        torch.save(
-            {
-                "optimiser": optimiser.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "best_loss": -1.0 if best_loss is None else best_loss,
-                "seconds": seconds,
-            },
-            temp,
-        )
-        os.replace(temp, last_dir / "state.pt")
+    def step_loss(model, images, step):
+        clean = to_model_units(images.to(run.device, non_blocking=True))
+        noisy, times = noised_batch(clean, process, alphas, step * world + rank, config.seed)
+        with execution.autocast():
+            predicted = model(noisy, times, clean)
+        return (predicted.float() - clean).abs().mean()  # the reference's L1 on x0
 
-    step = start_step
-    started = time.perf_counter()
-    window_start, window_samples = time.perf_counter(), 0
+    def validate(module) -> dict:
+        return {
+            "l1_loss": validation_loss(module, val_slices, process, alphas, execution, config.seed)
+        }
+
+    plan = StepPlan(
+        network=model,
+        dataset=dataset,
+        step_loss=step_loss,
+        optimiser=lambda parameters: torch.optim.Adam(parameters, lr=config.lr),
+        schedule=Schedule("constant", config.lr),
+        card=lambda metrics, training: model_card(config, metrics, training, expects),
+        training=training,
+        validate=validate if val_slices is not None else None,
+        metric="l1_loss",
+        higher=False,
+        metric_label="L1 loss",
+    )
     try:
-        for images in loader:
-            if step >= config.steps:
-                break
-            check_cancelled(cancelled)
-            clean = to_model_units(images.to(device, non_blocking=True))
-            noisy, times = noised_batch(clean, process, alphas, step * world + rank, config.seed)
-            optimiser.zero_grad(set_to_none=True)
-            with execution.autocast():
-                predicted = model(noisy, times, clean)
-            loss = (predicted.float() - clean).abs().mean()  # the reference's L1 on x0
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            step += 1
-            window_samples += images.shape[0] * world
-            if is_main and (step % config.log_interval == 0 or step == config.steps):
-                now = time.perf_counter()
-                write_row(
-                    out / "train_log.csv",
-                    {
-                        "step": step,
-                        "loss": float(loss.detach()),
-                        "lr": config.lr,
-                        "seconds": round(elapsed_before + now - started, 2),
-                        "samples_per_second": round(
-                            window_samples / max(now - window_start, 1e-9), 3
-                        ),
-                    },
-                    TRAIN_LOG_FIELDS,
-                )
-                window_start, window_samples = now, 0
-            report(progress, step, config.steps, f"loss {float(loss.detach()):.4f}")
-            if step % config.val_interval == 0 or step == config.steps:
-                seconds = elapsed_before + time.perf_counter() - started
-                if is_main:
-                    if val_slices is not None:
-                        value = validation_loss(
-                            module, val_slices, process, alphas, execution, config.seed
-                        )
-                        write_row(
-                            out / "val_log.csv",
-                            {"step": step, "val_loss": value},
-                            ("step", "val_loss"),
-                        )
-                        if best_loss is None or value < best_loss:
-                            best_loss = value
-                            save_checkpoint(
-                                module,
-                                best_dir,
-                                model_card(
-                                    config,
-                                    {"validation": {"l1_loss": value, "step": step}},
-                                    {
-                                        **training_info,
-                                        "steps_done": step,
-                                        "seconds": round(seconds, 1),
-                                    },
-                                    expects,
-                                ),
-                            )
-                    save_last(step, seconds)
-                barrier(world)
-    except (KeyboardInterrupt, Cancelled):  # keep what was done: the same command resumes
-        if is_main:
-            save_last(step, elapsed_before + time.perf_counter() - started)
-        raise
+        return train_steps(run, plan, progress, cancelled)
     finally:
         train_slices.close()
-    seconds = elapsed_before + time.perf_counter() - started
-    if is_main and val_slices is None:
-        save_checkpoint(
-            module,
-            best_dir,
-            model_card(
-                config,
-                {},
-                {**training_info, "steps_done": step, "seconds": round(seconds, 1)},
-                expects,
-            ),
-        )
-    finish_distributed(world)
-    return TrainResult(best_dir if best_dir.exists() else None, best_loss, "L1 loss", step, seconds)
 
 
 TRAINER = Trainer(

@@ -19,8 +19,7 @@ checkpoint in the detector's card as ``"gate"``). Steps:
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,12 @@ import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled
 from napari_medood.errors import MedoodError, look_up_option
+from napari_medood.training.config import RunSettings, check_run_settings
 from napari_medood.training.registry import Trainer, TrainResult
 
 
 @dataclass
-class FlowTrainConfig:
+class FlowTrainConfig(RunSettings):
     """How to fit a feature-OOD model (MedOODFlow, methods.md section 3).
 
     Data (a MedMNIST split ``path.npz:train``, or scans: file, folder, CSV or BIDS, with
@@ -59,7 +59,10 @@ class FlowTrainConfig:
         parcellation's labels are grouped into structures (``dlmuse`` or ``labels``).
     heads: which to fit (default: every one the backbone can feed).
     Flow: blocks, hidden (default: the feature width, as the reference), clamp.
-    Optimisation: epochs, batch_size, lr, betas, weight_decay, grad_clip.
+    Optimisation: epochs, betas, weight_decay, grad_clip; the run's settings (batch_size,
+        lr, seed, device, budget_s...) are the spine's (``training.config.RunSettings``);
+        under a budget the features are computed whole and the flows' epochs share what
+        is left of it (each fit keeps its best epoch so far when its share runs out).
     threshold_percentile: a scan below this percentile of the reference is called out of
         distribution (written into the card; the panels let users move it).
     reference_scans: what the reference scans are, in a few words, for the verdict.
@@ -68,7 +71,6 @@ class FlowTrainConfig:
     name: str = "feature-ood"
     description: str = "normalizing flow on frozen features (MedOODFlow)"
     backbone: str = ""
-    train: str = ""
     masks: str | None = None
     reference: str | None = None
     reference_masks: str | None = None
@@ -89,16 +91,12 @@ class FlowTrainConfig:
     clamp: float = 3.0
     epochs: int = 100
     batch_size: int = 128
-    lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     threshold_percentile: float = 5.0
     reference_scans: str = ""
     precision: str = "float32"
-    seed: int = 0
-    device: str = "auto"
-    data_licence: str = ""
 
     @property
     def steps(self) -> int:  # medood-train's progress bar counts flow epochs
@@ -106,7 +104,6 @@ class FlowTrainConfig:
 
     def validate(self) -> FlowTrainConfig:
         from napari_medood.ood.heads import HEADS
-        from napari_medood.training.config import check_run_settings
 
         check_run_settings(self, "in-distribution volumes")
         if not self.backbone:
@@ -132,9 +129,6 @@ class FlowTrainConfig:
         if not 0 < self.threshold_percentile < 100:
             raise MedoodError("threshold_percentile must be within (0, 100)")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def open_backbone(name: str, window=None, spacing=None):
@@ -284,26 +278,21 @@ def train_flow(
     """Fit every head as ``config`` says and write the checkpoint to ``out/best``."""
     import torch
 
-    from napari_medood.execution import plan_execution
-    from napari_medood.io.atomic import write_text_atomic
+    from napari_medood.distributed import barrier
     from napari_medood.models.checkpoint import save_checkpoint
     from napari_medood.models.features import build_classifier
     from napari_medood.ood.flow import FlowRecipe
     from napari_medood.ood.heads import make_head, usable_heads
-    from napari_medood.training._loop import (
-        barrier,
-        device_description,
-        finish_distributed,
-        setup_distributed,
-        write_row,
-    )
     from napari_medood.training.ood_data import load_source
+    from napari_medood.training.spine import device_description, open_run, write_row
 
-    config.validate()
-    started = time.perf_counter()
-    rank, world, device = setup_distributed(config.device)
-    is_main = rank == 0
-    out = Path(config.out)
+    # torch is not seeded here: the shipped gates' flows took their first weights from the
+    # process's default stream, and seeding would change them
+    run = open_run(config, precision="float32", seed_torch=False)
+    rank, world, device, out = run.rank, run.world, run.device, run.out
+    done = fitted_before(run)
+    if done is not None:
+        return done
     checkpoint, backbone_spec, input_spec, backbone_state = open_backbone(
         config.backbone, config.window, config.spacing
     )
@@ -313,7 +302,7 @@ def train_flow(
         kind = "resnet"
     else:
         network, kind = checkpoint.build_model("cpu"), "unet-encoder"
-    execution = plan_execution(device, "float32")
+    execution = run.execution
     network = execution.prepare(network.to(device).eval())
 
     def say(message: str) -> None:
@@ -399,11 +388,22 @@ def train_flow(
         reference_fold = torch.as_tensor(train.subject_of(volume)) % folds
     heads_card: dict[str, Any] = {}
     tensors: dict[str, torch.Tensor] = {}
+    # under a budget, the flow's fits (one, and one per fold) share what the features left
+    flow_fits = [(1 + (config.reference_folds if crossfit else 0)) if "flow" in names else 0]
+
+    def fit_seconds() -> float | None:
+        if not run.budget.limited:
+            return None
+        share = max(run.budget.left(), 0.0) / max(flow_fits[0], 1)
+        flow_fits[0] -= 1
+        return share
+
     for name in names:
         check_cancelled(cancelled)
         settings = {"hidden": config.hidden, "blocks": config.blocks, "clamp": config.clamp}
         head = make_head(name, dim, **(settings if name == "flow" else {}))
         if name == "flow":
+            recipe.seconds = fit_seconds()
             head.fit(
                 train_features,
                 labels,
@@ -424,7 +424,11 @@ def train_flow(
                 keep = train_fold != fold
                 fold_head = make_head(name, dim, **(settings if name == "flow" else {}))
                 fold_labels = None if labels is None else labels[keep]
-                extra = {"recipe": replace(recipe, history=[])} if name == "flow" else {}
+                extra = (
+                    {"recipe": replace(recipe, history=[], seconds=fit_seconds())}
+                    if name == "flow"
+                    else {}
+                )
                 fold_head.fit(train_features.subset(keep), fold_labels, linear, **extra)
                 held = reference_fold == fold
                 confidences[held.numpy()] = fold_head.confidence(
@@ -449,7 +453,7 @@ def train_flow(
             tensors[f"heads.{name}.{key}"] = value.detach().cpu().float().contiguous()
     for key, value in backbone_state.items():
         tensors[f"backbone.{key}"] = value
-    seconds = time.perf_counter() - started
+    seconds = run.budget.elapsed()
     card = {
         "name": config.name,
         "detector": "feature-ood",
@@ -482,6 +486,8 @@ def train_flow(
             "windows": len(train_features),
             "reference_views_scored": int(len(np.unique(reference_groups.numpy()))),
             "flow_history": recipe.history,
+            **({"budget_s": config.budget_s} if config.budget_s else {}),
+            "epochs_done": len(recipe.history),
             "recipe": {
                 k: v for k, v in config.to_dict().items() if k not in ("out", "name", "description")
             },
@@ -491,18 +497,47 @@ def train_flow(
             "seconds": round(seconds, 1),
         },
     }
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=1) + "\n")
+    if run.is_main:
+        run.write_config()
+        (out / "flow_log.csv").unlink(missing_ok=True)  # this fit's epochs, not a mix
         for row in recipe.history:
             write_row(out / "flow_log.csv", row, ("epoch", "nll", "val_auroc"))
         save_checkpoint(tensors, out / "best", card)
     barrier(world)
-    finish_distributed(world)
-    best = heads_card.get("flow", {}).get("validation_auroc")
+    run.finish()
+    return flow_result(out / "best", card, config)
+
+
+def flow_result(best: Path, card: dict, config: FlowTrainConfig) -> TrainResult:
+    validation = card["heads"].get("flow", {}).get("validation_auroc")
+    training = card["training"]
     return TrainResult(
-        out / "best", best, "flow AUROC (reference vs val_ood)", config.epochs, seconds
+        best,
+        validation,
+        "flow AUROC (reference vs val_ood)",
+        int(training.get("epochs_done", config.epochs)),
+        float(training.get("seconds", 0.0)),
+        scheduled_steps=config.epochs,
+        budget_s=config.budget_s,
     )
+
+
+def fitted_before(run) -> TrainResult | None:
+    """The result of an earlier run of this recipe into the same folder that fitted every
+    epoch (nothing is left to do), else None; a finished run of another recipe is refused
+    by name. A run its budget stopped short is fitted again, on the budget given now."""
+    from napari_medood.training.spine import check_resumable
+
+    config, out = run.config, run.out
+    card_path = out / "best" / "card.json"
+    if not card_path.is_file():
+        return None
+    check_resumable(out, config)
+    card = json.loads(card_path.read_text())
+    if int(card["training"].get("epochs_done", config.epochs)) < config.epochs:
+        return None
+    run.finish()
+    return flow_result(out / "best", card, config)
 
 
 TRAINER = Trainer(

@@ -160,7 +160,7 @@ def mine_for_run(
     ``ood_supervision``: the baseline (``ood_baseline``, else ``init``) reads
     ``ood_candidates`` candidates of ``draw``; ``positives_of(n)`` says how many of ``n``
     training patches hold foreground, for the ratio rule (``ood_supervision: auto``)."""
-    from napari_medood.training._loop import from_first_process, rank_of
+    from napari_medood.distributed import from_first_process, rank_of
 
     baseline = open_baseline(config.ood_baseline or config.init, family, space_card)
     count, seed = int(config.ood_candidates), int(config.seed)

@@ -23,6 +23,11 @@ class TrainResult:
     metric: str
     last_step: int
     seconds: float
+    #: the steps the schedule ran over (fewer than asked where a budget stopped the run)
+    scheduled_steps: int | None = None
+    budget_s: float = 0.0
+    #: the learning rate of the last optimiser step (annealed at the end of a schedule)
+    final_lr: float | None = None
 
 
 @dataclass(frozen=True)

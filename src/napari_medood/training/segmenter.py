@@ -11,19 +11,26 @@ anomaly-free patches:
 
 Those where the baseline still predicts lesion are kept and mixed into training with an
 all-background target, at a share set by hand or by the reference's ratio rule. The step
-loop, checkpoints, resume, logs and DDP are the U-Net's (``training._loop``).
+loop, checkpoints, resume, budget, logs and DDP are the training spine's
+(``training.spine``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback
 from napari_medood.errors import MedoodError, look_up_option
+from napari_medood.training.config import (
+    OodSupervisionSettings,
+    StepRunSettings,
+    check_ood_supervision,
+    check_run_settings,
+)
+from napari_medood.training.data import model_space
 from napari_medood.training.registry import Trainer, TrainResult
 
 FAMILY = "seg3d"
@@ -33,7 +40,7 @@ REMOVALS = ("black", "inpaint", "both")
 
 
 @dataclass
-class SegTrainConfig:
+class SegTrainConfig(StepRunSettings, OodSupervisionSettings):
     """How to train the lesion segmenter.
 
     Data: train: scans with lesion masks (a CSV with Path, Mask and Label columns, or BIDS
@@ -50,12 +57,12 @@ class SegTrainConfig:
         patches from as well; ood_baseline: the segmenter that filters them (default
         ``init``); ood_candidates, ood_threshold, ood_min_voxels: how many candidates it
         reads, and when it "fires" (the reference: any voxel above 0.5).
-    Optimisation: steps, batch_size, lr, max_lr, weight_decay, amp, precision, as the U-Net.
+    Optimisation: max_lr, weight_decay, as the U-Net; the run's settings (steps, batch_size,
+        precision, budget_s...) are the spine's (``training.config.StepRunSettings``).
     """
 
     name: str = "lesion-seg"
     description: str = "supervised 3D lesion segmenter (MONAI U-Net)"
-    train: str = ""
     masks: str | None = None
     val: str | None = None
     out: str = "runs/seg"
@@ -67,35 +74,18 @@ class SegTrainConfig:
     foreground_p: float = 0.33
     flip_p: float = 0.5
     intensity_jitter: float = 0.1
-    ood_supervision: float | str = 0.0
     ood_removal: str = "both"
     ood_healthy: str | None = None
     ood_healthy_masks: str | None = None
-    ood_baseline: str | None = None
-    ood_candidates: int = 64
-    ood_threshold: float = 0.5
-    ood_min_voxels: int = 1
     init: str | None = None
     steps: int = 1000
-    batch_size: int = 2
-    lr: float = 1e-4
     max_lr: float = 1e-3
     weight_decay: float = 1e-5
-    amp: bool = True
-    precision: str = "auto"
-    val_interval: int = 250
-    log_interval: int = 10
-    workers: int = 2
-    seed: int = 0
-    device: str = "auto"
-    tensorboard: bool = False
-    data_licence: str = ""
     modality: str = "MR"
     contrast: str = "T1w"
 
     def validate(self) -> SegTrainConfig:
         from napari_medood.models.segmenter import SEGMENTER_PRESETS
-        from napari_medood.training.config import check_ood_supervision, check_run_settings
 
         check_run_settings(self, "scans with lesion masks")
         check_ood_supervision(self)
@@ -119,9 +109,6 @@ class SegTrainConfig:
                 f"got {self.patch}"
             )
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class LesionPatches:
@@ -196,13 +183,6 @@ class LesionPatches:
         return torch.from_numpy(image)[None], torch.from_numpy(target)[None]
 
 
-def model_space_of(config: SegTrainConfig):
-    """The run's model space, made as the U-Net's is (``training.unet.model_space``)."""
-    from napari_medood.training.unet import model_space
-
-    return model_space(config)
-
-
 def model_card(config: SegTrainConfig, network, metrics: dict, training: dict, expects: dict):
     return {
         "name": config.name,
@@ -217,7 +197,7 @@ def model_card(config: SegTrainConfig, network, metrics: dict, training: dict, e
             "in_channels": 1,
             "out_channels": 1,
         },
-        "preprocessing": {**model_space_of(config).to_card(), "roi": list(config.patch)},
+        "preprocessing": {**model_space(config).to_card(), "roi": list(config.patch)},
         "inference": {"overlap": 0.5, "blend": "gaussian", "sample_score": "mean of top 100"},
         "expects": expects,
         "training": training,
@@ -304,35 +284,25 @@ def train_segmenter(
     cancelled: CancelledPredicate | None = None,
 ) -> TrainResult:
     """Train (or resume) the segmenter as ``config`` says."""
-    import torch
     from monai.losses import DiceCELoss
 
     from napari_medood.detectors.segmenter import SegmenterDetector
-    from napari_medood.execution import plan_execution
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.segmenter import SEGMENTER_PRESETS, LesionSegmenter
-    from napari_medood.training._loop import (
-        run_patch_training,
-        setup_distributed,
-        training_record,
-    )
     from napari_medood.training.data import expected_scans, prepare_scans
-    from napari_medood.training.unet import validate
+    from napari_medood.training.patch_maps import patch_map_plan
+    from napari_medood.training.spine import open_run, train_steps
 
-    config.validate()
-    rank, world, device = setup_distributed(config.device)
-    torch.manual_seed(config.seed)
-    execution = plan_execution(device, config.precision if config.amp else "float32")
+    run = open_run(config)
+    execution, world = run.execution, run.world
     network = LesionSegmenter(
         config.channels or SEGMENTER_PRESETS[config.preset], config.residual_units
     )
-    init = None
-    if config.init:
-        init = start_from(config.init, network)
+    init = start_from(config.init, network) if config.init else None
     model = execution.prepare(network, fold_batch_norm=False).train()
 
     train_cases = discover_cases(config.train, masks=config.masks)
-    space = model_space_of(config)
+    space = model_space(config)
     scans = prepare_scans(train_cases, space, lesions=True)
     expects = expected_scans(scans, space, config.modality, config.contrast)
     val_cases = discover_cases(config.val) if config.val else []
@@ -352,45 +322,25 @@ def train_segmenter(
         negatives,
         p_negative,
     )
-    training_info = training_record(
-        config,
-        execution,
-        train_cases,
-        val_cases,
-        world,
-        device,
-        lesion_ml=[
-            round(float(s.lesion.sum()) * float(np.prod(config.spacing)) / 1000, 3) for s in scans
-        ],
-        init=init,
-        ood_supervision=ood_record,
+    lesion_ml = [
+        round(float(s.lesion.sum()) * float(np.prod(config.spacing)) / 1000, 3) for s in scans
+    ]
+    training = run.record(
+        train_cases, val_cases, lesion_ml=lesion_ml, init=init, ood_supervision=ood_record
     )
     # batch Dice: a hard negative's empty target does not make its own Dice undefined
     dice_ce = DiceCELoss(sigmoid=True, batch=True)
 
-    def loss_of(outputs, targets):
-        return dice_ce(outputs.float(), targets)
-
     def card_of(metrics: dict, training: dict) -> dict:
         return model_card(config, network, metrics, training, expects)
 
-    def validate_module(module) -> dict:
-        card = card_of({}, training_info)
-        return validate(module, card, val_cases, device, execution.precision, SegmenterDetector)
+    def loss(outputs, targets):
+        return dice_ce(outputs.float(), targets)
 
-    return run_patch_training(
-        config,
-        model,
-        execution,
-        dataset,
-        loss_of,
-        card_of,
-        validate_module if val_cases else None,
-        training_info,
-        (rank, world, device),
-        progress,
-        cancelled,
+    plan = patch_map_plan(
+        run, model, dataset, loss, card_of, training, val_cases, SegmenterDetector
     )
+    return train_steps(run, plan, progress, cancelled)
 
 
 def start_from(name: str, network) -> dict:

@@ -1,33 +1,135 @@
-"""Train the self-supervised 3D U-Net: on one CPU, one GPU, or many under ``torchrun`` (DDP).
+"""Train the self-supervised 3D U-Net (``medood-train unet``): the mood22 recipe on synthetic
+anomalies, through the training spine (``training.spine``: processes, resume, budget, logs,
+checkpoints).
 
-Every ``val_interval`` steps the first process scores the model on the labelled validation set
-(pixel AP, MOOD semantics, brain voxels) and keeps the best weights as a checkpoint
-(``OUT/best``: safetensors + card). ``OUT/last`` holds the latest weights plus the optimiser,
-scheduler and scaler state (``state.pt``, plain tensors, read back with
-``torch.load(weights_only=True)``): a run started again with the same ``out`` resumes there.
-Logs: ``OUT/train_log.csv``, ``OUT/val_log.csv`` (and TensorBoard if asked for).
+What the family brings: its configuration, the network (``init`` starts from another
+checkpoint), the patches with synthetic anomalies (with ``contrast_randomisation``, drawn
+from the scans' parcellations in random contrasts; with ``ood_supervision``, clean patches
+on which a baseline fires, target all zero), the deep-supervision loss, validation by pixel
+AP on a labelled set (``training.patch_maps``) and the card.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from napari_medood._progress import CancelledPredicate, ProgressCallback
 from napari_medood.errors import MedoodError
-from napari_medood.execution import plan_execution
 from napari_medood.preprocessing.model_space import ModelSpace
-from napari_medood.training._loop import (
-    run_patch_training,
-    setup_distributed,
-    training_record,
+from napari_medood.training.config import (
+    CONTRAST_GROUPS,
+    OodSupervisionSettings,
+    StepRunSettings,
+    check_ood_supervision,
+    check_run_settings,
 )
-from napari_medood.training.config import UNetTrainConfig
+from napari_medood.training.data import model_space
 from napari_medood.training.registry import Trainer, TrainResult
 
 FAMILY = "unet3d"
 
 
-def model_space(config: UNetTrainConfig) -> ModelSpace:
-    """The model space of a run: what training applies and the card describes."""
-    return ModelSpace(spacing=tuple(float(s) for s in config.spacing))
+@dataclass
+class UNetTrainConfig(StepRunSettings, OodSupervisionSettings):
+    """How to train the self-supervised 3D U-Net (mood22 recipe, methods.md R5, R8-R10).
+
+    Data and preprocessing:
+        train: normal scans (folder, CSV or BIDS); masks: their brain masks (folder or CSV/
+            BIDS column); val: a labelled validation set (MOOD layout, e.g. from medood-synth)
+            scored by pixel AP every ``val_interval`` steps to keep the best checkpoint.
+        spacing: model voxel size (mm); patch: training patch and inference window (voxels).
+        modality, contrast: what the training scans are (``MR``, ``T1w``); written into the
+            card so that scans of another kind are flagged before their map is read.
+    Anomalies:
+        p_anomaly: share of patches that get one; fpi_fraction: share of those that are FPI-style
+        outliers (noise, deformation, shift, reflection) rather than foreign patches;
+        fp_size: foreign-patch box (voxels); shape_weights: odds of the foreign-patch shapes.
+    Contrast randomisation (SynthSeg-style, ``synth.contrast``):
+        contrast_randomisation: share of samples drawn from the scans' parcellations (their
+            ``masks`` must be parcellations) in a random contrast, with lesion-like blobs, so
+            that one model serves T1, T2 and FLAIR; 0 trains on the real scans only.
+        contrast_groups: ``dlmuse`` (DLMUSE labels grouped into structures) or ``labels``
+            (every label its own structure).
+    Resolution augmentation: resolution_augmentation, the share of samples whose whole
+        patch is first smoothed by a Gaussian of ``resolution_blur`` voxels (min, max; drawn
+        per axis, so thick slices too) before anomalies go in, so that a smoother scan (one
+        resampled, registered or acquired at lower resolution) is not abnormal as a whole.
+    OoD supervision (Med-OoD hard negatives, ``training.hard_negatives``):
+        ood_supervision: share of the samples that are hard negatives (clean healthy patches,
+            target all zero), or ``auto`` for the reference's ratio rule; 0 mines nothing.
+        ood_baseline: the checkpoint that mines them (default: ``init``), of this model space.
+        ood_candidates: clean patches it reads; ood_threshold, ood_min_voxels: it "fires" on
+            a patch with at least that many brain voxels above that probability;
+        ood_blur: share of the candidates smoothed by ``resolution_blur`` first.
+    init: a unet3d checkpoint (name or folder) of the same architecture to start from
+        (fine-tuning; a resumed run continues from its own last weights instead).
+    Optimisation (mood22: AdamW, wd 1e-5, one-cycle to max_lr 1e-3, AMP on CUDA):
+        max_lr, weight_decay; the run's settings (steps, batch_size, precision, budget_s...)
+        are the spine's (``training.config.StepRunSettings``).
+    """
+
+    name: str = "unet"
+    description: str = "self-supervised 3D U-Net (synthetic anomalies)"
+    masks: str | None = None
+    val: str | None = None
+    out: str = "runs/unet"
+    spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])
+    patch: list[int] = field(default_factory=lambda: [96, 96, 96])
+    preset: str = "small"
+    features: list[int] | None = None
+    p_anomaly: float = 0.9
+    fpi_fraction: float = 0.3
+    fp_size: int = 64
+    shape_weights: dict[str, float] = field(
+        default_factory=lambda: {"cuboid": 1.0, "sphere": 1.0, "brush": 1.0, "lesion": 2.0}
+    )
+    flip_p: float = 0.5
+    resolution_augmentation: float = 0.0
+    resolution_blur: list[float] = field(default_factory=lambda: [0.3, 1.2])
+    contrast_randomisation: float = 0.0
+    contrast_groups: str = "dlmuse"
+    ood_blur: float = 0.0
+    init: str | None = None
+    max_lr: float = 1e-3
+    weight_decay: float = 1e-5
+    modality: str = "MR"
+    contrast: str = "T1w"
+
+    def validate(self) -> UNetTrainConfig:
+        check_run_settings(self, "normal scans")
+        if not 0 <= self.p_anomaly <= 1 or not 0 <= self.fpi_fraction <= 1:
+            raise MedoodError("p_anomaly and fpi_fraction must be within [0, 1]")
+        if not 0 <= self.contrast_randomisation <= 1:
+            raise MedoodError("contrast_randomisation must be within [0, 1]")
+        if not 0 <= self.resolution_augmentation <= 1:
+            raise MedoodError("resolution_augmentation must be within [0, 1]")
+        if (
+            len(self.resolution_blur) != 2
+            or not 0 <= self.resolution_blur[0] <= (self.resolution_blur[1])
+        ):
+            raise MedoodError(
+                f"resolution_blur is [min, max] Gaussian sigma in voxels, got {self.resolution_blur}"
+            )
+        if self.contrast_groups not in CONTRAST_GROUPS:
+            raise MedoodError(
+                f"unknown contrast_groups {self.contrast_groups!r}; valid: "
+                f"{', '.join(CONTRAST_GROUPS)}"
+            )
+        check_ood_supervision(self)
+        if len(self.spacing) != 3 or len(self.patch) != 3:
+            raise MedoodError("spacing and patch need three values")
+        from napari_medood.models.unet import PRESETS
+
+        features = self.features or PRESETS.get(self.preset)
+        if features is None:
+            raise MedoodError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        divisor = 2 ** (len(features) - 1)
+        if any(p % divisor for p in self.patch):
+            raise MedoodError(
+                f"patch sides must be multiples of {divisor} for {len(features)} "
+                f"stages, got {self.patch}"
+            )
+        return self
 
 
 def start_from(config: UNetTrainConfig, network) -> dict:
@@ -110,43 +212,12 @@ def model_card(
     }
 
 
-def validate(
-    model, card: dict, cases, device: str, precision: str = "auto", detector_class=None
-) -> dict:
-    """Pixel AP (MOOD, all brain voxels pooled) and sample AUROC of ``model`` on ``cases``,
-    predicted and scored exactly as ``medood-eval`` does (by ``detector_class``, a map
-    detector with ``from_models``; default the U-Net's)."""
-    from napari_medood.detectors.unet import UNetDetector
-    from napari_medood.evaluation import DetectorPredictions, EvalOptions, evaluate
-
-    was_training = model.training
-    model.eval()
-    detector = (detector_class or UNetDetector).from_models(
-        [model], [card], device=device, precision=precision
-    )
-    result = evaluate(
-        cases, DetectorPredictions(detector), options=EvalOptions(bootstrap=0, fprs=())
-    )
-    if was_training:
-        model.train()
-    failed = result.settings["failed"]
-    if failed:
-        raise MedoodError(f"validation failed on {failed[0]['case']}: {failed[0]['error']}")
-    return {
-        "pixel_ap": result.pixel.get("ap"),
-        "pixel_auroc": result.pixel.get("auroc"),
-        "sample_auroc": result.sample.get("auroc"),
-        "cases": len(cases),
-    }
-
-
 def train_unet(
     config: UNetTrainConfig,
     progress: ProgressCallback | None = None,
     cancelled: CancelledPredicate | None = None,
 ) -> TrainResult:
     """Train (or resume) as ``config`` says; returns where the best checkpoint is."""
-    import torch
 
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.unet import PRESETS, UNet3DDeepSup, deep_supervision_loss
@@ -157,15 +228,13 @@ def train_unet(
         expected_scans,
         prepare_scans,
     )
+    from napari_medood.training.patch_maps import patch_map_plan
+    from napari_medood.training.spine import open_run, train_steps
 
-    config.validate()
-    rank, world, device = setup_distributed(config.device)
-    torch.manual_seed(config.seed)
-
+    run = open_run(config)
+    execution, world = run.execution, run.world
     features = tuple(config.features or PRESETS[config.preset])
-    # precision and memory format as inference runs them: bfloat16 autocast where the CPU
-    # computes it, float16 with a gradient scaler on CUDA; the weights stay float32
-    execution = plan_execution(device, config.precision if config.amp else "float32")
+    # precision and memory format as inference runs them; the weights stay float32
     network = UNet3DDeepSup(1, 1, features)
     init = start_from(config, network) if config.init else None
     model = execution.prepare(network, fold_batch_norm=False).train()
@@ -183,11 +252,10 @@ def train_unet(
         negatives, p_negative, ood_record = hard_negative_mix(
             config, scans, space, execution, world, progress, cancelled
         )
-    length = config.steps * config.batch_size * world
     dataset = SyntheticAnomalyPatches(
         scans,
         config.patch,
-        length,
+        config.steps * config.batch_size * world,
         config.seed,
         config.p_anomaly,
         config.fpi_fraction,
@@ -203,37 +271,13 @@ def train_unet(
         negatives,
         p_negative,
     )
-    training_info = training_record(
-        config,
-        execution,
-        train_cases,
-        val_cases,
-        world,
-        device,
-        init=init,
-        ood_supervision=ood_record,
-    )
+    training = run.record(train_cases, val_cases, init=init, ood_supervision=ood_record)
 
     def card_of(metrics: dict, training: dict) -> dict:
         return model_card(config, features, metrics, training, expects=expects)
 
-    def validate_module(module) -> dict:
-        card = card_of({}, training_info)
-        return validate(module, card, val_cases, device, execution.precision)
-
-    return run_patch_training(
-        config,
-        model,
-        execution,
-        dataset,
-        deep_supervision_loss,
-        card_of,
-        validate_module if val_cases else None,
-        training_info,
-        (rank, world, device),
-        progress,
-        cancelled,
-    )
+    plan = patch_map_plan(run, model, dataset, deep_supervision_loss, card_of, training, val_cases)
+    return train_steps(run, plan, progress, cancelled)
 
 
 TRAINER = Trainer(

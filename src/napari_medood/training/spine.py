@@ -1,0 +1,556 @@
+"""The training spine: what every family's training shares, written once.
+
+A family brings its network, its data, the loss of one step, its validation and its card
+(:class:`StepPlan`); the spine brings the rest:
+
+- the run: processes under torchrun (DDP), the device and precision, the seed, the run folder
+  and its ``config.json`` (:func:`open_run`);
+- resuming from ``OUT/last`` with the same recipe, and refusing a changed one by name
+  (:meth:`Run.resume_state`); a resumed run with hard negatives must mine with the same
+  baseline;
+- the step loop (:func:`train_steps`): the optimiser step with a gradient scaler where float16
+  needs one, the learning-rate schedule, CSV logs (TensorBoard if asked), validation every
+  ``val_interval`` steps keeping ``OUT/best`` by the family's metric, ``OUT/last`` with the
+  optimiser state, cancel and Ctrl-C keeping what was done;
+- the time budget (``budget_s``): the run stops once that many seconds have passed (every
+  session of it, preparation included), and the schedule is fitted to the steps the budget
+  allows, measured after a warm-up, so that a budgeted run ends annealed rather than cut off
+  in the middle of its schedule.
+
+Families without steps (the flow) use the run and the budget only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from napari_medood._progress import (
+    Cancelled,
+    CancelledPredicate,
+    ProgressCallback,
+    check_cancelled,
+    report,
+)
+from napari_medood.errors import MedoodError
+
+#: what may change when a run resumes: where its data and logs are and how it runs; anything
+#: else would mix two recipes in one model
+RESUMABLE_CHANGES = (
+    "train",
+    "masks",
+    "val",
+    "val_masks",
+    "out",
+    "name",
+    "description",
+    "device",
+    "workers",
+    "log_interval",
+    "val_interval",
+    "data_licence",
+    "precision",
+    "amp",
+    "tensorboard",
+    "budget_s",
+)
+#: configuration keys that say where data and outputs are, left out of the card's recipe
+NOT_RECIPE = ("train", "masks", "val", "val_masks", "out", "name", "description")
+TRAIN_LOG_FIELDS = ("step", "loss", "lr", "seconds", "samples_per_second")
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+@dataclass
+class Budget:
+    """Seconds a run may take in all its sessions (0: no limit), and how many it has had."""
+
+    seconds: float = 0.0
+    before: float = 0.0  # in earlier sessions
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def limited(self) -> bool:
+        return self.seconds > 0
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed() if self.limited else math.inf
+
+    def spent(self) -> bool:
+        return self.limited and self.left() <= 0
+
+
+@dataclass
+class Run:
+    """One training run: where it writes, which process this is, on what device."""
+
+    config: Any
+    rank: int
+    world: int
+    device: str
+    execution: Any
+    budget: Budget
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def last_dir(self) -> Path:
+        return self.out / "last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out / "best"
+
+    def resume_state(self) -> dict | None:
+        """The state ``OUT/last`` left (``state.pt``: plain tensors and numbers, read with
+        ``weights_only=True``), after checking the recipe is the one it was started with;
+        None for a new run. Its seconds count towards the budget."""
+        import torch
+
+        path = self.last_dir / "state.pt"
+        if not path.exists():
+            return None
+        check_resumable(self.out, self.config)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.budget.before = float(state.get("seconds", 0.0))
+        return state
+
+    def write_config(self) -> None:
+        """``OUT/config.json``: the recipe a later session must resume with."""
+        if self.is_main:
+            from napari_medood.io.atomic import write_text_atomic
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(self.config.to_dict(), indent=1) + "\n"
+            write_text_atomic(self.out / "config.json", text)
+
+    def record(self, train_cases=None, val_cases=None, **entries) -> dict:
+        """The card's ``training`` entry every family shares: precision, data and
+        validation names, licence, the recipe (the configuration less where its data and
+        outputs are), the budget, the processes and device; ``entries`` add the family's."""
+        import torch
+
+        config = self.config
+        names = (lambda cases: [c.name for c in cases]) if train_cases is not None else None
+        return {
+            "precision": self.execution.precision,
+            **({"data": names(train_cases)} if names else {}),
+            "data_licence": config.data_licence,
+            **({"validation": names(val_cases or [])} if names else {}),
+            "recipe": {k: v for k, v in config.to_dict().items() if k not in NOT_RECIPE},
+            **entries,
+            **({"budget_s": config.budget_s} if config.budget_s else {}),
+            "processes": self.world,
+            "device": device_description(self.device),
+            "torch": torch.__version__,
+        }
+
+    def finish(self) -> None:
+        from napari_medood.distributed import finish_processes
+
+        finish_processes(self.world)
+
+
+def open_run(config, precision: str | None = None, seed_torch: bool = True) -> Run:
+    """Start the run ``config`` describes: validated, refused at once where ``OUT`` holds a
+    run of another recipe, processes opened under torchrun (each with the GPU of its local
+    rank), torch seeded with ``config.seed``, the execution plan (``precision``, else the
+    configuration's; float32 where ``amp`` is off)."""
+    import torch
+
+    from napari_medood.device import choose_device
+    from napari_medood.distributed import open_processes
+    from napari_medood.execution import plan_execution
+
+    budget = Budget(float(getattr(config, "budget_s", 0.0) or 0.0))
+    config.validate()
+    if (Path(config.out) / "last" / "state.pt").exists():
+        check_resumable(Path(config.out), config)
+    rank, world, device = open_processes(choose_device(config.device))
+    if seed_torch:
+        torch.manual_seed(config.seed)
+    if precision is None:
+        precision = config.precision if getattr(config, "amp", True) else "float32"
+    return Run(config, rank, world, device, plan_execution(device, precision), budget)
+
+
+def check_resumable(out: Path, config) -> None:
+    """Refuse to resume a run in ``out`` with another recipe, naming what differs."""
+    path = out / "config.json"
+    if not path.is_file():
+        raise MedoodError(f"{out}: has a saved state but no config.json; train into another folder")
+    previous = json.loads(path.read_text())
+    current = config.to_dict()
+    changed = [
+        f"{key}={previous.get(key)!r} (now {current[key]!r})"
+        for key in current
+        if key not in RESUMABLE_CHANGES and key in previous and previous[key] != current[key]
+    ]
+    if changed:
+        raise MedoodError(
+            f"{out}: this run was started with {', '.join(changed)}; resume with the same "
+            "recipe, or train into another folder"
+        )
+
+
+def device_description(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def write_row(path: Path, row: dict, fields: tuple[str, ...]) -> None:
+    """Append ``row`` to the CSV log at ``path`` (header first when the file is new)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+# -- the learning-rate schedule -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate (and Adam's beta1) at a step of a run of ``total`` steps:
+
+    - ``one-cycle``: torch's ``OneCycleLR`` with its defaults (cosine, 30 % warm-up from
+      ``peak / 25`` to ``peak``, down to ``peak / 25 / 1e4``; beta1 cycling 0.95 -> 0.85 ->
+      0.95), the mood22 recipe;
+    - ``polynomial``: ``base * (1 - step / total) ** power``, MedOODFlow's classifier;
+    - ``constant``: ``base``, MHD's diffusion model.
+
+    A function of the step and the total rather than a torch scheduler, so that a budget
+    can refit the total halfway and a resumed run needs no scheduler state."""
+
+    kind: str
+    base: float
+    peak: float = 0.0
+    power: float = 0.9
+
+    def at(self, step: int, total: int) -> tuple[float, float | None]:
+        """``(lr, beta1 or None)`` after ``step`` optimiser steps of ``total``."""
+        if self.kind == "constant":
+            return self.base, None
+        if self.kind == "polynomial":
+            return self.base * (1.0 - min(step, total) / total) ** self.power, None
+        if self.kind != "one-cycle":
+            raise ValueError(f"unknown schedule {self.kind!r}")
+        initial = self.peak / 25.0
+        phases = (
+            (float(0.3 * total) - 1, initial, self.peak, 0.95, 0.85),
+            (total - 1, self.peak, initial / 1e4, 0.85, 0.95),
+        )
+        start = 0.0
+        for index, (end, lr_from, lr_to, beta_from, beta_to) in enumerate(phases):
+            if step <= end or index == len(phases) - 1:
+                pct = (step - start) / (end - start)
+                return _cosine(lr_from, lr_to, pct), _cosine(beta_from, beta_to, pct)
+            start = end
+        raise AssertionError("unreachable")
+
+    def apply(self, optimiser, step: int, total: int) -> float:
+        lr, beta1 = self.at(step, total)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+            if beta1 is not None and "betas" in group:
+                group["betas"] = (beta1, *group["betas"][1:])
+        return lr
+
+
+def _cosine(start: float, end: float, pct: float) -> float:
+    # the order of operations of torch's OneCycleLR, so that both give the same floats
+    cos_out = math.cos(math.pi * pct) + 1
+    return end + (start - end) / 2.0 * cos_out
+
+
+# -- the step loop --------------------------------------------------------------------
+
+
+@dataclass
+class StepPlan:
+    """What a family brings to :func:`train_steps`.
+
+    network: the module to train, on the run's device (wrapped for DDP by the spine).
+    dataset: a map-style dataset, item ``i`` the same in every run, at least ``steps *
+        batch_size * world`` long; the spine gives each process its share from the step a
+        run resumes at.
+    step_loss(model, batch, step): the loss of one batch (forward under the run's
+        autocast, in float32 after it).
+    optimiser(parameters): the family's optimiser; schedule: its learning rate.
+    card(metrics, training): the checkpoint card; training: the card's ``training`` entry.
+    validate(module) -> metrics, or None; metric: the key of ``metrics`` that picks the
+        best checkpoint, ``higher`` or lower is better; metric_label for people.
+    skip_nonfinite: skip an optimiser step whose gradients are not finite (what a float16
+        scaler does; for a family that runs float32 on CPUs that overflow otherwise)."""
+
+    network: Any
+    dataset: Any
+    step_loss: Callable
+    optimiser: Callable
+    schedule: Schedule
+    card: Callable[[dict, dict], dict]
+    training: dict
+    validate: Callable | None = None
+    metric: str = "pixel_ap"
+    higher: bool = True
+    metric_label: str = "pixel AP"
+    skip_nonfinite: bool = False
+
+
+def training_loader(dataset, config, rank: int, world: int, start_step: int, device: str):
+    """This process's share of ``dataset`` from the step it starts at (a resumed run goes
+    on where it stopped), ``config.batch_size`` per step, ``config.workers`` workers."""
+    from torch.utils.data import DataLoader
+
+    from napari_medood.training.data import OffsetSampler
+
+    sampler = OffsetSampler(len(dataset), rank, world, start_step * config.batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=device.startswith("cuda"),
+        drop_last=True,
+    )
+
+
+class StepBudget:
+    """How many steps the run will take: ``config.steps``, or fewer where the budget says
+    so. The first two steps carry start-up costs (loader workers, kernels chosen), so the
+    time per step is measured from the end of the second; the total is fitted to what the
+    budget has left after three more, then again after 6, 12, 24... (each fit on a longer
+    measure, so the schedule moves less each time), at every validation (whose time the
+    measure then includes) and once the budget is spent. Under torchrun the first process
+    measures and tells the others at steps every process knows, so that all stop at the
+    same step."""
+
+    def __init__(self, budget: Budget, config, world: int, start_step: int):
+        self.budget, self.steps, self.world = budget, int(config.steps), world
+        self.log_interval = int(config.log_interval)
+        self.total = self.steps
+        if budget.limited and start_step:  # resumed: at the pace of the earlier sessions
+            per_step = budget.before / start_step
+            self.total = min(self.steps, start_step + int(max(budget.left(), 0.0) / per_step))
+        self.origin = start_step + 2  # measured from the end of this run's second step
+        self.measured_from: float | None = None
+        self.next_fit = 3
+
+    def after(self, step: int, validating: bool) -> None:
+        """Called after every optimiser step."""
+        if not self.budget.limited:
+            return
+        if step == self.origin:
+            self.measured_from = time.perf_counter()
+        if self.measured_from is None or step <= self.origin:
+            return
+        measured = step - self.origin
+        due = measured >= self.next_fit or validating
+        if self.world > 1:
+            due = due or step % self.log_interval == 0
+        elif not due:
+            due = self.budget.spent()
+        if not due:
+            return
+        if measured >= self.next_fit:
+            self.next_fit *= 2
+        from napari_medood.distributed import from_first_process
+
+        def fitted() -> int:
+            per_step = (time.perf_counter() - self.measured_from) / measured
+            affordable = step + int(max(self.budget.left(), 0.0) / per_step)
+            return max(step, min(self.steps, affordable))
+
+        self.total = from_first_process(self.world, fitted)
+
+
+def train_steps(
+    run: Run,
+    plan: StepPlan,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelledPredicate | None = None,
+):
+    """Train ``plan`` for ``run.config.steps`` steps, or as many as ``budget_s`` allows with
+    the schedule fitted to them; resume from ``OUT/last`` where a run left one. Every
+    ``val_interval`` steps the first process validates, keeps the best weights as
+    ``OUT/best`` and the latest with the optimiser state as ``OUT/last``; without a
+    validation the final weights are the best."""
+    import torch
+
+    from napari_medood.distributed import barrier, distributed_model
+    from napari_medood.models.checkpoint import save_checkpoint
+    from napari_medood.training.registry import TrainResult
+
+    config, execution, device = run.config, run.execution, run.device
+    model = plan.network
+    optimiser = plan.optimiser(model.parameters())
+    scaler = torch.amp.GradScaler("cuda", enabled=execution.precision == "float16")
+    start_step, best = 0, None
+    state = run.resume_state()
+    if state is not None:
+        from safetensors.torch import load_file
+
+        from napari_medood.training.hard_negatives import check_same_baseline
+
+        check_same_baseline(
+            run.last_dir / "card.json", plan.training.get("ood_supervision"), run.out
+        )
+        model.load_state_dict(load_file(str(run.last_dir / "model.safetensors"), device="cpu"))
+        model.to(device)
+        optimiser.load_state_dict(state["optimiser"])
+        scaler.load_state_dict(state["scaler"])
+        start_step = int(state["step"])
+        if "best" in state:
+            best = float(state["best"]) if math.isfinite(float(state["best"])) else None
+        else:  # a state written before the spine: -1 stood for none
+            older = float(state.get("best_ap", state.get("best_loss", -1.0)))
+            best = None if older < 0 else older
+    run.write_config()
+    steps = StepBudget(run.budget, config, run.world, start_step)
+    plan.schedule.apply(optimiser, start_step, steps.total)
+    model = distributed_model(model, device, run.world)
+    module = getattr(model, "module", model)
+    loader = training_loader(plan.dataset, config, run.rank, run.world, start_step, device)
+    writer = _tensorboard(run) if getattr(config, "tensorboard", False) else None
+
+    def save_last(step: int) -> None:
+        save_checkpoint(module, run.last_dir, plan.card({}, {**plan.training, **done(step)}))
+        temp = run.last_dir / "state.pt.part"
+        torch.save(
+            {
+                "optimiser": optimiser.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "best": -math.inf if best is None else best,
+                "seconds": run.budget.elapsed(),
+                "total": steps.total,
+            },
+            temp,
+        )
+        os.replace(temp, run.last_dir / "state.pt")
+
+    def done(step: int) -> dict:
+        entry = {"steps_done": step, "seconds": round(run.budget.elapsed(), 1)}
+        if run.budget.limited:
+            entry["scheduled_steps"] = steps.total
+        return entry
+
+    def better(value: float) -> bool:
+        return best is None or (value > best if plan.higher else value < best)
+
+    model.train()
+    step = start_step
+    window_start, window_samples = time.perf_counter(), 0
+    try:
+        for batch in loader:
+            if step >= steps.total:
+                break
+            check_cancelled(cancelled)
+            optimiser.zero_grad(set_to_none=True)
+            loss = plan.step_loss(model, batch, step)
+            scaler.scale(loss).backward()
+            if not plan.skip_nonfinite or all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
+            ):
+                scaler.step(optimiser)
+                scaler.update()
+            lr = optimiser.param_groups[0]["lr"]  # the one this step used
+            step += 1
+            validating = step % config.val_interval == 0
+            steps.after(step, validating)
+            plan.schedule.apply(optimiser, step, steps.total)
+            finished = step >= steps.total
+            window_samples += config.batch_size * run.world
+            if run.is_main and (step % config.log_interval == 0 or finished):
+                now = time.perf_counter()
+                row = {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "lr": lr,
+                    "seconds": round(run.budget.elapsed(), 2),
+                    "samples_per_second": round(window_samples / max(now - window_start, 1e-9), 3),
+                }
+                write_row(run.out / "train_log.csv", row, TRAIN_LOG_FIELDS)
+                if writer is not None:
+                    writer.add_scalar("loss", row["loss"], step)
+                window_start, window_samples = now, 0
+            report(progress, step, steps.total, f"loss {float(loss.detach()):.4f}")
+            if validating or finished:
+                if run.is_main:
+                    if plan.validate is not None:
+                        was_training = module.training
+                        module.eval()
+                        metrics = plan.validate(module)
+                        module.train(was_training)
+                        write_row(
+                            run.out / "val_log.csv", {"step": step, **metrics}, ("step", *metrics)
+                        )
+                        value = metrics[plan.metric]
+                        value = 0.0 if value is None else float(value)
+                        if better(value):
+                            best = value
+                            save_checkpoint(
+                                module,
+                                run.best_dir,
+                                plan.card(
+                                    {"validation": {**metrics, "step": step}},
+                                    {**plan.training, **done(step)},
+                                ),
+                            )
+                    save_last(step)
+                barrier(run.world)
+    except (KeyboardInterrupt, Cancelled):  # keep what was done: the same command resumes
+        if run.is_main:
+            save_last(step)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    if run.is_main and plan.validate is None:
+        save_checkpoint(module, run.best_dir, plan.card({}, {**plan.training, **done(step)}))
+    run.finish()
+    best_dir = run.best_dir if run.best_dir.exists() else None
+    return TrainResult(
+        best_dir,
+        best,
+        plan.metric_label,
+        step,
+        run.budget.elapsed(),
+        scheduled_steps=steps.total,
+        budget_s=float(config.budget_s or 0.0),
+        final_lr=plan.schedule.at(max(step - 1, 0), steps.total)[0] if step else None,
+    )
+
+
+def _tensorboard(run: Run):
+    if not run.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run.out / "tensorboard"))

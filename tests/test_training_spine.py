@@ -1,0 +1,240 @@
+"""The training spine: every family's trainer under a time budget (stops on time with its
+schedule finished, resumes, refuses a changed recipe), the schedule against torch's, the
+shipped recipes' first steps against those recorded before the spine, DDP once for all."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import shared
+from napari_medood.errors import MedoodError
+
+pytestmark = pytest.mark.slow
+
+sys.path.insert(0, str(Path(__file__).parent))
+MS_T1 = "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
+MS_LABEL = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
+#: seconds each budgeted run is given, and what it may overrun by (its last steps, the save)
+BUDGET, SLACK = 15.0, 12.0
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two IXI scans with their DLMUSE parcellations, one MS patient with its lesion mask."""
+    root = tmp_path_factory.mktemp("spine")
+    (root / "ixi").mkdir()
+    for scan in sorted(shared("ixi-t1-2mm", "t1").glob("*.nii.gz"))[:2]:
+        shutil.copy(scan, root / "ixi" / scan.name)
+    patient = shared("open-ms-lesjak-mni", "patient07")
+    with open(root / "ms.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(
+            [["Name", "Path", "Label"], ["patient07", patient / MS_T1, patient / MS_LABEL]]
+        )
+    return root
+
+
+def family_settings(method: str, root: Path) -> list[str]:
+    """A small run of each family that is stopped by its budget, not by its steps."""
+    dlmuse = shared("ixi-t1-2mm", "dlmuse")
+    ixi = [f"train={root / 'ixi'}", f"masks={dlmuse}"]
+    steps = ["steps=100000", "workers=0", "log_interval=1", "device=cpu"]
+    return {
+        "unet": [
+            *ixi,
+            *steps,
+            "features=[4,8,16]",
+            "patch=[32,32,32]",
+            "spacing=[4,4,4]",
+            "fp_size=16",
+        ],
+        "seg": [
+            f"train={root / 'ms.csv'}",
+            *steps,
+            "preset=tiny",
+            "patch=[32,32,32]",
+            "spacing=[4,4,4]",
+        ],
+        "diffusion": [
+            *ixi,
+            *steps,
+            "spacing=[4,4,4]",
+            "slice_size=[48,48]",
+            "channels=[8,16]",
+            "attention_levels=[false,true]",
+            "num_head_channels=8",
+            "norm_num_groups=8",
+            "batch_size=4",
+        ],
+        "classifier": [
+            f"train={shared('medmnist-adrenalmnist3d', 'adrenalmnist3d.npz')}:val",
+            *steps,
+            "shape=[28,28,28]",
+            "widths=[4,8,8,8]",
+            "batch_size=4",
+        ],
+        "flow": [
+            *ixi,
+            "device=cpu",
+            "backbone=brain-t1-unet",
+            "spacing=[8,8,8]",
+            "views=2",
+            "reference_views=1",
+            "reference_folds=2",
+            "epochs=100000",
+            "batch_size=4",
+            "heads=[flow]",
+        ],
+        "toy": [*ixi, *steps],
+    }[method]
+
+
+def train(method: str, settings: list[str]):
+    from napari_medood.training.config import load_config
+    from napari_medood.training.registry import get_trainer
+
+    trainer = get_trainer(method)
+    return trainer.run(load_config(None, settings, trainer.config))
+
+
+@pytest.fixture
+def toy_registered():
+    import toy_family
+
+    toy_family.register()
+    yield
+    toy_family.unregister()
+
+
+@pytest.mark.parametrize("method", ["unet", "seg", "diffusion", "classifier", "flow", "toy"])
+def test_a_budgeted_run_stops_on_time_annealed_resumes_and_refuses_another_recipe(
+    method, data, tmp_path, toy_registered
+):
+    out = tmp_path / method
+    settings = [*family_settings(method, data), f"out={out}"]
+    first = train(method, [*settings, f"budget_s={BUDGET}"])
+    assert first.seconds <= BUDGET + SLACK, first
+    card = json.loads((first.best / "card.json").read_text())
+    assert card["training"]["budget_s"] == BUDGET
+    if method == "flow":
+        # the epochs fitted in the time the features left, the best of them kept
+        assert 1 <= first.last_step < 100000
+        assert card["training"]["epochs_done"] == first.last_step
+        assert len(card["training"]["flow_history"]) == first.last_step
+        with pytest.raises(MedoodError, match="views=2"):
+            train(method, [*settings, f"budget_s={BUDGET}", "views=3"])
+        # a fit that ran all its epochs is not done again
+        finished = [*family_settings(method, data), f"out={tmp_path / 'all'}", "epochs=3"]
+        done = train(method, finished)
+        written = (done.best / "model.safetensors").stat().st_mtime_ns
+        again = train(method, finished)
+        assert again.last_step == done.last_step == 3
+        assert (again.best / "model.safetensors").stat().st_mtime_ns == written
+        return
+    # stopped by the budget with its schedule at its end: the last step is the last of the
+    # schedule fitted to the budget, far fewer than asked for
+    assert 3 <= first.last_step == first.scheduled_steps < 100000
+    assert card["training"]["steps_done"] == first.last_step
+    assert card["training"]["scheduled_steps"] == first.last_step
+    from napari_medood.training.registry import get_trainer
+    from napari_medood.training.spine import Schedule
+
+    if method in ("unet", "seg"):  # one-cycle: annealed to peak / 25 / 1e4
+        peak = get_trainer(method).config().max_lr
+        assert first.final_lr == pytest.approx(peak / 25 / 1e4)
+    elif method in ("classifier", "toy"):  # polynomial: its last step's rate
+        config = get_trainer(method).config()
+        schedule = Schedule("polynomial", config.lr, power=getattr(config, "poly_power", 1.0))
+        assert first.final_lr == pytest.approx(schedule.at(first.last_step - 1, first.last_step)[0])
+
+    # the same command with more budget goes on from where the first stopped
+    second = train(method, [*settings, f"budget_s={BUDGET + 10}"])
+    assert second.last_step > first.last_step
+    with open(out / "train_log.csv", newline="") as handle:
+        logged = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert logged == list(range(1, second.last_step + 1))
+    assert second.seconds <= BUDGET + 10 + SLACK
+
+    # another recipe into the same folder is refused, by name, before any work
+    with pytest.raises(MedoodError, match="seed=0"):
+        train(method, [*settings, "seed=1"])
+
+
+@pytest.mark.parametrize("total", [2, 7, 100, 1234])
+def test_the_one_cycle_schedule_is_torch_s_step_for_step(total):
+    import torch
+
+    from napari_medood.training.spine import Schedule
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimiser = torch.optim.AdamW([parameter], lr=1e-4)
+    torch_schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, 1e-3, total_steps=total)
+    ours = Schedule("one-cycle", 1e-4, peak=1e-3)
+    for step in range(total + 1):
+        lr, beta1 = ours.at(step, total)
+        assert lr == optimiser.param_groups[0]["lr"]
+        assert beta1 == optimiser.param_groups[0]["betas"][0]
+        if step < total:
+            optimiser.step()
+            torch_schedule.step()
+
+
+def test_the_polynomial_schedule_is_torch_s():
+    import torch
+
+    from napari_medood.training.spine import Schedule
+
+    optimiser = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    torch_schedule = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=50, power=0.9)
+    ours = Schedule("polynomial", 1e-4, power=0.9)
+    for step in range(51):
+        assert ours.at(step, 50)[0] == pytest.approx(optimiser.param_groups[0]["lr"], abs=1e-15)
+        optimiser.step()
+        torch_schedule.step()
+
+
+def test_the_shipped_recipes_draw_and_learn_their_first_steps_as_before_the_spine(tmp_path):
+    """Recorded by ``python tests/first_steps.py`` on the commit before the spine."""
+    from first_steps import GOLDEN, RECIPES, first_steps
+    from napari_medood.training.spine import Schedule
+
+    golden = json.loads(GOLDEN.read_text())["recipes"]
+    assert set(golden) == set(RECIPES)
+    for recipe, recorded in golden.items():
+        now = first_steps(recipe, tmp_path)
+        key = "nll" if "nll" in recorded else "loss"
+        assert now[key] == pytest.approx(recorded[key], rel=1e-5), recipe
+        if key == "loss":  # before the spine the log held the rate after each step
+            assert now["lr"][1] == pytest.approx(recorded["lr"][0], rel=1e-9), recipe
+    # and the rates after each step were the schedule's
+    one_cycle = Schedule("one-cycle", 1e-4, peak=1e-3)
+    assert [one_cycle.at(s, 2)[0] for s in (1, 2)] == golden["brain-t1-unet"]["lr"]
+    poly = Schedule("polynomial", 1e-4, power=0.9)
+    assert [poly.at(s, 2)[0] for s in (1, 2)] == pytest.approx(
+        golden["adrenal3d-classifier"]["lr"], abs=1e-15
+    )
+
+
+def test_two_gloo_processes_stop_at_the_same_step_under_a_budget(data, tmp_path):
+    """DDP through the spine, once for every family: both processes train, measure the
+    budget from the first, stop together, and one checkpoint is written."""
+    from helpers import medood_train_under_torchrun
+
+    out = tmp_path / "ddp"
+    settings = [*family_settings("unet", data), f"out={out}", "budget_s=30"]
+    run = medood_train_under_torchrun("unet", settings)
+    assert run.returncode == 0, run.stderr[-3000:]
+    card = json.loads((out / "best" / "card.json").read_text())
+    training = card["training"]
+    assert training["processes"] == 2
+    assert 3 <= training["steps_done"] == training["scheduled_steps"] < 100000
+    with open(out / "train_log.csv", newline="") as handle:
+        logged = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert logged == list(range(1, training["steps_done"] + 1))
+    assert not math.isnan(float(training["seconds"]))
