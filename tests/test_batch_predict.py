@@ -133,3 +133,184 @@ def test_scheduler_array_parts_cover_every_case_once(scans, tmp_path, capsys):
     assert sorted(seen) == [f"case{k}" for k in range(6)] and set(seen.values()) == {1}
     assert predict_main(["--part-id", "3", "--num-parts", "3", str(scans), str(out)]) == 2
     assert "--part-id must be within 0..2" in capsys.readouterr().err
+
+
+def test_a_cli_run_enters_the_core_batch_once(ixi_t1, ixi_parcellation, tmp_path, monkeypatch):
+    """medood-predict only translates: on a real cohort (two IXI scans with their masks and a
+    broken file) it makes one call into ``napari_medood.batch``, which does the rest."""
+    import inspect
+
+    import napari_medood.batch as batch
+    from napari_medood.cli import predict_main
+
+    scans, masks, out = tmp_path / "scans", tmp_path / "masks", tmp_path / "maps"
+    scans.mkdir(), masks.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(ixi_t1, scans / f"{name}.nii.gz")
+        shutil.copy(ixi_parcellation, masks / f"{name}.nii.gz")
+    (scans / "c_broken.nii.gz").write_bytes(b"not a scan")
+    entries, inside = [], []
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__")
+            (inside if caller == batch.__name__ else entries).append((caller, name))
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    public = [
+        name
+        for name, value in vars(batch).items()
+        if inspect.isfunction(value) and value.__module__ == batch.__name__ and name[0] != "_"
+    ]
+    assert {"run_cohort", "plan", "predict_cases", "check_task", "read_case"} <= set(public)
+    for name in public:
+        monkeypatch.setattr(batch, name, counted(name, getattr(batch, name)))
+    code = predict_main(["--model", "intensity", "--mask", str(masks), str(scans), str(out)])
+    assert code == 2  # the broken case failed, the others were written
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a.nii.gz", "b.nii.gz"]
+    assert entries == [("napari_medood.cli.predict", "run_cohort")]
+    # the walk went through the core's steps (so the count above saw real work)
+    for step in ("check_task", "check_output_folder", "plan", "remove_partial_writes"):
+        assert (batch.__name__, step) in inside
+    assert inside.count((batch.__name__, "read_case")) == 3
+
+
+def _score_detector(on_predict):
+    from napari_medood.detectors import AnomalyResult, ScoreInfo
+
+    class Recorder:
+        name = "recorder"
+        outputs = ("score",)
+        score_info = ScoreInfo("nothing")
+
+        def predict(self, volume, mask=None, progress=None, cancelled=None):
+            on_predict(Path(volume.source).name.removesuffix(".nii.gz"))
+            return AnomalyResult(None, 0.5)
+
+    return Recorder()
+
+
+@pytest.fixture
+def three_cases(ixi_t1, tmp_path):
+    from napari_medood.io.cohort import Case
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    cases = []
+    for k in range(3):
+        shutil.copy(ixi_t1, folder / f"case{k}.nii.gz")
+        cases.append(Case(f"case{k}", folder / f"case{k}.nii.gz"))
+    return cases
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_the_next_case_is_read_while_this_one_is_computed(
+    three_cases, tmp_path, monkeypatch, prefetch
+):
+    import threading
+
+    import napari_medood.batch as batch
+
+    read = {case.name: threading.Event() for case in three_cases}
+    real_read_case = batch.read_case
+
+    def read_case(case, masks=None):
+        value = real_read_case(case, masks)
+        read[case.name].set()
+        return value
+
+    monkeypatch.setattr(batch, "read_case", read_case)
+    seen = {}
+
+    def on_predict(name: str) -> None:
+        k = int(name.removeprefix("case"))
+        if k + 1 < len(three_cases):  # is the next case read while this one computes?
+            seen[name] = read[f"case{k + 1}"].wait(10 if prefetch else 0.5)
+
+    summary = batch.predict_cases(
+        three_cases, _score_detector(on_predict), tmp_path / "out", "sample", prefetch=prefetch
+    )
+    assert summary.written == ["case0", "case1", "case2"] and not summary.failed
+    assert seen == {"case0": prefetch, "case1": prefetch}
+
+
+def test_a_case_that_cannot_be_read_ahead_fails_alone(three_cases, tmp_path):
+    from napari_medood.batch import predict_cases
+
+    broken = three_cases[1].image
+    broken.write_bytes(b"\x1f\x8b truncated")
+    done = []
+    summary = predict_cases(
+        three_cases, _score_detector(done.append), tmp_path / "out", "sample", prefetch=True
+    )
+    assert done == ["case0", "case2"] and summary.written == ["case0", "case2"]
+    assert len(summary.failed) == 1
+    name, error = summary.failed[0]
+    assert name == "case1" and error.startswith(f"{broken}: not a readable NIfTI")
+
+
+def test_a_cancel_or_ctrl_c_does_not_wait_for_the_read_ahead(three_cases, tmp_path, monkeypatch):
+    """A read that never ends (a hung network share) does not hold up a cancel or Ctrl-C."""
+    import threading
+
+    import napari_medood.batch as batch
+    from napari_medood.errors import Cancelled
+
+    release = threading.Event()
+    real_read_case = batch.read_case
+
+    def read_case(case, masks=None):
+        if case.name != "case0":
+            release.wait(60)
+        return real_read_case(case, masks)
+
+    monkeypatch.setattr(batch, "read_case", read_case)
+    stop = threading.Event()
+    try:
+        # cancel: asked while case 1 is still being read
+        detector = _score_detector(lambda name: threading.Timer(0.3, stop.set).start())
+        started = time.monotonic()
+        with pytest.raises(Cancelled):
+            batch.predict_cases(
+                three_cases, detector, tmp_path / "a", "sample", cancelled=stop.is_set
+            )
+        assert time.monotonic() - started < 5
+
+        # Ctrl-C in the detector while the next case is being read
+        def interrupted(name):
+            raise KeyboardInterrupt
+
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            batch.predict_cases(three_cases, _score_detector(interrupted), tmp_path / "b", "sample")
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+
+
+def test_run_cohort_reports_counts_names_and_failing_files(ixi_t1, tmp_path):
+    """The core's one entry point: what was written, skipped and failed, with the file."""
+    from napari_medood.batch import CohortOptions, run_cohort
+    from napari_medood.detectors import get_detector
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(ixi_t1, scans / f"{name}.nii.gz")
+    (scans / "c.nii.gz").write_bytes(b"not a scan")
+    detector = get_detector("intensity", device="cpu")
+    starts = []
+    result = run_cohort(scans, detector, tmp_path / "out", on_start=starts.append)
+    assert result.written == ["a", "b"] and result.skipped == []
+    assert [(f.name, f.image) for f in result.failed] == [("c", str(scans / "c.nii.gz"))]
+    assert result.failed[0].error.startswith(f"{scans / 'c.nii.gz'}: not a readable NIfTI")
+    assert not result.ok and result.whole and result.reporting
+    assert [c.name for c in starts[0].plan.todo] == ["a", "b", "c"]
+    assert result.record["model"] == "intensity"
+    again = run_cohort(
+        scans, detector, tmp_path / "out", CohortOptions(task="pixel", prefetch=False)
+    )
+    assert again.written == [] and again.skipped == ["a", "b"]
+    assert [f.name for f in again.failed] == ["c"]

@@ -5,16 +5,24 @@ on the input's grid and affine (values in [0, 1]); ``OUT/<input name>.txt`` hold
 score. A case whose output loads and fits is skipped (an interrupted run resumes); an output
 that does not load (empty, truncated, misshapen) is redone; leftovers of an interrupted write
 are removed; a failing case is recorded while the others go on.
+
+:func:`run_cohort` is the whole run (checks, plan, clean-up, record, predictions, failures
+gathered across ``torchrun`` ranks); ``medood-predict`` only translates its arguments into
+that one call. While the detector computes one case, the next case's files are read in a
+background thread (``prefetch``; one case ahead at most).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
+from napari_medood.distributed import Shard
 from napari_medood.errors import Cancelled, MedoodError, look_up_option
 from napari_medood.io.cohort import Case
 from napari_medood.io.mood import TASKS, input_shape, output_path, output_problem
@@ -138,8 +146,9 @@ def remove_partial_writes(out_dir: Path, cases: Sequence[Case], task: str) -> in
     return removed
 
 
-def predict_case(case: Case, detector, masks: str | os.PathLike | None = None, cancelled=None):
-    """Read a case's scan (and its mask) and run ``detector`` on it."""
+def read_case(case: Case, masks: str | os.PathLike | None = None):
+    """A case's scan as a Volume and its mask on the scan's grid (None without one): the
+    case's own mask, else the one ``masks`` (a file or a folder) has for it."""
     from napari_medood.io.cohort import find_mask
     from napari_medood.io.readers import read_volume
     from napari_medood.preprocessing.masks import load_mask
@@ -147,7 +156,78 @@ def predict_case(case: Case, detector, masks: str | os.PathLike | None = None, c
     volume = read_volume(case.image)
     mask_path = case.mask or (find_mask(masks, case.image) if masks else None)
     mask = load_mask(mask_path, volume.grid) if mask_path else None
+    return volume, mask
+
+
+def predict_case(case: Case, detector, masks: str | os.PathLike | None = None, cancelled=None):
+    """Read a case's scan (and its mask) and run ``detector`` on it."""
+    volume, mask = read_case(case, masks)
     return detector.predict(volume, mask, cancelled=cancelled)
+
+
+class _Read:
+    """One case read in a background (daemon) thread; :meth:`result` gives its scan and mask
+    or raises what reading raised, in the caller's thread."""
+
+    def __init__(self, case: Case, masks: str | os.PathLike | None):
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        # a daemon: a run stopped by Ctrl-C or a cancel never waits for a read it dropped
+        threading.Thread(
+            target=self._read, args=(case, masks), name=f"medood-read-{case.name}", daemon=True
+        ).start()
+
+    def _read(self, case: Case, masks) -> None:
+        try:
+            self._value = read_case(case, masks)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, as that case's failure
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def result(self, cancelled: CancelledPredicate | None = None):
+        while not self._done.wait(0.05):  # short waits: Ctrl-C and cancel stay responsive
+            check_cancelled(cancelled)
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        value, self._value = self._value, None
+        return value
+
+
+class _CaseReader:
+    """The cases' scans and masks in order; with ``ahead``, case k + 1 is read in a
+    background thread while case k is computed (never more than one case ahead)."""
+
+    def __init__(self, cases: Sequence[Case], masks, ahead: bool):
+        self._cases, self._masks, self._ahead = cases, masks, ahead
+        self._next: tuple[int, _Read] | None = None
+
+    def take(self, index: int, cancelled: CancelledPredicate | None = None):
+        """Case ``index``'s scan and mask (read now, or waited for if it is being read); the
+        read of the case after it starts as this one is in hand, or has failed."""
+        pending, self._next = self._next, None
+        try:
+            if pending is not None and pending[0] == index:
+                value = pending[1].result(cancelled)
+            else:
+                value = read_case(self._cases[index], self._masks)
+        except (Cancelled, KeyboardInterrupt):
+            raise
+        except Exception:
+            self._read_after(index)  # a case that cannot be read fails alone
+            raise
+        self._read_after(index)
+        return value
+
+    def _read_after(self, index: int) -> None:
+        if self._ahead and index + 1 < len(self._cases):
+            self._next = (index + 1, _Read(self._cases[index + 1], self._masks))
+
+    def close(self) -> None:
+        """Drop the read in flight, if any (its daemon thread ends on its own)."""
+        self._next = None
 
 
 def write_result(result, out_dir: str | os.PathLike, image: str | os.PathLike, tasks) -> list[Path]:
@@ -175,31 +255,187 @@ def predict_cases(
     progress: ProgressCallback | None = None,
     cancelled: CancelledPredicate | None = None,
     on_case: Callable[[Case, str | None, tuple[str, ...]], None] | None = None,
+    prefetch: bool = True,
 ) -> BatchSummary:
     """Predict each case and write its output; ``on_case(case, error or None, notes)`` after
-    each."""
+    each. With ``prefetch`` the next case is read while this one is computed; a case that
+    cannot be read fails alone, as when it is read in turn."""
     check_task(detector, task)
     out_dir = Path(out_dir)
     summary = BatchSummary()
-    for index, case in enumerate(cases):
-        check_cancelled(cancelled)
-        error, notes = None, ()
-        try:
-            result = predict_case(case, detector, masks, cancelled)
-            notes = tuple(result.notes)
-            if not write_result(result, out_dir, case.image, (task,)):
-                raise MedoodError(f"the {detector.name} detector returned no {NEEDS[task]}")
-            summary.written.append(case.name)
-        except Cancelled:
-            raise
-        except MedoodError as exc:
-            error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - one bad case must not sink the batch
-            error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-        if error is not None:
-            summary.failed.append((case.name, error))
-        summary.notes.extend((case.name, note) for note in notes)
-        if on_case is not None:
-            on_case(case, error, notes)
-        report(progress, index + 1, len(cases), case.name)
+    reader = _CaseReader(cases, masks, prefetch)
+    try:
+        for index, case in enumerate(cases):
+            check_cancelled(cancelled)
+            error, notes, volume, mask = None, (), None, None
+            try:
+                volume, mask = reader.take(index, cancelled)
+                result = detector.predict(volume, mask, cancelled=cancelled)
+                del volume, mask  # a read-ahead holds the next case: keep one in memory here
+                notes = tuple(result.notes)
+                if not write_result(result, out_dir, case.image, (task,)):
+                    raise MedoodError(f"the {detector.name} detector returned no {NEEDS[task]}")
+                summary.written.append(case.name)
+            except Cancelled:
+                raise
+            except MedoodError as exc:
+                error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one bad case must not sink the batch
+                error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            if error is not None:
+                summary.failed.append((case.name, error))
+            summary.notes.extend((case.name, note) for note in notes)
+            if on_case is not None:
+                on_case(case, error, notes)
+            report(progress, index + 1, len(cases), case.name)
+    finally:
+        reader.close()
     return summary
+
+
+@dataclass(frozen=True)
+class CohortOptions:
+    """How :func:`run_cohort` runs a cohort.
+
+    Attributes:
+        task: ``pixel`` (a map per case) or ``sample`` (a score per case).
+        masks: brain/foreground masks: a file (one scan) or a folder of masks named like
+            the scans; a case's own mask (a CSV or BIDS column) comes first.
+        overwrite: recompute cases whose output already exists.
+        part_id, num_parts: do only part ``part_id`` of ``num_parts`` (scheduler arrays);
+            without them, ``torchrun``'s ranks share the cases.
+        prefetch: read the next case while the detector computes this one.
+    """
+
+    task: str = "pixel"
+    masks: str | os.PathLike | None = None
+    overwrite: bool = False
+    part_id: int | None = None
+    num_parts: int | None = None
+    prefetch: bool = True
+
+
+@dataclass(frozen=True)
+class CaseFailure:
+    """A case that failed: its name, its scan, and the error (a file's error names it)."""
+
+    name: str
+    image: str
+    error: str
+
+
+@dataclass
+class CohortStart:
+    """What a run is about to do, before its first case: this process's share and plan (to
+    do, already done, to redo and why), where it writes, and what computes it."""
+
+    out_dir: Path
+    shard: Shard
+    plan: Plan
+    record: dict
+
+
+@dataclass
+class CohortResult:
+    """What a cohort run did. ``written``, ``skipped`` and ``failed`` cover every rank of a
+    ``torchrun`` group, and this part only with ``--part-id/--num-parts`` (``whole`` says
+    which); ``notes`` are this process's (case name, note)."""
+
+    out_dir: Path
+    shard: Shard
+    record: dict
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[CaseFailure] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def whole(self) -> bool:
+        """The counts cover the whole cohort, not one part of it."""
+        return self.shard.process_group or self.shard.world == 1
+
+    @property
+    def reporting(self) -> bool:
+        """This process speaks for the run: the first rank of a group, or any lone process."""
+        return self.shard.rank == 0 or not self.shard.process_group
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def run_cohort(
+    source: str | os.PathLike | Sequence[Case],
+    detector,
+    out_dir: str | os.PathLike,
+    options: CohortOptions | None = None,
+    *,
+    on_start: Callable[[CohortStart], None] | None = None,
+    on_case: Callable[[Case, str | None, tuple[str, ...]], None] | None = None,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelledPredicate | None = None,
+) -> CohortResult:
+    """Run ``detector`` over a cohort and write one MOOD output per case into ``out_dir``.
+
+    In order: refuse a task the detector cannot do; find the cases (``source``: a scan, a
+    folder, a CSV, a BIDS dataset, or the cases themselves); refuse one mask file for several
+    scans; prove ``out_dir`` can be written; take this process's share (``torchrun`` rank or
+    ``part_id``/``num_parts``) of the sorted cases; plan it (done / to do / redo); remove the
+    leftovers of interrupted writes; ``on_start`` (the plan and the run record); predict and
+    write each case (``on_case`` after each); gather every rank's counts and failures.
+    Everything before the plan raises a :class:`MedoodError` before any case runs; a case
+    that fails is recorded and the others go on.
+    """
+    from napari_medood.distributed import finish, gather, shard_from
+    from napari_medood.io.cohort import discover_cases
+
+    options = options or CohortOptions()
+    check_task(detector, options.task)  # a score-only detector cannot write maps: say so now
+    cases = discover_cases(source) if isinstance(source, str | os.PathLike) else list(source)
+    masks = Path(options.masks) if options.masks is not None else None
+    if masks is not None and masks.is_file() and len(cases) > 1:
+        raise MedoodError(
+            f"{masks}: one mask file for {len(cases)} scans; pass a folder with one mask per scan"
+        )
+    out_dir = check_output_folder(out_dir)
+    shard = shard_from(options.part_id, options.num_parts)
+    try:
+        # shard the full, sorted case list: the same case always goes to the same part,
+        # whatever was finished before
+        work = plan(shard.take(cases), out_dir, options.task, options.overwrite)
+        remove_partial_writes(out_dir, work.todo, options.task)
+        record = run_record(detector, options.task)
+        if on_start is not None:
+            on_start(CohortStart(out_dir, shard, work, record))
+        failures: list[CaseFailure] = []
+
+        def each(case: Case, error: str | None, notes: tuple[str, ...]) -> None:
+            if error is not None:
+                failures.append(CaseFailure(case.name, str(case.image), error))
+            if on_case is not None:
+                on_case(case, error, notes)
+
+        summary = predict_cases(
+            work.todo,
+            detector,
+            out_dir,
+            options.task,
+            masks,
+            progress,
+            cancelled,
+            each,
+            options.prefetch,
+        )
+        mine = (list(summary.written), [case.name for case in work.done], failures)
+        everyone = gather(mine, shard)
+    finally:
+        finish(shard)
+    return CohortResult(
+        out_dir,
+        shard,
+        record,
+        written=[name for written, _, _ in everyone for name in written],
+        skipped=[name for _, skipped, _ in everyone for name in skipped],
+        failed=[failure for _, _, failed in everyone for failure in failed],
+        notes=list(summary.notes),
+    )

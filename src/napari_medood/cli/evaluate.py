@@ -210,12 +210,6 @@ def _eval(args: argparse.Namespace) -> int:
     )
     fpr_key = next(iter(result.calibration.get("thresholds", {})), None)
     bias = bias_tables(result.cases, dice_key, "fpr5%" if fpr_key else None)
-    if args.model:
-        from napari_medood.batch import run_record
-
-        result.settings["predictions"] = run_record(detector, "pixel and sample")
-        # which of its scores was evaluated (the written score files keep its own)
-        result.settings["predictions"]["sample_score"] = args.sample_score or "its own"
     written = write_report(result, out, args.title, bias, np.asarray(options.sweep))
     pixel, sample = result.pixel, result.sample
     parts = []

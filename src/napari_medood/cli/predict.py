@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from napari_medood.cli._common import (
     EXIT_ERROR,
@@ -97,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-parts", type=int, metavar="N", help="split the cases into N parts (K, K+N, ...)"
     )
+    parser.add_argument(
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        help="read each case only when its turn comes (by default the next case is read "
+        "while the model computes this one)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print each case written")
     parser.add_argument("--list-models", action="store_true", help="list the detectors and exit")
     return parser
@@ -119,61 +125,49 @@ def _predict(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from napari_medood.batch import (
-        check_output_folder,
-        check_task,
-        plan,
-        predict_cases,
-        remove_partial_writes,
-        run_record,
-    )
+    from napari_medood.batch import CohortOptions, run_cohort
     from napari_medood.detectors import DetectorOptions, default_model, get_detector
-    from napari_medood.distributed import finish, gather, shard_from
-    from napari_medood.io.cohort import discover_cases
 
-    options = DetectorOptions(
-        args.device,
-        args.overlap,
-        args.batch_size,
-        args.precision,
-        args.variant,
-        extra_maps=False,  # only the map and the score are written
-        gate=args.gate,
-        tta=args.tta,
+    detector = get_detector(
+        args.model or default_model(),
+        DetectorOptions(
+            args.device,
+            args.overlap,
+            args.batch_size,
+            args.precision,
+            args.variant,
+            extra_maps=False,  # only the map and the score are written
+            gate=args.gate,
+            tta=args.tta,
+        ),
     )
-    detector = get_detector(args.model or default_model(), options)
-    check_task(detector, args.task)  # a score-only detector cannot write maps: say so now
-    cases = discover_cases(args.input)
-    mask_arg = Path(args.mask) if args.mask else None
-    if mask_arg is not None and mask_arg.is_file() and len(cases) > 1:
-        raise MedoodError(
-            f"{mask_arg}: one mask file for {len(cases)} scans; pass a folder "
-            "with one mask per scan"
-        )
-    out_dir = check_output_folder(args.output)
-    shard = shard_from(args.part_id, args.num_parts)
-    prefix = f"{PROG}[{shard.label}]" if shard.world > 1 else PROG
-    try:
-        # shard the full, sorted case list: the same case always goes to the same part,
-        # whatever was finished before
-        work = plan(shard.take(cases), out_dir, args.task, args.overwrite)
+    options = CohortOptions(
+        task=args.task,
+        masks=args.mask,
+        overwrite=args.overwrite,
+        part_id=args.part_id,
+        num_parts=args.num_parts,
+        prefetch=args.prefetch,
+    )
+    prefix, bar = PROG, None
+
+    def on_start(start) -> None:
+        nonlocal prefix, bar
+        work, shard = start.plan, start.shard
+        prefix = f"{PROG}[{shard.label}]" if shard.world > 1 else PROG
         if work.done:
             say(
                 prefix,
                 f"{len(work.done)} of {len(work.todo) + len(work.done)} cases already have "
-                f"outputs in {out_dir}; skipped (use --overwrite to recompute)",
+                f"outputs in {start.out_dir}; skipped (use --overwrite to recompute)",
             )
         for case, problem in work.redo:
             say(prefix, f"redoing {case.name}: its output {problem}")
-        remove_partial_writes(out_dir, work.todo, args.task)
-        if shard.rank == 0 and work.todo:
-            record = run_record(detector, args.task)
-            if record["precision"]:  # maps also carry it in their header (NIfTI descrip)
-                tta = f" with {record['tta']} test-time augmentation" if record["tta"] else ""
-                say(
-                    prefix,
-                    f"{detector.name} on {record['device']} at {record['precision']}{tta}",
-                )
+        record = start.record
+        if shard.rank == 0 and work.todo and record["precision"]:
+            # maps also carry it in their header (NIfTI descrip)
+            tta = f" with {record['tta']} test-time augmentation" if record["tta"] else ""
+            say(prefix, f"{detector.name} on {record['device']} at {record['precision']}{tta}")
         bar = tqdm(
             total=len(work.todo),
             desc=f"{detector.name} ({args.task}) {shard.label}".strip(),
@@ -182,31 +176,32 @@ def _predict(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
-        def on_case(case, error, notes) -> None:
-            bar.update()
-            for note in notes:
-                tqdm.write(f"{prefix}: note: {case.name}: {note}", file=sys.stderr)
-            if error is not None:
-                tqdm.write(f"{prefix}: failed: {case.name}: {error}", file=sys.stderr)
-            elif args.verbose:
-                tqdm.write(f"{prefix}: wrote {case.name}", file=sys.stderr)
+    def on_case(case, error, notes) -> None:
+        bar.update()
+        for note in notes:
+            tqdm.write(f"{prefix}: note: {case.name}: {note}", file=sys.stderr)
+        if error is not None:
+            tqdm.write(f"{prefix}: failed: {case.name}: {error}", file=sys.stderr)
+        elif args.verbose:
+            tqdm.write(f"{prefix}: wrote {case.name}", file=sys.stderr)
 
-        summary = predict_cases(work.todo, detector, out_dir, args.task, mask_arg, on_case=on_case)
-        bar.close()
-        everyone = gather((len(summary.written), len(work.done), summary.failed), shard)
+    try:
+        result = run_cohort(
+            args.input, detector, args.output, options, on_start=on_start, on_case=on_case
+        )
     finally:
-        finish(shard)
-    written = sum(w for w, _, _ in everyone)
-    skipped = sum(s for _, s, _ in everyone)
-    failed = [f for _, _, fs in everyone for f in fs]
-    if shard.rank == 0 or not shard.process_group:
-        scope = "" if shard.process_group or shard.world == 1 else f" ({shard.label})"
-        names = f": {', '.join(name for name, _ in failed)}" if failed else ""
+        if bar is not None:
+            bar.close()
+    if result.reporting:
+        failed = result.failed
+        scope = "" if result.whole else f" ({result.shard.label})"
+        names = f": {', '.join(f.name for f in failed)}" if failed else ""
         say(
             PROG,
-            f"{written} written, {skipped} skipped, {len(failed)} failed{names}{scope} -> {out_dir}",
+            f"{len(result.written)} written, {len(result.skipped)} skipped, {len(failed)} failed"
+            f"{names}{scope} -> {result.out_dir}",
         )
-    return EXIT_ERROR if failed else EXIT_OK
+    return EXIT_OK if result.ok else EXIT_ERROR
 
 
 def main(argv: Sequence[str] | None = None) -> int:

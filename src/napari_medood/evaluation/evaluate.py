@@ -347,6 +347,9 @@ def evaluate(
         "sweep": [float(options.sweep[0]), float(options.sweep[-1]), len(options.sweep)],
         "bootstrap": {"resamples": options.bootstrap, "seed": options.seed},
     }
+    record = getattr(predict, "record", None)
+    if callable(record):  # a detector run here: which one, and how it ran
+        settings["predictions"] = record()
     return EvaluationResult(
         results + healthy_results, pixel, sample, calibration, settings, histogram, sweep_curve
     )

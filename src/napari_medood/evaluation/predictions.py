@@ -104,6 +104,16 @@ class DetectorPredictions:
         self.has_maps = "map" in outputs
         self.has_scores = "score" in outputs
 
+    def record(self) -> dict:
+        """What made these predictions (``batch.run_record``: the detector, device,
+        precision, test-time augmentation) and which of its sample scores is evaluated."""
+        from napari_medood.batch import run_record
+
+        record = run_record(self.detector, "pixel and sample")
+        # which of its scores was evaluated (the written score files keep its own)
+        record["sample_score"] = self.score or "its own"
+        return record
+
     def __call__(self, case: Case) -> Prediction:
         from napari_medood.batch import predict_case, write_result
 
