@@ -215,19 +215,6 @@ def test_medood_predict_writes_sample_scores_and_refuses_maps(tiny_flow, tmp_pat
     assert "sample" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_ddp_with_two_gloo_processes_trains_the_classifier(tmp_path):
-    from helpers import medood_train_under_torchrun
-
-    out = tmp_path / "ddp"
-    run = medood_train_under_torchrun(
-        "classifier", classifier_settings(out, "steps=4", "val_interval=4")
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    card = json.loads((out / "best" / "card.json").read_text())
-    assert card["training"]["processes"] == 2
-    assert len((out / "train_log.csv").read_text().splitlines()) == 5  # rank 0 only
-
-
 def test_medood_eval_scores_a_feature_ood_model_on_id_and_shifted_volumes(tiny_flow, tmp_path):
     import csv
 

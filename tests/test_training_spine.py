@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -230,11 +229,13 @@ def test_two_gloo_processes_stop_at_the_same_step_under_a_budget(data, tmp_path)
     settings = [*family_settings("unet", data), f"out={out}", "budget_s=30"]
     run = medood_train_under_torchrun("unet", settings)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["best", "config.json", "last", "train_log.csv"]
     card = json.loads((out / "best" / "card.json").read_text())
     training = card["training"]
     assert training["processes"] == 2
     assert 3 <= training["steps_done"] == training["scheduled_steps"] < 100000
     with open(out / "train_log.csv", newline="") as handle:
         logged = [int(row["step"]) for row in csv.DictReader(handle)]
-    assert logged == list(range(1, training["steps_done"] + 1))
-    assert not math.isnan(float(training["seconds"]))
+    assert logged == list(range(1, training["steps_done"] + 1))  # written by rank 0 only
+    assert training["seconds"] <= 30 + SLACK
+    assert f"medood-train: {training['steps_done']} steps" in run.stderr
