@@ -86,7 +86,15 @@ def first_steps(recipe: str, folder: Path) -> dict[str, list[float]]:
     command = [str(Path(sys.executable).parent / "medood-train"), method, "--config", config]
     for item in settings:
         command += ["--set", item]
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    run = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",  # the progress bar draws with block characters, whatever the locale
+        errors="replace",
+        timeout=1800,
+    )
     if run.returncode != 0:
         raise RuntimeError(f"{recipe}: medood-train failed:\n{run.stderr[-3000:]}")
     log = out / ("flow_log.csv" if method == "flow" else "train_log.csv")

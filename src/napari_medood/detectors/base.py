@@ -210,8 +210,12 @@ class BaseDetector:
 
             device = getattr(self, "device", "auto")
             try:
+                try:
+                    checkpoint = Checkpoint.open(name)
+                except ValueError as exc:  # an unknown name; the message lists the known
+                    raise MedoodError(str(exc)) from None
                 options = DetectorOptions(device=str(device), gate=False)
-                self._gate = detector_from_checkpoints([Checkpoint.open(name)], options, name)
+                self._gate = detector_from_checkpoints([checkpoint], options, name)
             except MedoodError as exc:  # a missing gate must not stop the map
                 import warnings
 
