@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared
+from conftest import shared, tiny_diffusion_settings
 from napari_medood.errors import MedoodError
 
 pytestmark = pytest.mark.slow
@@ -60,17 +60,8 @@ def family_settings(method: str, root: Path) -> list[str]:
             "patch=[32,32,32]",
             "spacing=[4,4,4]",
         ],
-        "diffusion": [
-            *ixi,
-            *steps,
-            "spacing=[4,4,4]",
-            "slice_size=[48,48]",
-            "channels=[8,16]",
-            "attention_levels=[false,true]",
-            "num_head_channels=8",
-            "norm_num_groups=8",
-            "batch_size=4",
-        ],
+        # the small network conftest trains, on this module's scans
+        "diffusion": [*tiny_diffusion_settings(root, root / "diffusion"), *ixi, *steps],
         "classifier": [
             f"train={shared('medmnist-adrenalmnist3d', 'adrenalmnist3d.npz')}:val",
             *steps,
