@@ -57,18 +57,14 @@ class ScanValues:
 def train_toy(config: ToyTrainConfig, progress=None, cancelled=None):
     import torch
 
+    from napari_medood.batch import read_case
     from napari_medood.io.cohort import discover_cases
-    from napari_medood.io.readers import read_volume
-    from napari_medood.preprocessing.masks import load_mask
     from napari_medood.training.spine import Schedule, StepPlan, open_run, train_steps
     from toy_family import NAME, mean_brain_intensity
 
     run = open_run(config)
     cases = discover_cases(config.train, masks=config.masks)
-    values = []
-    for case in cases:
-        volume = read_volume(case.image)
-        values.append(mean_brain_intensity(volume.data, load_mask(case.mask, volume)))
+    values = [mean_brain_intensity(volume.data, mask) for volume, mask in map(read_case, cases)]
 
     class MeanAndSpread(torch.nn.Module):
         def __init__(self):

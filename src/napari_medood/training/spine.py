@@ -120,14 +120,13 @@ class Run:
 
     def resume_state(self) -> dict | None:
         """The state ``OUT/last`` left (``state.pt``: plain tensors and numbers, read with
-        ``weights_only=True``), after checking the recipe is the one it was started with;
-        None for a new run. Its seconds count towards the budget."""
+        ``weights_only=True``; :func:`open_run` checked it is of this recipe), None for a
+        new run. Its seconds count towards the budget."""
         import torch
 
         path = self.last_dir / "state.pt"
         if not path.exists():
             return None
-        check_resumable(self.out, self.config)
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.budget.before = float(state.get("seconds", 0.0))
         return state
@@ -148,12 +147,14 @@ class Run:
         import torch
 
         config = self.config
-        names = (lambda cases: [c.name for c in cases]) if train_cases is not None else None
+        cases = {}
+        if train_cases is not None:
+            cases["data"] = [c.name for c in train_cases]
+            cases["validation"] = [c.name for c in val_cases or []]
         return {
             "precision": self.execution.precision,
-            **({"data": names(train_cases)} if names else {}),
+            **cases,
             "data_licence": config.data_licence,
-            **({"validation": names(val_cases or [])} if names else {}),
             "recipe": {k: v for k, v in config.to_dict().items() if k not in NOT_RECIPE},
             **entries,
             **({"budget_s": config.budget_s} if config.budget_s else {}),
@@ -179,8 +180,8 @@ def open_run(config, precision: str | None = None, seed_torch: bool = True) -> R
     from napari_medood.distributed import open_processes
     from napari_medood.execution import plan_execution
 
-    budget = Budget(float(getattr(config, "budget_s", 0.0) or 0.0))
     config.validate()
+    budget = Budget(config.budget_s)
     if (Path(config.out) / "last" / "state.pt").exists():
         check_resumable(Path(config.out), config)
     rank, world, device = open_processes(choose_device(config.device))
@@ -447,7 +448,6 @@ def train_steps(
                 "step": step,
                 "best": -math.inf if best is None else best,
                 "seconds": run.budget.elapsed(),
-                "total": steps.total,
             },
             temp,
         )
@@ -479,6 +479,7 @@ def train_steps(
                 scaler.step(optimiser)
                 scaler.update()
             lr = optimiser.param_groups[0]["lr"]  # the one this step used
+            loss_value = float(loss.detach())  # once: on a GPU each read waits for the device
             step += 1
             validating = step % config.val_interval == 0
             steps.after(step, validating)
@@ -489,7 +490,7 @@ def train_steps(
                 now = time.perf_counter()
                 row = {
                     "step": step,
-                    "loss": float(loss.detach()),
+                    "loss": loss_value,
                     "lr": lr,
                     "seconds": round(run.budget.elapsed(), 2),
                     "samples_per_second": round(window_samples / max(now - window_start, 1e-9), 3),
@@ -498,7 +499,7 @@ def train_steps(
                 if writer is not None:
                     writer.add_scalar("loss", row["loss"], step)
                 window_start, window_samples = now, 0
-            report(progress, step, steps.total, f"loss {float(loss.detach()):.4f}")
+            report(progress, step, steps.total, f"loss {loss_value:.4f}")
             if validating or finished:
                 if run.is_main:
                     if plan.validate is not None:
