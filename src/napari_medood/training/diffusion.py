@@ -262,7 +262,14 @@ def fit_slice(plane: np.ndarray, size, rng: np.random.Generator | None) -> np.nd
 
 class SliceSamples:
     """Random training slices from a cache: ``(1, H, W)`` float32 in [0, 1], augmented with
-    the reference's TorchIO intensity transforms; item ``i`` is the same in every run."""
+    the reference's TorchIO intensity transforms; item ``i`` is the same in every run.
+
+    Given the diffusion ``process``, an item is ``(slice, noise, t)``: the forward process's
+    noise field for it and its random step, drawn from the item's own generator. Drawn here
+    rather than per batch in the training process, the noise is made by the loader's
+    workers: fractal simplex noise costs about as much to draw as a slice costs to train
+    on, and in the training process it held a GPU run to the CPU's pace
+    (``benchmarks/bench_training.py``)."""
 
     def __init__(
         self,
@@ -273,12 +280,14 @@ class SliceSamples:
         augment: bool,
         hard: list[int] | tuple = (),
         p_hard: float = 0.0,
+        process=None,
     ):
         """A share ``p_hard`` of the items are drawn from the cache indices ``hard``."""
         self.cache, self.size, self.length = cache, tuple(size), length
         self.seed, self.augment = seed, augment
         self.hard = list(hard)
         self.p_hard = float(p_hard) if self.hard else 0.0
+        self.process = process
         self._transform = None
 
     def __len__(self) -> int:
@@ -320,7 +329,11 @@ class SliceSamples:
             # inference inputs are 0: it is kept there at half strength (the recipe the
             # shipped model was trained with); intensities stay in the model space's [0, 1]
             tensor = torch.where(inside, tensor, tensor * 0.5).clamp(0.0, 1.0)
-        return tensor
+        if self.process is None:
+            return tensor
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        noise = self.process.noise_fields(1, self.size, generator)
+        return tensor, noise, int(rng.integers(self.process.timesteps))
 
 
 def noised_batch(clean, process, alphas, step: int, seed: int, fixed_t: int | None = None):
@@ -439,7 +452,7 @@ def train_diffusion(
     from napari_medood.training.spine import Schedule, StepPlan, open_run, train_steps
 
     run = open_run(config)
-    execution, world, rank, out = run.execution, run.world, run.rank, run.out
+    execution, world, out = run.execution, run.world, run.out
     process = config.process()
     alphas = process.alphas()
     model = execution.prepare(build_slice_diffusion(config.architecture()), fold_batch_norm=False)
@@ -496,14 +509,17 @@ def train_diffusion(
         config.augment,
         hard,
         float(config.ood_supervision) if hard else 0.0,
+        process=process,
     )
     training = run.record(
         train_cases, val_cases, slices=len(train_slices), ood_supervision=ood_record
     )
 
-    def step_loss(model, images, step):
-        clean = to_model_units(images.to(run.device, non_blocking=True))
-        noisy, times = noised_batch(clean, process, alphas, step * world + rank, config.seed)
+    def step_loss(model, batch, step):
+        images, noise, times = (part.to(run.device, non_blocking=True) for part in batch)
+        clean = to_model_units(images)
+        a = alphas.to(run.device)[times][:, None, None, None]
+        noisy = a.sqrt() * clean + (1.0 - a).sqrt() * noise
         with execution.autocast():
             predicted = model(noisy, times, clean)
         return (predicted.float() - clean).abs().mean()  # the reference's L1 on x0
