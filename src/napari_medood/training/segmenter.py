@@ -24,7 +24,9 @@ import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback
 from napari_medood.errors import MedoodError, look_up_option
+from napari_medood.synth.lesion_implants import POLARITIES
 from napari_medood.training.config import (
+    CONTRAST_GROUPS,
     OodSupervisionSettings,
     StepRunSettings,
     check_ood_supervision,
@@ -59,6 +61,13 @@ class SegTrainConfig(StepRunSettings, OodSupervisionSettings):
         reads, and when it "fires" (the reference: any voxel above 0.5).
     Optimisation: max_lr, weight_decay, as the U-Net; the run's settings (steps, batch_size,
         precision, budget_s...) are the spine's (``training.config.StepRunSettings``).
+    Healthy scans only (``implant_lesions``: [fewest, most] per patch): no lesion masks are
+        read; each patch gets real lesion shapes (the shipped bank) implanted, darker or
+        brighter than the tissue they replace (``lesion_polarity``: any, darker, brighter;
+        ``synth.lesion_implants``). contrast_randomisation: the share of patches cut from the
+        scan drawn in a random contrast from its parcellation (its mask file, DLMUSE say;
+        ``synth.contrast``, as the U-Net's), so that one segmenter reads any MR contrast;
+        contrast_groups as for the U-Net.
     """
 
     name: str = "lesion-seg"
@@ -83,6 +92,10 @@ class SegTrainConfig(StepRunSettings, OodSupervisionSettings):
     weight_decay: float = 1e-5
     modality: str = "MR"
     contrast: str = "T1w"
+    implant_lesions: list[int] | None = None
+    lesion_polarity: str = "any"
+    contrast_randomisation: float = 0.0
+    contrast_groups: str = "dlmuse"
 
     def validate(self) -> SegTrainConfig:
         from napari_medood.models.segmenter import SEGMENTER_PRESETS
@@ -108,7 +121,23 @@ class SegTrainConfig(StepRunSettings, OodSupervisionSettings):
                 f"patch sides must be multiples of {divisor} for {len(channels)} stages, "
                 f"got {self.patch}"
             )
+        if self.implant_lesions is not None and (
+            len(self.implant_lesions) != 2
+            or not 0 <= self.implant_lesions[0] <= self.implant_lesions[1]
+        ):
+            raise MedoodError(
+                f"implant_lesions must be [fewest, most] lesions per patch, not {self.implant_lesions}"
+            )
+        look_up_option(self.lesion_polarity, POLARITIES, "lesion_polarity")
+        if not 0 <= self.contrast_randomisation <= 1:
+            raise MedoodError("contrast_randomisation must be within [0, 1]")
+        look_up_option(self.contrast_groups, CONTRAST_GROUPS, "contrast_groups")
         return self
+
+    @property
+    def synthetic(self) -> bool:
+        """Trained on healthy scans with implanted lesions (no lesion masks read)."""
+        return self.implant_lesions is not None
 
 
 class LesionPatches:
@@ -126,7 +155,22 @@ class LesionPatches:
         jitter: float = 0.1,
         negatives: Sequence[tuple[np.ndarray, np.ndarray]] = (),
         p_negative: float = 0.0,
+        implanter=None,
+        lesions: Sequence[int] = (1, 3),
+        contrast=None,
+        p_contrast: float = 0.0,
+        normalisation: dict | None = None,
     ):
+        """With an ``implanter`` (``synth.lesion_implants.LesionImplanter``) the scans are
+        healthy and each patch gets ``lesions`` (fewest, most) real lesion shapes implanted;
+        a share ``p_contrast`` of them is cut from the scan drawn in a random contrast by
+        ``contrast`` (a healthy ``ContrastRandomiser``), normalised as ``normalisation``
+        (the card's entry) says."""
+        self.implanter = implanter
+        self.lesions = tuple(int(n) for n in lesions)
+        self.contrast = contrast
+        self.p_contrast = float(p_contrast) if contrast is not None else 0.0
+        self.normalisation = normalisation
         self.scans = list(scans)
         self.patch = tuple(int(p) for p in patch)
         self.length = int(length)
@@ -155,6 +199,8 @@ class LesionPatches:
             image = np.ascontiguousarray(image, dtype=np.float32)
             return image, np.zeros_like(image), "hard-negative"
         scan = self.scans[int(rng.integers(len(self.scans)))]
+        if self.implanter is not None:
+            return self._implanted(scan, rng)
         on_lesion = scan.lesion.any() and rng.random() < self.foreground_p
         image, mask, target = random_patch(
             scan,
@@ -163,24 +209,75 @@ class LesionPatches:
             target=scan.lesion.astype(np.float32),
             centres=scan.lesion if on_lesion else None,
         )
+        return (
+            *self._flipped_and_jittered(image, mask, target, rng),
+            "lesion" if on_lesion else "any",
+        )
+
+    def _flipped_and_jittered(self, image, mask, target, rng: np.random.Generator):
+        """``(image, target)`` mirrored left-right (``flip_p``) and the brain's intensities
+        scaled and shifted by up to ``jitter``, as float32 arrays."""
         if rng.random() < self.flip_p:
             image, mask, target = image[::-1], mask[::-1], target[::-1]
         if self.jitter > 0:
             scale = 1.0 + rng.uniform(-self.jitter, self.jitter)
             shift = rng.uniform(-self.jitter, self.jitter)
             image = np.where(mask, image * scale + shift, 0.0)
-        image = np.ascontiguousarray(image, dtype=np.float32)
         return (
-            image,
+            np.ascontiguousarray(image, dtype=np.float32),
             np.ascontiguousarray(target, dtype=np.float32),
-            "lesion" if on_lesion else "any",
         )
+
+    def _implanted(self, scan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+        """A patch of a healthy scan (in its own or a random contrast) with lesions."""
+        from napari_medood.training.data import draw_random_contrast, random_patch
+
+        kind = "implanted"
+        image = None
+        if self.p_contrast > 0 and rng.random() < self.p_contrast:
+            image, _ = draw_random_contrast(self.contrast, scan, rng, self.normalisation)
+            kind = "contrast+implanted"
+        image, mask = random_patch(scan, self.patch, rng, image=image)
+        count = int(rng.integers(self.lesions[0], self.lesions[1] + 1))
+        image, target, _ = self.implanter(image, mask, count, rng)
+        return (*self._flipped_and_jittered(image, mask, target, rng), kind)
 
     def __getitem__(self, index: int):
         import torch
 
         image, target, _ = self.sample(index)
         return torch.from_numpy(image)[None], torch.from_numpy(target)[None]
+
+
+def training_patches(
+    config: SegTrainConfig, scans, length: int, seed: int, negatives=(), p_negative=0.0
+) -> LesionPatches:
+    """The run's patches as ``config`` says: of its scans' own lesions, or of healthy scans
+    with lesions implanted (in random contrasts where asked)."""
+    implanter, contrast = None, None
+    if config.synthetic:
+        from napari_medood.synth.lesion_implants import LesionImplanter
+        from napari_medood.training.data import contrast_randomiser
+
+        implanter = LesionImplanter(polarity=config.lesion_polarity, spacing=tuple(config.spacing))
+        if config.contrast_randomisation > 0:
+            contrast = contrast_randomiser(config.contrast_groups, config.spacing, lesions=(0, 0))
+    return LesionPatches(
+        scans,
+        config.patch,
+        length,
+        seed,
+        config.foreground_p,
+        config.flip_p,
+        config.intensity_jitter,
+        negatives,
+        p_negative,
+        implanter=implanter,
+        lesions=config.implant_lesions or (1, 3),
+        contrast=contrast,
+        p_contrast=config.contrast_randomisation,
+        normalisation=model_space(config).normalisation,
+    )
 
 
 def model_card(config: SegTrainConfig, network, metrics: dict, training: dict, expects: dict):
@@ -262,9 +359,7 @@ def anomaly_free_mix(config, scans, space, execution, world=1, progress=None, ca
     draw, sources = ood_candidates(config, scans, healthy)
 
     def positives_of(count: int) -> int:
-        sample = LesionPatches(
-            scans, config.patch, count, config.seed + 1, config.foreground_p, config.flip_p
-        )
+        sample = training_patches(config, scans, count, config.seed + 1)
         return sum(bool(sample.sample(i)[1].any()) for i in range(count))
 
     patches, share, record = mine_for_run(
@@ -289,7 +384,7 @@ def train_segmenter(
     from napari_medood.detectors.segmenter import SegmenterDetector
     from napari_medood.io.cohort import discover_cases
     from napari_medood.models.segmenter import SEGMENTER_PRESETS, LesionSegmenter
-    from napari_medood.training.data import expected_scans, prepare_scans
+    from napari_medood.training.data import any_contrast, expected_scans, prepare_scans
     from napari_medood.training.patch_maps import patch_map_plan
     from napari_medood.training.spine import open_run, train_steps
 
@@ -303,27 +398,25 @@ def train_segmenter(
 
     train_cases = discover_cases(config.train, masks=config.masks)
     space = model_space(config)
-    scans = prepare_scans(train_cases, space, lesions=True)
+    scans = prepare_scans(
+        train_cases, space, labels=config.contrast_randomisation > 0, lesions=not config.synthetic
+    )
     expects = expected_scans(scans, space, config.modality, config.contrast)
+    if config.contrast_randomisation > 0:  # any MR contrast: no contrast check before its maps
+        expects = any_contrast(expects)
     val_cases = discover_cases(config.val) if config.val else []
     negatives, p_negative, ood_record = [], 0.0, None
     if config.ood_supervision not in (0, 0.0):
         negatives, p_negative, ood_record = anomaly_free_mix(
             config, scans, space, execution, world, progress, cancelled
         )
-    dataset = LesionPatches(
-        scans,
-        config.patch,
-        config.steps * config.batch_size * world,
-        config.seed,
-        config.foreground_p,
-        config.flip_p,
-        config.intensity_jitter,
-        negatives,
-        p_negative,
+    dataset = training_patches(
+        config, scans, config.steps * config.batch_size * world, config.seed, negatives, p_negative
     )
     lesion_ml = [
-        round(float(s.lesion.sum()) * float(np.prod(config.spacing)) / 1000, 3) for s in scans
+        round(float(s.lesion.sum()) * float(np.prod(config.spacing)) / 1000, 3)
+        for s in scans
+        if s.lesion is not None
     ]
     training = run.record(
         train_cases, val_cases, lesion_ml=lesion_ml, init=init, ood_supervision=ood_record
