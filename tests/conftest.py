@@ -58,6 +58,26 @@ def ct_scan() -> Path:
     return shared("totalsegmentator-example", "example_ct_sm.nii.gz")
 
 
+MS_T1 = "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
+MS_LABEL = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
+
+
+def small_cohort(root: Path, patient: str) -> Path:
+    """``root`` with ``ixi/`` (two IXI T1 scans; their DLMUSE parcellations are in the shared
+    data) and ``ms.csv`` (an MS patient's T1 with its consensus lesions: Name, Path, Label)."""
+    import csv
+
+    (root / "ixi").mkdir(parents=True, exist_ok=True)
+    for scan in sorted(shared("ixi-t1-2mm", "t1").glob("*.nii.gz"))[:2]:
+        shutil.copy(scan, root / "ixi" / scan.name)
+    folder = shared("open-ms-lesjak-mni", patient)
+    with open(root / "ms.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(
+            [["Name", "Path", "Label"], [patient, folder / MS_T1, folder / MS_LABEL]]
+        )
+    return root
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import shared, tiny_diffusion_settings
+from conftest import shared, small_cohort, tiny_diffusion_settings
 from napari_medood.errors import MedoodError
 
 pytestmark = pytest.mark.slow
 
 sys.path.insert(0, str(Path(__file__).parent))
-MS_T1 = "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
-MS_LABEL = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
 #: seconds each budgeted run is given, and what it may overrun by (its last steps, the save)
 BUDGET, SLACK = 15.0, 12.0
 
@@ -27,16 +24,7 @@ BUDGET, SLACK = 15.0, 12.0
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Two IXI scans with their DLMUSE parcellations, one MS patient with its lesion mask."""
-    root = tmp_path_factory.mktemp("spine")
-    (root / "ixi").mkdir()
-    for scan in sorted(shared("ixi-t1-2mm", "t1").glob("*.nii.gz"))[:2]:
-        shutil.copy(scan, root / "ixi" / scan.name)
-    patient = shared("open-ms-lesjak-mni", "patient07")
-    with open(root / "ms.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows(
-            [["Name", "Path", "Label"], ["patient07", patient / MS_T1, patient / MS_LABEL]]
-        )
-    return root
+    return small_cohort(tmp_path_factory.mktemp("spine"), "patient07")
 
 
 def family_settings(method: str, root: Path) -> list[str]:

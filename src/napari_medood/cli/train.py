@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         PROG, f"Train a detector on normal (healthy) scans. METHOD is one of: {methods}.", EPILOG
     )
     parser.add_argument(
-        "method", nargs="?", metavar="METHOD", help=f"what to train: {', '.join(families)}"
+        "method",
+        nargs="?",
+        metavar="METHOD",
+        help=f"what to train: {', '.join(families)}; or zoo, the whole brain suite in one "
+        "budget (medood-train zoo --help)",
     )
     parser.add_argument("--config", metavar="YAML", help="training configuration")
     parser.add_argument(
@@ -133,5 +137,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``medood-train``."""
+    """Entry point of ``medood-train``; ``medood-train zoo`` trains the whole brain suite
+    (``cli.zoo``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["zoo"]:
+        from napari_medood.cli.zoo import main as zoo_main
+
+        return zoo_main(args[1:])
     return run_command(PROG, build_parser(), _train, argv)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -161,6 +162,8 @@ class BaseDetector:
     #: run the card's trust gate (``DetectorOptions.gate``; set by ``get_detector``)
     gate_enabled: bool = True
     _gate: Any = None
+    #: the folder of the checkpoint the card came from (set by ``detector_from_checkpoints``)
+    card_folder: Path | None = None
 
     @property
     def gate_name(self) -> str | None:
@@ -211,7 +214,7 @@ class BaseDetector:
             device = getattr(self, "device", "auto")
             try:
                 try:
-                    checkpoint = Checkpoint.open(name)
+                    checkpoint = Checkpoint.open(gate_path(name, self.card_folder))
                 except ValueError as exc:  # an unknown name; the message lists the known
                     raise MedoodError(str(exc)) from None
                 options = DetectorOptions(device=str(device), gate=False)
@@ -389,6 +392,17 @@ def sample_scores(
     }
 
 
+def gate_path(name: str, card_folder: Path | None) -> str:
+    """A card's ``gate``: a shipped model's name, a path, or a folder relative to the card's
+    own folder."""
+    from napari_medood.models.checkpoint import bundled_models
+
+    if card_folder is None or name in bundled_models() or Path(name).is_absolute():
+        return name
+    beside = Path(card_folder) / name
+    return str(beside) if beside.is_dir() else name
+
+
 def detector_from_checkpoints(checkpoints: list, options: DetectorOptions, name: str):
     """The detector of ``checkpoints`` (one, or an ensemble of one family) through its
     family's factory, with ``options``; ``name`` is what the user asked for, for errors."""
@@ -412,4 +426,7 @@ def detector_from_checkpoints(checkpoints: list, options: DetectorOptions, name:
             raise MedoodError(str(exc)) from None
     detector = resolve(family.detector)(checkpoints, options)
     detector.gate_enabled = options.gate
+    # a card's gate may be a folder named relative to the card's own (a suite trained and
+    # moved together: medood-train zoo)
+    detector.card_folder = Path(checkpoints[0].folder)
     return detector
