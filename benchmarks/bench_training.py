@@ -1,27 +1,53 @@
-"""Training speed of the U-Net: steps per second, and whether the data pipeline keeps up.
+"""What one CPU process feeds each family's training: samples per second per data-loader
+worker, before (a baseline commit) and after (this checkout), in one command.
 
-    python benchmarks/bench_training.py [--device cpu|cuda] [--preset small] [--batch 2]
-                                        [--patch 96] [--steps 6] [--workers 2]
-                                        [--precisions float32,auto]
+    python benchmarks/bench_training.py [--baseline 866eba9] [--samples 40]
+                                        [--families unet,unet-any,seg,seg-any,diffusion,flow,classifier]
+    python benchmarks/bench_training.py --train-steps [--device cpu] [--batch 2] [--patch 96]
 
-Times ``--steps`` training steps (AdamW, deep-supervision loss) on fixed random batches after
-two warm-up steps, at each of ``--precisions`` through the execution plan that training uses
-(``auto``: bfloat16 autocast on CPUs that compute it, float16 with a gradient scaler on CUDA;
-channels-last on the CPU), the first being the baseline; then the synthetic-anomaly data
-pipeline (IXI scans at 2 mm, foreign patches, real-lesion shapes and FPI outliers, as
-brain-t1-unet is trained) through a torch DataLoader with ``--workers`` workers, once from
-the real scans and once with every sample drawn in a random contrast from the scans' DLMUSE
-parcellations (``contrast_randomisation=1``, ``synth.contrast``); prints the rates and their
-ratios.
+For each family its training dataset is built as its recipe builds it, from the shared data
+(two IXI T1 scans at 2 mm with their DLMUSE parcellations, MS patient 07 with his lesions,
+AdrenalMNIST3D), and ``--samples`` items are drawn in this process (what one loader worker
+does), after one warm-up item:
+
+- ``unet``: brain-t1-unet's synthetic-anomaly 96^3 patches; ``unet-any``: brain-any-unet's,
+  half of them drawn in a random contrast from the parcellation (``synth.contrast``);
+- ``seg``: brain-t1-seg's 64^3 lesion patches of scans with lesion masks; ``seg-any``: the
+  zoo's segmenter patches, healthy scans with real lesion shapes implanted, half in a random
+  contrast (new: no baseline);
+- ``diffusion``: brain-t1-mhd's 96^2 slices with the forward process's simplex noise. Where
+  the noise was drawn per batch in the training process (the baseline), that serial cost is
+  measured beside it and bounds what any number of workers can feed;
+- ``flow``: the gate's augmented 4 mm views (``training.flow.augmented``);
+- ``classifier``: AdrenalMNIST3D's augmented 64^3 volumes.
+
+The baseline runs from ``git archive BASELINE src`` in a child process with the same script;
+each figure is that family's items per second in one process, "fed" is what 14 workers feed
+(bounded by any part drawn serially in the training process), and the ratio is fed after /
+fed before. Against the figures measured on the GPU machine (the U-Net consumed 58-67
+samples/s, diffusion ~100 slices/s: ``../shared/docs/gpu-measurements.md``) it says how many
+times that the workers feed.
+
+``--train-steps`` times the U-Net's optimiser steps at each of ``--precisions`` instead
+(the first the baseline), as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+FAMILIES = ("unet", "unet-any", "seg", "seg-any", "diffusion", "flow", "classifier")
+#: what the GPU consumed (../shared/docs/gpu-measurements.md): samples per second
+GPU_CONSUMED = {"unet": 67.0, "unet-any": 67.0, "diffusion": 100.0}
+GPU_WORKERS = 14
 
 
 def shared_dir() -> Path:
@@ -31,9 +57,191 @@ def shared_dir() -> Path:
     raise SystemExit("needs ../shared/data (or .data) with ixi-t1-2mm")
 
 
-def train_rate(
-    preset: str, device: str, batch: int, patch: int, steps: int, precision: str
-) -> float:
+def _rate(draw, samples: int) -> float:
+    draw(0)  # warm-up: imports, caches, the lesion bank
+    start = time.perf_counter()
+    for index in range(1, samples + 1):
+        draw(index)
+    return samples / (time.perf_counter() - start)
+
+
+def _ixi_scans(labels: bool):
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.preprocessing.model_space import ModelSpace
+    from napari_medood.training.data import prepare_scans
+
+    ixi = shared_dir() / "ixi-t1-2mm"
+    space = ModelSpace(spacing=(2.0, 2.0, 2.0))
+    cases = discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:2]
+    return prepare_scans(cases, space, labels=labels), space
+
+
+def measure(family: str, samples: int) -> dict:
+    """``{"rate": items/s, ...}`` of ``family`` in this process (this checkout's code)."""
+    import inspect
+
+    import numpy as np
+
+    if family in ("unet", "unet-any"):
+        from napari_medood.training.data import SyntheticAnomalyPatches, contrast_randomiser
+
+        scans, space = _ixi_scans(labels=family == "unet-any")
+        dataset = SyntheticAnomalyPatches(
+            scans,
+            (96, 96, 96),
+            samples + 1,
+            seed=0,
+            contrast=contrast_randomiser("dlmuse", (2, 2, 2)) if family == "unet-any" else None,
+            p_contrast=0.5 if family == "unet-any" else 0.0,
+            normalisation=space.normalisation,
+        )
+        return {"rate": _rate(dataset.__getitem__, samples)}
+    if family == "seg":
+        from napari_medood.io.cohort import Case
+        from napari_medood.preprocessing.model_space import ModelSpace
+        from napari_medood.training.data import prepare_scans
+        from napari_medood.training.segmenter import LesionPatches
+
+        patient = shared_dir() / "open-ms-lesjak-mni" / "patient07"
+        case = Case(
+            "patient07",
+            patient / "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+            label=patient / "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz",
+        )
+        scans = prepare_scans([case], ModelSpace(spacing=(2.0, 2.0, 2.0)), lesions=True)
+        dataset = LesionPatches(scans, (64, 64, 64), samples + 1, 0, 0.33, 0.5, 0.1)
+        return {"rate": _rate(dataset.__getitem__, samples)}
+    if family == "seg-any":
+        from napari_medood.training import segmenter
+
+        if not hasattr(segmenter, "training_patches"):
+            return {"rate": None, "note": "not in this version"}
+        config = segmenter.SegTrainConfig(
+            train="-", implant_lesions=[1, 4], contrast_randomisation=0.5
+        ).validate()
+        scans, _ = _ixi_scans(labels=True)
+        dataset = segmenter.training_patches(config, scans, samples + 1, 0)
+        return {"rate": _rate(dataset.__getitem__, samples)}
+    if family == "diffusion":
+        import torch
+
+        from napari_medood.io.cohort import discover_cases
+        from napari_medood.io.lmdb_cache import SliceLMDB
+        from napari_medood.preprocessing.model_space import ModelSpace
+        from napari_medood.training.diffusion import (
+            DiffusionTrainConfig,
+            SliceSamples,
+            write_slice_cache,
+        )
+
+        ixi = shared_dir() / "ixi-t1-2mm"
+        cases = discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:2]
+        folder = Path(tempfile.mkdtemp(prefix="bench-slices-")) / "cache"
+        write_slice_cache(cases, ModelSpace(spacing=(2.0, 2.0, 2.0)), folder)
+        process = DiffusionTrainConfig(train="-").process()
+        with SliceLMDB(folder) as cache:
+            in_items = "process" in inspect.signature(SliceSamples).parameters
+            options = {"process": process} if in_items else {}
+            dataset = SliceSamples(cache, (96, 96), samples + 1, 0, True, **options)
+            result = {"rate": _rate(dataset.__getitem__, samples)}
+            if not in_items:  # the noise, drawn per batch of 16 in the training process
+                generator = torch.Generator().manual_seed(0)
+                batches = max(2, samples // 16)
+                result["serial_rate"] = 16 * _rate(
+                    lambda _: process.noise_fields(16, (96, 96), generator), batches
+                )
+        return result
+    if family == "flow":
+        from napari_medood.io.readers import read_volume
+        from napari_medood.preprocessing.model_space import ModelSpace
+        from napari_medood.training.flow import augmented
+
+        scan = sorted((shared_dir() / "ixi-t1-2mm" / "t1").glob("*.nii.gz"))[0]
+        volume = read_volume(scan)
+        array = ModelSpace(spacing=(4.0, 4.0, 4.0)).prepare(volume, volume.data > 0).image
+        return {"rate": _rate(lambda i: augmented(array, i + 1, 0, True), samples)}
+    if family == "classifier":
+        from napari_medood.training.classifier import AugmentedVolumes
+
+        data = np.load(shared_dir() / "medmnist-adrenalmnist3d" / "adrenalmnist3d_64.npz")
+        arrays, labels = (
+            data["train_images"][:64].astype(np.float32) / 255.0,
+            data["train_labels"][:64],
+        )
+        dataset = AugmentedVolumes(arrays, labels.ravel(), samples + 1, 0, True)
+        return {"rate": _rate(dataset.__getitem__, samples)}
+    raise SystemExit(f"unknown family {family!r}")
+
+
+def run_in(source: Path, family: str, samples: int) -> dict:
+    """``measure`` in a child process importing napari_medood from ``source`` (a src tree)."""
+    env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, __file__, "--measure", family, "--samples", str(samples)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        return {"rate": None, "note": done.stderr.strip().splitlines()[-1][:120]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def baseline_tree(revision: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", revision, "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder / "src"
+
+
+def fed(record: dict, workers: int = GPU_WORKERS) -> float | None:
+    """Items per second ``workers`` loader processes feed: each at its rate, bounded by
+    what the training process draws serially per batch (the baseline's diffusion noise)."""
+    if not record.get("rate"):
+        return None
+    return min(workers * record["rate"], record.get("serial_rate") or float("inf"))
+
+
+def compare(args: argparse.Namespace) -> None:
+    before_src = baseline_tree(args.baseline)
+    after_src = REPO / "src"
+    print(
+        f"samples/s per worker (one process, OMP_NUM_THREADS=1), {args.samples} items each; "
+        f"before = {args.baseline}, after = this checkout; fed = what {GPU_WORKERS} workers "
+        "feed (bounded by any serial part)"
+    )
+    print(
+        f"{'family':<11} {'before':>8} {'after':>8} {'ratio':>6} {'fed before':>11} {'fed after':>10}   notes"
+    )
+    for family in args.families.split(","):
+        before = run_in(before_src, family, args.samples)
+        after = run_in(after_src, family, args.samples)
+        notes = [
+            f"{what}: {r['note']}"
+            for what, r in (("before", before), ("after", after))
+            if r.get("note")
+        ]
+        if before.get("serial_rate"):
+            notes.append(
+                f"before: noise drawn in the trainer, {before['serial_rate']:.0f} slices/s"
+            )
+        fed_before, fed_after = fed(before), fed(after)
+        if family in GPU_CONSUMED and fed_after:
+            notes.append(
+                f"after feeds {fed_after / GPU_CONSUMED[family]:.1f}x the {GPU_CONSUMED[family]:.0f}/s the H200 consumed"
+            )
+        ratio = fed_after / fed_before if fed_before and fed_after else None
+
+        def cell(value, width):
+            return f"{value:{width}.1f}" if value else f"{'-':>{width}}"
+
+        ratio_text = f"{ratio:5.2f}x" if ratio else f"{'-':>6}"
+        print(
+            f"{family:<11} {cell(before.get('rate'), 8)} {cell(after.get('rate'), 8)} {ratio_text} "
+            f"{cell(fed_before, 11)} {cell(fed_after, 10)}   {'; '.join(notes)}",
+            flush=True,
+        )
+
+
+def train_rate(preset, device, batch, patch, steps, precision) -> float:
     import torch
 
     from napari_medood.execution import plan_execution
@@ -69,44 +277,29 @@ def train_rate(
     return steps / (time.perf_counter() - start)
 
 
-def data_rate(patch: int, workers: int, samples: int, contrast: float = 0.0) -> float:
-    from torch.utils.data import DataLoader
-
-    from napari_medood.io.cohort import discover_cases
-    from napari_medood.preprocessing.model_space import ModelSpace
-    from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
-    from napari_medood.training.data import SyntheticAnomalyPatches, prepare_scans
-
-    ixi = shared_dir() / "ixi-t1-2mm"
-    space = ModelSpace(spacing=(2.0, 2.0, 2.0))
-    cases = discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:6]
-    scans = prepare_scans(cases, space, labels=contrast > 0)
-    dataset = SyntheticAnomalyPatches(
-        scans,
-        (patch,) * 3,
-        samples,
-        seed=0,
-        contrast=ContrastRandomiser(groups=DLMUSE_STRUCTURES) if contrast > 0 else None,
-        p_contrast=contrast,
-        normalisation=space.normalisation,
-    )
-    loader = DataLoader(dataset, batch_size=1, num_workers=workers)
-    start = time.perf_counter()
-    count = sum(1 for _ in loader)
-    return count / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", default="866eba9", help="the commit measured as before")
+    parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--train-steps", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--patch", type=int, default=96)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=60)
     parser.add_argument("--precisions", default="float32,auto")
     args = parser.parse_args()
+    if args.measure:
+        import torch
+
+        torch.set_num_threads(1)
+        print(json.dumps(measure(args.measure, args.samples)))
+        return
+    if not args.train_steps:
+        compare(args)
+        return
     from napari_medood.execution import resolve_precision
 
     rates = {}
@@ -121,18 +314,6 @@ def main() -> None:
             f"({args.preset}, batch {args.batch} x {args.patch}^3, {args.device})",
             flush=True,
         )
-    need = max(rates.values()) * args.batch
-    supply = data_rate(args.patch, args.workers, args.samples)
-    print(
-        f"data pipeline, {args.workers} workers: {supply:.1f} samples/s supplied "
-        f"= {supply / need:.1f}x what training consumes"
-    )
-    randomised = data_rate(args.patch, args.workers, args.samples, contrast=1.0)
-    print(
-        f"data pipeline, every sample in a random contrast: {randomised:.1f} samples/s "
-        f"({randomised / supply:.2f}x the real scans' rate) = {randomised / need:.1f}x what "
-        "training consumes"
-    )
 
 
 if __name__ == "__main__":
