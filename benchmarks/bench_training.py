@@ -136,10 +136,11 @@ def measure(family: str, samples: int) -> dict:
 
         ixi = shared_dir() / "ixi-t1-2mm"
         cases = discover_cases(ixi / "t1", masks=ixi / "dlmuse")[:2]
-        folder = Path(tempfile.mkdtemp(prefix="bench-slices-")) / "cache"
+        scratch = tempfile.TemporaryDirectory(prefix="bench-slices-")
+        folder = Path(scratch.name) / "cache"
         write_slice_cache(cases, ModelSpace(spacing=(2.0, 2.0, 2.0)), folder)
         process = DiffusionTrainConfig(train="-").process()
-        with SliceLMDB(folder) as cache:
+        with scratch, SliceLMDB(folder) as cache:
             in_items = "process" in inspect.signature(SliceSamples).parameters
             options = {"process": process} if in_items else {}
             dataset = SliceSamples(cache, (96, 96), samples + 1, 0, True, **options)
@@ -184,7 +185,12 @@ def run_in(source: Path, family: str, samples: int) -> dict:
 
 
 def baseline_tree(revision: str) -> Path:
+    """``src`` of ``revision`` in a temporary folder (removed when the process ends)."""
+    import atexit
+    import shutil
+
     folder = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    atexit.register(shutil.rmtree, folder, True)
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", revision, "src"], capture_output=True, check=True
     ).stdout

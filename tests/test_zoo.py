@@ -91,8 +91,8 @@ def test_the_whole_suite_in_one_budget_packs_predicts_and_resumes(cohort, tmp_pa
     assert len(rows) == 2  # its own contrast and one random contrast
     from napari_medood.io import read_volume
 
-    for row in rows:
-        assert read_volume(row["Label"]).data.sum() > 0
+    for row in rows:  # paths relative to the table: the run folder may be moved
+        assert read_volume(out / "data" / "valset-lesions" / row["Label"]).data.sum() > 0
 
     # the pack: at most 8 files of at most 16 MiB, restoring the checkpoints bit for bit
     packed = sorted((out / "pack").iterdir())
@@ -142,6 +142,9 @@ def test_the_whole_suite_in_one_budget_packs_predicts_and_resumes(cohort, tmp_pa
     assert resumed_log[: len(unet_log)] == unet_log  # continued, not restarted
     assert resumed_log == sorted(set(resumed_log))
     assert [s["budget_s"] for s in again["sessions"]] == [90, 150]
+    # the run folder holds one split: another is refused before anything is trained
+    assert zoo(cohort, out, 150, "--seed", "1") == 2
+    assert "another cohort or split (it differs in: " in capsys.readouterr().err
 
 
 def test_zoo_refuses_what_it_cannot_train_from(cohort, tmp_path, capsys, monkeypatch):
@@ -152,7 +155,7 @@ def test_zoo_refuses_what_it_cannot_train_from(cohort, tmp_path, capsys, monkeyp
     shutil.copy(next((cohort / "ixi").iterdir()), one)
     masks = str(shared("ixi-t1-2mm", "dlmuse"))
     assert train_main(["zoo", "--mask", masks, str(one), str(tmp_path / "o1")]) == 2
-    assert "at least 2 healthy scans" in capsys.readouterr().err
+    assert "healthy scans of at least 2 subjects" in capsys.readouterr().err
     assert train_main(["zoo", str(cohort / "ixi"), str(tmp_path / "o2")]) == 2
     assert "brain mask or parcellation" in capsys.readouterr().err
     assert (
@@ -167,3 +170,21 @@ def test_zoo_refuses_what_it_cannot_train_from(cohort, tmp_path, capsys, monkeyp
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert train_main(["zoo", "--mask", masks, str(cohort / "ixi"), str(tmp_path / "o5")]) == 2
     assert "runs as one process" in capsys.readouterr().err
+
+
+def test_sessions_of_one_subject_stay_on_one_side_of_the_split():
+    from napari_medood.io.cohort import Case
+    from napari_medood.training.zoo import split_cohort, subject_of
+
+    cases = [
+        Case(f"sub-{s}_ses-{t}_T1w", Path(f"/d/sub-{s}/ses-{t}/anat/sub-{s}_ses-{t}_T1w.nii.gz"))
+        for s in ("01", "02", "03", "04", "05")
+        for t in (1, 2)
+    ]
+    assert subject_of(cases[0]) == subject_of(cases[1]) == "sub-01"
+    assert subject_of(Case("scan", Path("/d/scan.nii.gz"), info={"Subject": "p7"})) == "p7"
+    for seed in range(5):
+        train, held = split_cohort(cases, 0.2, seed)
+        assert len(held) == 2 and len(train) == 8
+        assert {subject_of(c) for c in held}.isdisjoint(subject_of(c) for c in train)
+    assert split_cohort(cases, 0.2, 3) == split_cohort(cases, 0.2, 3)

@@ -21,8 +21,9 @@ PROG = "medood-train zoo"
 EPILOG = """\
 what it trains, each with its share of --budget (in this order): the synthetic-anomaly U-Net
 (40 %), the lesion segmenter on real lesion shapes implanted into the healthy scans (15 %),
-MHD's slice diffusion model (25 %) and the trust gate on the U-Net's features (10 %); the
-rest calibrates each map model on the held-out healthy scans and evaluates it. With
+MHD's slice diffusion model (25 %) and the trust gate on the U-Net's features (10 %); then
+it calibrates each map model on the held-out healthy scans and evaluates it (not counted in
+the budget). With
 parcellations (DLMUSE, say) as masks, every model also learns random MR contrasts drawn from
 them. The U-Net and the segmenter start from the shipped brain models (brain-any-unet-gpu,
 or brain-t1-unet without parcellations, and brain-t1-seg; --from-scratch: not).
@@ -73,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_BUDGET_S,
         metavar="SECONDS",
-        help=f"seconds for the whole suite, preparation included (default {DEFAULT_BUDGET_S:.0f}: "
-        "about 9 minutes, sized for one H200-class GPU)",
+        help=f"seconds the four models train, their preparation included (default "
+        f"{DEFAULT_BUDGET_S:.0f}: about 9 minutes, sized for one H200-class GPU); the validation "
+        "sets, calibration and evaluation come on top",
     )
     add_device_option(parser)
     add_precision_option(parser)
@@ -105,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="held-out scans the validation sets are built from (default 4; calibration "
         "reads every held-out scan)",
+    )
+    parser.add_argument(
+        "--contrast",
+        default="T1w",
+        help="what the scans are (T1w, T2w, FLAIR...) when --mask gives brain masks, for the "
+        "cards' contrast checks (with parcellations the models read any contrast; default T1w)",
     )
     parser.add_argument("--name", default="zoo", help="the models' names' prefix (default zoo)")
     parser.add_argument(
@@ -150,6 +158,7 @@ def _zoo(args: argparse.Namespace) -> int:
         held_out=args.held_out,
         fpr=args.fpr,
         eval_scans=args.eval_scans,
+        contrast=args.contrast,
         from_shipped=not args.from_scratch,
         name=args.name,
         seed=args.seed,

@@ -393,14 +393,16 @@ def sample_scores(
 
 
 def gate_path(name: str, card_folder: Path | None) -> str:
-    """A card's ``gate``: a shipped model's name, a path, or a folder relative to the card's
-    own folder."""
+    """A card's ``gate``: a shipped model's name, an absolute path, or a folder relative to
+    the card's own folder (else to the working directory, where older cards meant it)."""
     from napari_medood.models.checkpoint import bundled_models
 
     if card_folder is None or name in bundled_models() or Path(name).is_absolute():
         return name
     beside = Path(card_folder) / name
-    return str(beside) if beside.is_dir() else name
+    if beside.is_dir() or not Path(name).is_dir():
+        return str(beside)  # where it should be: a missing gate's warning names this path
+    return name
 
 
 def detector_from_checkpoints(checkpoints: list, options: DetectorOptions, name: str):

@@ -138,7 +138,9 @@ def draw_random_contrast(
     (``normalisation``, the card's entry), zero outside.
 
     Only the brain's box (and a margin for the blur) is drawn: the rest is zero in the end,
-    and a 2 mm head's box is about half its volume, so a draw costs about half as much."""
+    and a 2 mm head's box is about half its volume, so a draw costs about half as much. The
+    draws are of the same kind, not the same images as a whole-volume draw: the bias field
+    spans the box, and the rescaling before gamma reads the box's range."""
     from napari_medood.preprocessing.intensity import normalise
     from napari_medood.synth._common import tight_box
 

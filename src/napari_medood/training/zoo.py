@@ -3,8 +3,9 @@ run, then calibrated and evaluated, its results in one table.
 
 The run, in ``OUT``:
 
-1. ``data/``: the cohort split by subject into training scans and held-out scans (a share,
-   at least one); from the held-out scans, two labelled validation sets: synthetic outliers
+1. ``data/``: the cohort split by subject (a ``Subject`` column, the BIDS ``sub-`` entity,
+   else each scan its own) into training and held-out scans (a share, at least one); from
+   the held-out scans, two labelled validation sets: synthetic outliers
    (``medood-synth``'s FPI/MOOD kinds, ``valset-fpi``) and real lesion shapes implanted in
    their own contrast and, where the masks are parcellations, a random one
    (``valset-lesions``).
@@ -31,9 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,6 @@ STAGES: dict[str, tuple[str, float]] = {
     "diffusion": ("diffusion", 0.25),
     "gate": ("flow", 0.10),
 }
-#: what the budget keeps for calibration and evaluation (the stages' shares sum to the rest)
-EVALUATION_SHARE = 0.10
 #: the default budget: the whole suite in 9 minutes on one H200-class GPU
 DEFAULT_BUDGET_S = 540.0
 #: what a pack may be (what a GPU job can send back)
@@ -67,13 +67,17 @@ class ZooSettings:
         diffusion model and the gate also learn random MR contrasts drawn from it).
     lesions, lesion_masks: an optional labelled cohort (a CSV with Path, Label and Mask
         columns, or BIDS) on which every model is evaluated; it is never trained on.
-    out: the run folder. budget_s: seconds for the whole suite (each stage its share).
+    out: the run folder. budget_s: seconds the four stages train, their preparation
+        included (each its share, ``STAGES``: nine tenths in all); the validation sets,
+        calibration and evaluation are not counted.
     device, precision: as for ``medood-train``. workers: data loader processes per stage
         (None: the CPU's cores less two, at most 14). held_out: the share of the healthy
         subjects kept out of training for calibration and validation (at least one).
     fpr: the healthy voxel false-positive rate each map model is calibrated at (on every
         held-out scan). eval_scans: how many held-out scans the validation sets are built
         from (the first by name), so that evaluating a large cohort's suite stays short.
+    contrast: what the scans are (``T1w``, ``T2w``, ``FLAIR``...), for the cards' checks,
+        when the masks are brain masks; with parcellations the models read any contrast.
     from_shipped: start the U-Net and the segmenter from the shipped brain models
         (fine-tuning; False trains from scratch). name: the models' names' prefix.
     overrides: ``stage.key=value`` settings of a stage's configuration (``unet.steps=500``,
@@ -92,6 +96,7 @@ class ZooSettings:
     held_out: float = 0.2
     fpr: float = 0.01
     eval_scans: int = 4
+    contrast: str = "T1w"
     from_shipped: bool = True
     name: str = "zoo"
     seed: int = 0
@@ -130,25 +135,23 @@ class ZooResult:
     summary: dict[str, Any]
     table: Path
     record: Path
-    packed: list[Path] = field(default_factory=list)
 
 
 # -- data ---------------------------------------------------------------------------------
 
 
 def _write_table(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """A CSV table, written atomically."""
+    import csv
+    import io
+
     from napari_medood.io.atomic import write_text_atomic
 
-    lines = [",".join(header)]
-    for row in rows:
-        lines.append(",".join(_csv_cell(v) for v in row))
-    write_text_atomic(path, "\n".join(lines) + "\n")
-    return path
-
-
-def _csv_cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    return f'"{text}"' if any(c in text for c in ',"\n') else text
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if v is None else str(v) for v in row] for row in rows])
+    return write_text_atomic(path, text.getvalue())
 
 
 def is_parcellation(path: Path | None) -> bool:
@@ -161,19 +164,37 @@ def is_parcellation(path: Path | None) -> bool:
     return np.unique(np.round(data[data > 0])).size > 2
 
 
+def subject_of(case) -> str:
+    """The subject a scan belongs to: a CSV ``Subject`` column, its BIDS ``sub-`` entity,
+    else the scan itself (sessions of one subject must not fall on both sides of a split)."""
+    for key in ("Subject", "subject", "participant_id"):
+        value = (getattr(case, "info", None) or {}).get(key)
+        if value:
+            return str(value)
+    for text in (case.name, *Path(case.image).parts):
+        match = re.search(r"(sub-[A-Za-z0-9]+)", text)
+        if match:
+            return match.group(1)
+    return case.name
+
+
 def split_cohort(cases: Sequence, share: float, seed: int) -> tuple[list, list]:
     """``(training, held out)``: a seeded share of the subjects (at least one) held out, the
     rest (at least one) trained on; the same cohort and seed give the same split."""
-    if len(cases) < 2:
+    subjects = sorted({subject_of(c) for c in cases})
+    if len(subjects) < 2:
         raise MedoodError(
-            f"the zoo needs at least 2 healthy scans (one to train on, one held out to "
-            f"calibrate and validate on); found {len(cases)}"
+            f"the zoo needs healthy scans of at least 2 subjects (one to train on, one held "
+            f"out to calibrate and validate on); found {len(cases)} scan(s) of "
+            f"{len(subjects)} subject(s)"
         )
-    names = sorted(c.name for c in cases)
-    held = max(1, min(len(names) - 1, int(round(share * len(names)))))
-    order = np.random.default_rng(seed).permutation(len(names))
-    chosen = {names[i] for i in order[:held]}
-    return [c for c in cases if c.name not in chosen], [c for c in cases if c.name in chosen]
+    held = max(1, min(len(subjects) - 1, int(round(share * len(subjects)))))
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    chosen = {subjects[i] for i in order[:held]}
+    return (
+        [c for c in cases if subject_of(c) not in chosen],
+        [c for c in cases if subject_of(c) in chosen],
+    )
 
 
 def implanted_lesion_set(cases: Sequence, folder: Path, parcellated: bool, seed: int) -> Path:
@@ -224,11 +245,10 @@ def implanted_lesion_set(cases: Sequence, folder: Path, parcellated: bool, seed:
                 folder / "labels" / f"{stem}.nii.gz",
                 "labels",
             )
-            rows.append(
-                [stem, *(Path(p).resolve() for p in (image_path, mask_path, label_path)), 1]
-            )
-    _write_table(folder / "cases.partial.csv", ["Name", "Path", "Mask", "Label", "Anomalous"], rows)
-    os.replace(folder / "cases.partial.csv", table)
+            # relative to the table: the run folder may be moved
+            paths = (image_path, mask_path, label_path)
+            rows.append([stem, *(Path(p).relative_to(folder) for p in paths), 1])
+    _write_table(table, ["Name", "Path", "Mask", "Label", "Anomalous"], rows)
     write_text_atomic(
         folder / "README.txt",
         "real lesion shapes (napari-medood's shipped bank) implanted into held-out healthy "
@@ -247,7 +267,12 @@ def default_workers() -> int:
 
 
 def recipe(
-    stage: str, parcellated: bool, from_shipped: bool, workers: int, subjects: int
+    stage: str,
+    parcellated: bool,
+    from_shipped: bool,
+    workers: int,
+    subjects: int,
+    contrast_name: str = "T1w",
 ) -> dict[str, Any]:
     """A stage's configuration before the run's data, budget and the user's overrides: the
     shipped brain recipes (configs/), with contrast randomisation where the masks are
@@ -281,7 +306,7 @@ def recipe(
                 if from_shipped
                 else {}
             ),
-            **({"contrast": "any"} if parcellated else {}),
+            "contrast": "any" if parcellated else contrast_name,
         }
     if stage == "seg":
         return {
@@ -305,7 +330,7 @@ def recipe(
             "val_interval": 250,
             "log_interval": 25,
             **({"init": "brain-t1-seg"} if from_shipped else {}),
-            **({"contrast": "any"} if parcellated else {}),
+            "contrast": "any" if parcellated else contrast_name,
         }
     if stage == "diffusion":
         return {
@@ -321,7 +346,7 @@ def recipe(
             "val_interval": 250,
             "log_interval": 25,
             "contrast_copies": 3 if parcellated else 0,
-            **({"contrast": "any"} if parcellated else {}),
+            "contrast": "any" if parcellated else contrast_name,
         }
     if stage == "gate":
         return {
@@ -399,7 +424,9 @@ def run_zoo(
             "train one model on many GPUs, run medood-train METHOD under torchrun with the "
             "recipe the zoo wrote (OUT/<stage>/config.json)"
         )
-    out = Path(settings.out)
+    # one spelling of the run folder, whatever the working directory (the stages' recipes
+    # name it, and a resumed run compares them)
+    out = Path(settings.out).resolve()
     cases = discover_cases(settings.healthy, masks=settings.masks)
     unmasked = [c.name for c in cases if c.mask is None]
     if unmasked:
@@ -423,17 +450,6 @@ def run_zoo(
     state.setdefault("sessions", []).append({"budget_s": settings.budget_s, "started": time.time()})
     parcellated = is_parcellation(cases[0].mask)
     train, held = split_cohort(cases, settings.held_out, settings.seed)
-    header = ["Name", "Path", "Mask"]
-    train_csv = _write_table(
-        data / "train.csv", header, [[c.name, c.image.resolve(), c.mask.resolve()] for c in train]
-    )
-    held_csv = _write_table(
-        data / "held_out.csv", header, [[c.name, c.image.resolve(), c.mask.resolve()] for c in held]
-    )
-    log(
-        f"{len(cases)} healthy scans ({'parcellations' if parcellated else 'brain masks'}): "
-        f"{len(train)} train, {len(held)} held out ({', '.join(c.name for c in held)})"
-    )
     workers = default_workers() if settings.workers is None else settings.workers
     valset_options = {}
     for item in settings.stage_overrides("valset"):
@@ -445,6 +461,35 @@ def run_zoo(
         valset_config = ValidationSetConfig(**{"seed": settings.seed, **valset_options})
     except (TypeError, ValueError) as exc:
         raise MedoodError(f"--set valset.*: {exc}") from None
+    fingerprint = {
+        "train": sorted(c.name for c in train),
+        "held_out": sorted(c.name for c in held),
+        "masks": "parcellations" if parcellated else "brain masks",
+        "seed": settings.seed,
+        "eval_scans": settings.eval_scans,
+        "valset": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in vars(valset_config).items()
+        },
+    }
+    earlier = state.get("fingerprint")
+    if earlier is not None and earlier != fingerprint:
+        differ = ", ".join(k for k in fingerprint if earlier.get(k) != fingerprint[k])
+        raise MedoodError(
+            f"{out} holds a zoo run of another cohort or split (it differs in: {differ}); "
+            "give another OUT, or remove this one to start again"
+        )
+    state["fingerprint"] = fingerprint
+    header = ["Name", "Path", "Mask"]
+    train_csv = _write_table(
+        data / "train.csv", header, [[c.name, c.image.resolve(), c.mask.resolve()] for c in train]
+    )
+    held_csv = _write_table(
+        data / "held_out.csv", header, [[c.name, c.image.resolve(), c.mask.resolve()] for c in held]
+    )
+    log(
+        f"{len(cases)} healthy scans ({'parcellations' if parcellated else 'brain masks'}): "
+        f"{len(train)} train, {len(held)} held out ({', '.join(c.name for c in held)})"
+    )
     report(progress, 0, 1, "building the validation sets")
     valset = data / "valset-fpi"
     sources = sorted(held, key=lambda c: c.name)[: settings.eval_scans]
@@ -479,7 +524,7 @@ def run_zoo(
         overrides = [
             _override(key, value)
             for key, value in recipe(
-                stage, parcellated, settings.from_shipped, workers, len(train)
+                stage, parcellated, settings.from_shipped, workers, len(train), settings.contrast
             ).items()
         ]
         overrides += [
@@ -493,9 +538,12 @@ def run_zoo(
         ]
         config = load_config(None, overrides, trainer.config)
         before = stages.get(stage, {})
+        # the gate reads the U-Net's encoder: a U-Net that trained on needs a new gate
+        backbone = _sha_of(out / "unet" / "best") if stage == "gate" else None
         if (
             before.get("overrides") == [o for o in overrides if not o.startswith("budget_s=")]
             and before.get("budget_s", 0) >= budget
+            and before.get("backbone_sha") == backbone
             and (out / stage / "best" / "card.json").is_file()
         ):
             # trained to this budget already (a flow would be fitted again from scratch)
@@ -520,6 +568,7 @@ def run_zoo(
             "best_metric": result.best_metric,
             "final_lr": result.final_lr,
             "overrides": [item for item in overrides if not item.startswith("budget_s=")],
+            "backbone_sha": backbone,
         }
         log(
             f"{stage}: {result.last_step} steps in {result.seconds:.0f} s, best "
@@ -536,7 +585,7 @@ def run_zoo(
     for stage in MAP_STAGES:
         check_cancelled(cancelled)
         folder = out / stage / "best"
-        key = _weights_key(folder, settings, sets)
+        key = _weights_key(folder, settings, sets, fingerprint)
         if evaluations.get(stage, {}).get("key") == key:
             continue
         report(progress, 0, 1, f"calibrating and evaluating {stage}")
@@ -549,7 +598,7 @@ def run_zoo(
         log(f"{stage}: calibrated and evaluated")
         _save_state(out, state)
     gate_folder = out / "gate" / "best"
-    gate_key = _weights_key(gate_folder, settings, sets)
+    gate_key = _weights_key(gate_folder, settings, sets, fingerprint)
     if evaluations.get("gate", {}).get("key") != gate_key:
         evaluations["gate"] = {
             "key": gate_key,
@@ -588,12 +637,27 @@ def _link_suite(out: Path) -> None:
             write_text_atomic(gate_card, json.dumps(card, indent=1) + "\n")
 
 
-def _weights_key(folder: Path, settings: ZooSettings, sets: dict) -> str:
-    """What an evaluation depends on: the weights (their sha256 in the card), the
-    calibration rate and the sets."""
+def _sha_of(folder: Path) -> str | None:
+    """The weights' sha256 a checkpoint's card records (None without a card)."""
+    card_path = folder / "card.json"
+    if not card_path.is_file():
+        return None
+    return json.loads(card_path.read_text()).get("weights", {}).get("sha256")
+
+
+def _weights_key(folder: Path, settings: ZooSettings, sets: dict, fingerprint: dict) -> str:
+    """What an evaluation depends on: the weights (and a gate's U-Net), the calibration
+    rate, the sets and the split."""
     card = json.loads((folder / "card.json").read_text())
     text = json.dumps(
-        [card.get("weights", {}).get("sha256"), settings.fpr, sorted(str(v) for v in sets.values())]
+        [
+            card.get("weights", {}).get("sha256"),
+            (card.get("backbone") or {}).get("sha256"),
+            settings.fpr,
+            sorted(str(v) for v in sets.values()),
+            fingerprint,
+        ],
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -653,8 +717,11 @@ def _evaluate_gate(folder, held, lesion_cases, settings, cancelled) -> dict:
     from napari_medood.io.readers import read_volume
     from napari_medood.preprocessing.masks import load_mask
 
-    detector = get_detector(str(folder), device=settings.device, gate=False)
     figures: dict[str, Any] = {"held_out": {}, "lesion_cohort": {}}
+    try:
+        detector = get_detector(str(folder), device=settings.device, gate=False)
+    except MedoodError as exc:
+        return {**figures, "error": f"{folder}: {exc}"}
     for where, cases in (("held_out", held), ("lesion_cohort", lesion_cases)):
         for case in cases:
             check_cancelled(cancelled)
@@ -766,8 +833,9 @@ def write_summary(out: Path, summary: dict[str, Any]) -> tuple[Path, Path]:
 
 
 def pack_members(out: Path) -> list[Path]:
-    """What a pack holds: every model's best checkpoint, every stage's logs and record, the
-    summary and the run's log (not the resumable state, caches or data)."""
+    """What a pack holds: every model's best checkpoint, every stage's logs and recipe, the
+    summary, the run's record (``zoo.json``) and log; not the stages' resumable state, the
+    caches or the data."""
     members = [out / name for name in ("summary.md", "summary.json", "zoo.json", "zoo_log.txt")]
     for stage in STAGES:
         folder = out / stage
@@ -780,16 +848,17 @@ def pack_members(out: Path) -> list[Path]:
 def write_pack(out: Path, folder: Path | None = None) -> list[Path]:
     """``OUT/pack``: the summary beside one gzipped tar of :func:`pack_members`, cut into
     parts of at most 16 MiB (``cat zoo.tar.gz.part* | tar -xz`` restores the folders); at
-    most 8 files in all, else an error says by how much it is over."""
+    most 8 files in all, else an error says by how much it is over. The pack is made in a
+    folder of its own and renamed into place whole: an interrupted pack leaves the one
+    before it."""
     import gzip
     import io
     import shutil
     import tarfile
 
     folder = folder or out / "pack"
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     buffer = io.BytesIO()
     with (
         gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped,
@@ -799,17 +868,19 @@ def write_pack(out: Path, folder: Path | None = None) -> list[Path]:
             tar.add(member, arcname=str(member.relative_to(out)))
     data = buffer.getvalue()
     parts = [data[i : i + PACK_FILE_BYTES] for i in range(0, len(data), PACK_FILE_BYTES)] or [b""]
-    written = [Path(shutil.copy(out / "summary.md", folder / "summary.md"))]
-    if len(parts) + len(written) > PACK_FILES:
-        shutil.rmtree(folder)
+    if len(parts) + 1 > PACK_FILES:
         raise MedoodError(
             f"the pack would be {len(data) / 2**20:.1f} MiB: {len(parts) + 1} files of at most "
-            f"16 MiB, more than {PACK_FILES}; train smaller models or pack fewer stages"
+            f"16 MiB, more than {PACK_FILES}; train smaller models"
         )
+    partial.mkdir(parents=True)
+    shutil.copy(out / "summary.md", partial / "summary.md")
+    names = ["summary.md"]
     for index, part in enumerate(parts):
-        path = folder / f"zoo.tar.gz.part{index:02d}"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(part)
-        os.replace(tmp, path)
-        written.append(path)
-    return written
+        name = f"zoo.tar.gz.part{index:02d}"
+        (partial / name).write_bytes(part)
+        names.append(name)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
+    return [folder / name for name in names]
