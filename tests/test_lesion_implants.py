@@ -116,3 +116,28 @@ def test_diffusion_slices_carry_their_own_noise_and_step(tmp_path):
         assert abs(float(noise.mean())) < 1e-4 and abs(float(noise.std()) - 1) < 1e-2
         others = [samples[i][1] for i in range(4)]
         assert not torch.equal(others[0], others[1])  # each item its own field
+
+
+@pytest.mark.parametrize("polarity", ["darker", "brighter"])
+def test_a_tumour_like_lesion_has_a_core_inside_a_milder_halo_both_labelled(scans, polarity):
+    from napari_medood.synth.lesion_implants import LesionImplanter
+
+    scan = scans[0]
+    implanter = LesionImplanter(polarity=polarity, tumour_p=1.0)
+    image, target, drawn = implanter(scan.image, scan.mask, 0, np.random.default_rng(11))
+    tumour = drawn["tumour"]
+    assert drawn["lesions"] == [] and tumour["core_voxels"] > 0 and tumour["halo_voxels"] > 0
+    assert (target > 0).sum() >= tumour["core_voxels"] + tumour["halo_voxels"] * 0.5
+    # the core changed more than its halo, both in the lesion's direction: the most changed
+    # voxels are the core's factor, and much of the halo is at the halo's
+    tissue = (target > 0) & (scan.image > 0.05)  # a ratio of the tissue's own intensity
+    change = image[tissue] / scan.image[tissue]
+    extreme = change.min() if polarity == "darker" else change.max()
+    assert extreme == pytest.approx(tumour["factor"], abs=0.02)
+    halo = np.abs(change - tumour["halo_factor"]) < 0.02
+    assert halo.sum() > 0.3 * tumour["halo_voxels"]
+    farther = tumour["factor"] < tumour["halo_factor"] < 1
+    assert farther if polarity == "darker" else 1 < tumour["halo_factor"] < tumour["factor"]
+    # none without tumour_p, and the same draws as before for the other lesions
+    plain = LesionImplanter(polarity=polarity)
+    assert "tumour" not in plain(scan.image, scan.mask, 2, np.random.default_rng(11))[2]

@@ -64,7 +64,8 @@ class SegTrainConfig(StepRunSettings, OodSupervisionSettings):
     Healthy scans only (``implant_lesions``: [fewest, most] per patch): no lesion masks are
         read; each patch gets real lesion shapes (the shipped bank) implanted, darker or
         brighter than the tissue they replace (``lesion_polarity``: any, darker, brighter;
-        ``synth.lesion_implants``). contrast_randomisation: the share of patches cut from the
+        ``synth.lesion_implants``); tumour_p, the share of patches that also get a
+        tumour-like lesion (a core in an oedema-like halo). contrast_randomisation: the share of patches cut from the
         scan drawn in a random contrast from its parcellation (its mask file, DLMUSE say;
         ``synth.contrast``, as the U-Net's), so that one segmenter reads any MR contrast;
         contrast_groups as for the U-Net.
@@ -94,6 +95,7 @@ class SegTrainConfig(StepRunSettings, OodSupervisionSettings):
     contrast: str = "T1w"
     implant_lesions: list[int] | None = None
     lesion_polarity: str = "any"
+    tumour_p: float = 0.0
     contrast_randomisation: float = 0.0
     contrast_groups: str = "dlmuse"
 
@@ -129,8 +131,8 @@ class SegTrainConfig(StepRunSettings, OodSupervisionSettings):
                 f"implant_lesions must be [fewest, most] lesions per patch, not {self.implant_lesions}"
             )
         look_up_option(self.lesion_polarity, POLARITIES, "lesion_polarity")
-        if not 0 <= self.contrast_randomisation <= 1:
-            raise MedoodError("contrast_randomisation must be within [0, 1]")
+        if not 0 <= self.contrast_randomisation <= 1 or not 0 <= self.tumour_p <= 1:
+            raise MedoodError("contrast_randomisation and tumour_p must be within [0, 1]")
         look_up_option(self.contrast_groups, CONTRAST_GROUPS, "contrast_groups")
         return self
 
@@ -259,7 +261,11 @@ def training_patches(
         from napari_medood.synth.lesion_implants import LesionImplanter
         from napari_medood.training.data import contrast_randomiser
 
-        implanter = LesionImplanter(polarity=config.lesion_polarity, spacing=tuple(config.spacing))
+        implanter = LesionImplanter(
+            polarity=config.lesion_polarity,
+            spacing=tuple(config.spacing),
+            tumour_p=config.tumour_p,
+        )
         if config.contrast_randomisation > 0:
             contrast = contrast_randomiser(config.contrast_groups, config.spacing, lesions=(0, 0))
     return LesionPatches(

@@ -319,6 +319,8 @@ def recipe(
             "residual_units": 2,
             "implant_lesions": [1, 4],
             "lesion_polarity": "any",
+            # a quarter of the patches also hold a tumour-like lesion (a core in a halo)
+            "tumour_p": 0.25,
             "contrast_randomisation": contrast,
             "flip_p": 0.5,
             "intensity_jitter": 0.1,
