@@ -205,8 +205,9 @@ def implanted_lesion_set(cases: Sequence, folder: Path, parcellated: bool, seed:
     from napari_medood.io.atomic import write_text_atomic
     from napari_medood.io.readers import read_volume
     from napari_medood.io.writers import write_nifti
-    from napari_medood.preprocessing.masks import align_to_grid, load_mask
+    from napari_medood.preprocessing.masks import align_to_grid, check_mask
     from napari_medood.synth.lesion_implants import LesionImplanter
+    from napari_medood.training.data import contrast_randomiser
 
     table = folder / "cases.csv"
     if table.exists():
@@ -216,7 +217,10 @@ def implanted_lesion_set(cases: Sequence, folder: Path, parcellated: bool, seed:
     rows = []
     for index, case in enumerate(cases):
         volume = read_volume(case.image)
-        brain = load_mask(case.mask, volume.grid)
+        # the mask file read once: its non-zero voxels are the brain, its labels (with
+        # parcellations) what a random contrast is drawn from
+        mask_data = np.asarray(align_to_grid(read_volume(case.mask), volume.grid).data)
+        brain = check_mask(mask_data, volume.grid, case.mask)
         spacing = tuple(float(s) for s in volume.spacing)
         implanter = LesionImplanter(spacing=spacing)
         mask_path = write_nifti(
@@ -226,12 +230,8 @@ def implanted_lesion_set(cases: Sequence, folder: Path, parcellated: bool, seed:
         )
         copies = [("own", np.asarray(volume.data, np.float32))]
         if parcellated:
-            from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
-
-            labels = np.round(np.asarray(align_to_grid(read_volume(case.mask), volume.grid).data))
-            randomiser = ContrastRandomiser(
-                groups=DLMUSE_STRUCTURES, spacing=spacing, lesions=(0, 0)
-            )
+            labels = np.round(mask_data)
+            randomiser = contrast_randomiser("dlmuse", spacing, lesions=(0, 0))
             rng = np.random.default_rng([seed, index, 1])
             drawn = randomiser(labels.astype(np.int32), rng, foreground=brain).image
             copies.append(("contrast", np.where(brain, drawn, 0.0).astype(np.float32)))
@@ -516,7 +516,7 @@ def run_zoo(
         "unet": [f"train={train_csv}", f"val={valset}"],
         "seg": [f"train={train_csv}", f"val={lesion_valset}"],
         "diffusion": [f"train={train_csv}", f"val={held_csv}"],
-        "gate": [f"train={train_csv}", f"backbone={(out / 'unet' / 'best').resolve()}"],
+        "gate": [f"train={train_csv}", f"backbone={out / 'unet' / 'best'}"],
     }
     stages = state.setdefault("stages", {})
     for number, (stage, (method, share)) in enumerate(STAGES.items()):
