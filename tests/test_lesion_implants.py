@@ -141,3 +141,25 @@ def test_a_tumour_like_lesion_has_a_core_inside_a_milder_halo_both_labelled(scan
     # none without tumour_p, and the same draws as before for the other lesions
     plain = LesionImplanter(polarity=polarity)
     assert "tumour" not in plain(scan.image, scan.mask, 2, np.random.default_rng(11))[2]
+
+
+def test_no_lesion_of_the_test_patients_is_in_the_shipped_bank():
+    """The MS patients 07 and 19 are what the lesion tables measure on: their lesions'
+    shapes must not be what the segmenters learnt from."""
+    from napari_medood.synth.lesions import LesionShapeBank
+
+    bank = LesionShapeBank.default()
+    masks = shared("open-ms-lesjak-mni") / "lesion-masks"
+    theirs = LesionShapeBank.from_mask_files(
+        sorted(masks.glob("patient07_*.nii.gz")) + sorted(masks.glob("patient19_*.nii.gz")),
+        min_voxels=50,
+        max_extent=128,
+    )
+    assert len(theirs) >= 10  # the check below compares against real shapes
+    held = {(m.shape, m.tobytes()) for m in bank.masks}
+    pairs = zip(theirs.sources, theirs.masks, strict=True)
+    assert not [s for s, m in pairs if (m.shape, m.tobytes()) in held]
+    assert not [s for s in bank.sources if s.startswith(("patient07", "patient19"))]
+    # the other patients' lesions are there: the same filters find them in the bank
+    others = LesionShapeBank.from_mask_files(sorted(masks.glob("patient0[1-4]_*.nii.gz")))
+    assert any((m.shape, m.tobytes()) in held for m in others.masks)

@@ -26,7 +26,7 @@ from napari_medood.synth._common import Seed, as_rng, as_shape3, rotation_matrix
 from napari_medood.synth.shapes import Shape
 
 DEFAULT_BANK = Path(__file__).with_name("data") / "lesion_shapes.npz"
-DEFAULT_BANK_SHA256 = "33513466072aa7a97f7b016dc9712345f9509106fba24c2e72112b4c745657e8"
+DEFAULT_BANK_SHA256 = "9fb5f682c299872d7dbe8152e9bcbc212b6a89fe961a294be2235d9bbe181309"
 
 
 class LesionBankError(MedoodError, ValueError):
