@@ -207,6 +207,14 @@ def _register_builtins() -> None:
             train_name="flow",
         )
     )
+    register_family(
+        Family(
+            name="fused",
+            description="calibrated member maps (a lesion segmenter and an anomaly U-Net, "
+            "say) fused into one map: is anything abnormal, lesion or otherwise?",
+            detector="napari_medood.detectors.fused:FusedDetector.from_checkpoints",
+        )
+    )
     baselines = "napari_medood.detectors.baselines"
     register_detector(
         "intensity",

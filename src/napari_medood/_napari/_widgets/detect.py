@@ -289,6 +289,12 @@ class DetectWidget(CancellableRun, Panel):
             parts.append(f"for {expects.get('modality', '')} scans of any contrast".strip())
         elif expects.get("contrast"):
             parts.append(f"for {expects.get('modality', '')} {expects['contrast']} scans".strip())
+        members = card.get("members")
+        if isinstance(members, dict) and members:  # a fused model: what it is made of
+            parts.append(
+                f"fuses ({card.get('rule', 'max')}) "
+                + " and ".join(f"{role} {m.get('model')}" for role, m in members.items())
+            )
         spacing = card.get("preprocessing", {}).get("spacing")
         if spacing:
             parts.append(f"works at {spacing[0]:g} mm")
@@ -645,7 +651,13 @@ def extra_layers(result: Any, job: dict, map_kwargs: dict) -> list:
     # a 3D extra is saved like the map: in the source's voxel order, with its exact affine
     source_volume = map_kwargs["metadata"].get(METADATA_KEY)
     layers = []
-    for key, (label, role, colormap) in EXTRA_MAPS.items():
+    # a family's own maps (a fused model's members) come with their labels
+    labels = result.extras.get("map_labels") or {}
+    known = {
+        **EXTRA_MAPS,
+        **{k: (str(v), ANOMALY_MAP, "inferno") for k, v in labels.items() if k not in EXTRA_MAPS},
+    }
+    for key, (label, role, colormap) in known.items():
         if key == main or key not in maps:
             continue
         values = np.asarray(maps[key], dtype=np.float32)
@@ -744,6 +756,17 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
             score_text += f" {calibration['flagged_ml']:.1f} ml above the calibrated threshold" + (
                 f" (healthy scans: {healthy} ml)." if healthy else "."
             )
+    members = result.extras.get("members") or {}
+    if members:  # a fused model: each member's own reading beside the fused one
+        score_text += (
+            " "
+            + "; ".join(
+                f"{role} ({m['model']}): {m['flagged_ml']:.1f} ml above its threshold, "
+                f"score {m['score']:.3f}"
+                for role, m in members.items()
+            )
+            + "."
+        )
     outcome = DetectionOutcome(result, detector.name, score_text)
     if result.anomaly_map is not None:
         state_metadata = job["state"]["metadata"]
