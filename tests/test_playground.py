@@ -404,3 +404,43 @@ def test_random_contrast_refuses_a_parcellation_on_another_grid(contrast_widget,
         assert widget.status.text().startswith("Could not draw a random contrast: " + message)
         assert widget._contrast_layer is None and len(viewer.layers) == before + 2
     assert widget.seed_spin.value() == 0  # nothing drawn, the seed stays
+
+
+@pytest.mark.gui
+def test_random_contrast_shows_the_segmenters_implanted_lesions(contrast_widget, qtbot):
+    from napari_medood._napari._roles import GROUND_TRUTH, role_of
+    from napari_medood._napari._widgets.playground import implant_lesions
+    from napari_medood.synth.contrast import DLMUSE_STRUCTURES, ContrastRandomiser
+
+    viewer, widget, scan, parcellation = contrast_widget
+    widget.lesions_combo.setCurrentIndex(widget.lesions_combo.findData("implanted"))
+    labels = np.asarray(parcellation.data)
+    spacing = tuple(float(s) for s in np.abs(np.asarray(scan.scale)))
+    polarities, tumours = set(), 0
+    for seed in range(1, 7):
+        image = draw(qtbot, widget, seed)
+        # the segmenter's own draw: a random contrast without blobs, real lesions implanted
+        plain = ContrastRandomiser(groups=DLMUSE_STRUCTURES, spacing=spacing, lesions=(0, 0))(
+            labels, seed, foreground=labels > 0
+        )
+        job = {"seed": seed, "spacing": spacing, "lesion_bank": None}
+        expected = implant_lesions(plain, labels > 0, job)
+        np.testing.assert_array_equal(image.data, expected.image)
+        lesion = expected.target > 0
+        assert lesion.any()
+        np.testing.assert_array_equal(widget._blobs_layer.data.astype(bool), lesion)
+        assert role_of(widget._blobs_layer) == GROUND_TRUTH
+        # the image changed where the label says, in the polarity drawn, and nowhere else
+        changed = ~np.isclose(image.data, plain.image)
+        assert not (changed & ~(labels > 0)).any()
+        brighter = expected.params["lesions"][0]["brighter"]
+        ratio = image.data[lesion].mean() / plain.image[lesion].mean()
+        assert ratio > 1.1 if brighter else ratio < 0.9
+        polarities.add(brighter)
+        status = widget.status.text()
+        assert "implanted lesion" in status and ("brighter" if brighter else "darker") in status
+        if any(b.get("tumour") for b in expected.params["lesions"]):
+            tumours += 1
+            assert "tumour-like lesion in a" in status
+    assert polarities == {True, False} and tumours >= 1
+    np.testing.assert_array_equal(labels, np.asarray(parcellation.data))  # never written

@@ -68,6 +68,15 @@ EDGE_LABELS = {1: "hard", 3: "soft (3 voxels)", 5: "softer (5 voxels)", 7: "soft
 PENDING_LABEL = 99  # label value of an anomaly shown but not committed
 #: the tissue groups of a random contrast: DLMUSE's structures, or one per label (SynthSeg)
 GROUP_LABELS = {"dlmuse": "DLMUSE structures", "labels": "every label its own"}
+#: the lesions a random contrast gets: the U-Net's lesion-like blobs, or the segmenter's
+#: implanted real lesions (darker or brighter, one tumour-like in a halo at times)
+LESION_KINDS = {
+    "blobs": "lesion-like blobs (the U-Net's)",
+    "implanted": "implanted lesions (the segmenter's)",
+}
+#: the segmenter's recipe (configs/brain-any-seg.yaml) as the playground shows it: its
+#: lesion count, and a tumour-like lesion twice as often, so that one is seen
+IMPLANTED_COUNT, IMPLANTED_TUMOUR_P = (1, 4), 0.5
 #: metadata keys of the layers this panel makes (never offered as a parcellation)
 PLAYGROUND_KEY = "medood_playground"
 CONTRAST_KEY = "medood_random_contrast"
@@ -167,12 +176,20 @@ def draw_random_contrast(job: dict[str, Any], progress=None, cancelled=None) -> 
     if not labels.any():
         raise ValueError(f"the parcellation '{job['name']}' has no labels (all voxels are 0)")
     groups = job["groups"]
+    implanted = job.get("lesions") == "implanted"
     randomiser = ContrastRandomiser(
-        groups=groups, spacing=job["spacing"], lesion_bank=job["lesion_bank"]
+        groups=groups,
+        spacing=job["spacing"],
+        lesion_bank=job["lesion_bank"],
+        **({"lesions": (0, 0)} if implanted else {}),
     )
     check_cancelled(cancelled)
     report(progress, 0, 0, f"drawing a random contrast (seed {job['seed']})")
     sample = randomiser(labels, job["seed"], foreground=labels > 0)
+    if implanted:
+        check_cancelled(cancelled)
+        report(progress, 0, 0, "implanting lesions")
+        sample = implant_lesions(sample, labels > 0, job)
     present = np.unique(labels[labels > 0])
     if groups is None:
         structures, known = len(present), len(present)
@@ -185,6 +202,47 @@ def draw_random_contrast(job: dict[str, Any], progress=None, cancelled=None) -> 
         "known": known,
         "bank": randomiser.lesion_bank,
     }
+
+
+def implant_lesions(sample: ContrastSample, brain: np.ndarray, job: dict[str, Any]):
+    """``sample`` with real lesion shapes implanted as the lesion segmenter trains on them
+    (``synth.lesion_implants``, seeded by the panel's seed); its ``params["lesions"]`` list
+    them as the blobs are listed, each with a voxel to go to."""
+    from dataclasses import replace
+
+    from scipy import ndimage
+
+    from napari_medood.synth.lesion_implants import LesionImplanter
+
+    rng = np.random.default_rng([int(job["seed"]), 24])
+    implanter = LesionImplanter(
+        spacing=job["spacing"], bank=job["lesion_bank"], tumour_p=IMPLANTED_TUMOUR_P
+    )
+    count = int(rng.integers(IMPLANTED_COUNT[0], IMPLANTED_COUNT[1] + 1))
+    image, target, drawn = implanter(sample.image, brain, count, rng)
+    labelled, found = ndimage.label(target > 0)
+    centres = ndimage.center_of_mass(target > 0, labelled, range(1, found + 1))
+    lesions = [
+        {"voxels": int(d["voxels"]), "brighter": drawn["brighter"], "factor": d["factor"]}
+        for d in drawn["lesions"]
+    ]
+    if "tumour" in drawn:
+        tumour = drawn["tumour"]
+        lesions.append(
+            {
+                "voxels": tumour["core_voxels"] + tumour["halo_voxels"],
+                "brighter": drawn["brighter"],
+                "factor": tumour["factor"],
+                "tumour": True,
+                "halo_mm": tumour["halo_mm"],
+            }
+        )
+    # a voxel of each labelled region to go to (implanted lesions may touch)
+    for index, lesion in enumerate(lesions):
+        centre = centres[min(index, len(centres) - 1)] if centres else (0, 0, 0)
+        lesion["centre"] = [int(round(c)) for c in centre]
+    params = {**sample.params, "lesions": lesions, "implanted": True}
+    return replace(sample, image=image, target=target, params=params)
 
 
 class PlaygroundWidget(CancellableRun, Panel):
@@ -282,10 +340,17 @@ class PlaygroundWidget(CancellableRun, Panel):
             "DLMUSE structures: the labels of one structure (the cortex, the white-matter "
             "lobes, ...) share an intensity. Every label its own: one intensity per label."
         )
+        self.lesions_combo = self._combo(LESION_KINDS)
+        self.lesions_combo.setToolTip(
+            "The U-Net's lesion-like blobs, or the lesion segmenter's training lesions: real "
+            "lesion shapes darker or brighter than the tissue they replace, and at times a "
+            "tumour-like lesion, a core inside a milder halo (brain-any-seg)"
+        )
         self.contrast_button = QPushButton("Draw a random contrast")
         contrast_form = QFormLayout()
         contrast_form.addRow("Parcellation", self.parcellation_combo)
         contrast_form.addRow("Tissue groups", self.groups_combo)
+        contrast_form.addRow("Lesions", self.lesions_combo)
         contrast_layout = QVBoxLayout(contrast_box)
         contrast_layout.addLayout(contrast_form)
         contrast_layout.addWidget(self.contrast_button)
@@ -643,6 +708,7 @@ class PlaygroundWidget(CancellableRun, Panel):
             "spacing": tuple(float(s) for s in np.abs(np.asarray(source.scale, dtype=float))),
             "seed": seed,
             "lesion_bank": self._default_bank if self.lesion_bank is None else self.lesion_bank,
+            "lesions": self.lesions_combo.currentData(),
         }
         context = {
             "source": source,
@@ -688,7 +754,8 @@ class PlaygroundWidget(CancellableRun, Panel):
             with_role(metadata, SCAN),
             placement,
             colormap="gray",
-            contrast_limits=(0.0, 1.0),
+            # brighter implanted lesions may pass 1, the top of a random contrast's tissue
+            contrast_limits=(0.0, max(1.0, float(np.max(sample.image)))),
         )
         target = (sample.target > 0.5).astype(np.uint8)
         if target.any():
@@ -768,7 +835,14 @@ def contrast_summary(seed: int, outcome: dict[str, Any], grouping: str, blobs: l
             tissues += " (no DLMUSE label in this parcellation: one intensity per label)"
     else:
         tissues = f"{count} label{'s' * (count != 1)}, each its own intensity"
-    if blobs:
+    tumours = [b for b in blobs if b.get("tumour")]
+    if tumours or any("factor" in b for b in blobs):  # the segmenter's implanted lesions
+        lesions = len(blobs) - len(tumours)
+        polarity = "brighter" if blobs[0]["brighter"] else "darker"
+        found = f"{lesions} implanted lesion{'s' * (lesions != 1)} ({polarity})"
+        if tumours:
+            found += f" and a tumour-like lesion in a {tumours[0]['halo_mm']:g} mm halo"
+    elif blobs:
         kinds = ", ".join("brighter" if b["brighter"] else "darker" for b in blobs)
         found = f"{len(blobs)} lesion-like blob{'s' * (len(blobs) != 1)} ({kinds})"
     else:
