@@ -156,7 +156,9 @@ def test_console_scripts_have_help(name):
 def test_list_models(capsys):
     assert predict_main(["--list-models"]) == 0
     out = capsys.readouterr().out
-    assert "brain-any-unet-gpu (default):" in out and "brain-t1-unet:" in out
+    assert (
+        "brain-any (default):" in out and "brain-any-unet-gpu:" in out and "brain-t1-unet:" in out
+    )
     assert "inverted-intensity:" in out
 
 

@@ -45,7 +45,8 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
 
     viewer, widget, scan, mask = detect
     source = scan.data.copy()
-    assert widget.model_choice.value == "brain-any-unet-gpu"  # the default
+    assert widget.model_choice.value == "brain-any"  # the default (the fused model)
+    widget.model_choice.value = "brain-any-unet-gpu"  # the U-Net's own card and map
     assert "validation pixel AP" in widget.card_label.text()
     assert "for MR scans of any contrast" in widget.card_label.text()
     assert "trained on NVIDIA H200" in widget.card_label.text()
@@ -160,6 +161,7 @@ def _placement(layer):
 
 def test_progress_is_honest_and_cancel_resets_it(detect, qtbot):
     viewer, widget, scan, mask = detect
+    widget.model_choice.value = "brain-any-unet-gpu"  # a U-Net's stages (brain-any: test_fused)
     reports = []
     original = widget._progress
     widget._progress = lambda report: (reports.append(report), original(report))  # Run connects it
@@ -475,7 +477,7 @@ def test_the_flip_tta_box_reaches_the_detector(detect, qtbot, monkeypatch):
         return real(name, options, **values)
 
     monkeypatch.setattr(detectors, "get_detector", recording)
-    assert widget.model_choice.value == "brain-any-unet-gpu"
+    widget.model_choice.value = "brain-any-unet-gpu"
     assert widget.tta_check.enabled and widget.tta_check.value is False  # off by default
     assert "mirror left-right" in widget.tta_check.text and "2x time" in widget.tta_check.text
     widget.gate_check.setChecked(False)

@@ -119,14 +119,14 @@ def test_the_precision_is_recorded_with_the_outputs(tmp_path, capsys):
     assert code == 0
     header = nib.load(maps / SCAN.name).header
     # the default model, and how it ran
-    assert bytes(header["descrip"]).startswith(b"napari-medood brain-any-unet-gpu (cpu, float32")
-    assert "brain-any-unet-gpu on cpu at float32" in capsys.readouterr().err
+    assert bytes(header["descrip"]).startswith(b"napari-medood brain-any (cpu, float32")
+    assert "brain-any on cpu at float32" in capsys.readouterr().err
     # MOOD's outputs, and beside the map the trust gate's verdict (issue 11)
     assert sorted(p.name for p in maps.iterdir()) == [SCAN.name, f"{SCAN.name}.trust.json"]
     scores = tmp_path / "scores"
     assert predict_main(["--task", "sample", str(SCAN), str(scores)]) == 0
     auto = execution.resolve_precision("auto", "cpu")
-    assert f"brain-any-unet-gpu on cpu at {auto}" in capsys.readouterr().err
+    assert f"brain-any on cpu at {auto}" in capsys.readouterr().err
     # medood-eval keeps it in its report's settings
     valset = tmp_path / "valset"
     args = ["--kinds", "shift", "--normal", "0", "--mask", str(BRAIN), str(SCAN), str(valset)]

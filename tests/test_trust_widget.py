@@ -24,7 +24,7 @@ def test_detect_shows_the_gate_verdict_on_the_sample_t1_and_no_warning(make_napa
     scan, mask = viewer.open_sample(PLUGIN, "ixi_brain_t1")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Detect anomalies")
     widget.device_choice.value = "cpu"
-    assert widget.model_choice.value == "brain-any-unet-gpu"  # the default, and its gate
+    assert widget.model_choice.value == "brain-any"  # the default, and its gate
     assert "trust gate brain-any-gate" in widget.card_label.text()
     assert widget.gate_check.isVisibleTo(widget) and widget.gate_check.isChecked()
     widget.run_button.click()

@@ -401,10 +401,11 @@ def test_predict_cli_tta_is_recorded_in_the_map_header_and_console(tmp_path, cap
 
     scan = f"{SAMPLE}/ixi048_t1_2mm.nii.gz"
     mask = f"{SAMPLE}/ixi048_brainmask_2mm.nii.gz"
-    args = ["--device", "cpu", "--precision", "float32", "--no-gate", "--mask", mask, scan]
+    default = "brain-any-unet-gpu"
+    args = ["--model", default, "--device", "cpu", "--precision", "float32", "--no-gate"]
+    args += ["--mask", mask, scan]
     assert predict_main(["--tta", *args, str(tmp_path / "tta")]) == 0
     err = capsys.readouterr().err
-    default = "brain-any-unet-gpu"
     assert f"{default} on cpu at float32 with left-right flip test-time augmentation" in err
     header = nib.load(tmp_path / "tta" / "ixi048_t1_2mm.nii.gz").header
     assert bytes(header["descrip"]).startswith(f"napari-medood {default} (cpu, float32".encode())

@@ -1,5 +1,5 @@
-"""The README's any-contrast figure: one MS patient's T1, T2 and FLAIR, and each brain
-U-Net's map.
+"""The README's any-contrast figure: one MS patient's contrasts (T1, T2 and FLAIR;
+--contrasts adds T1POST), and each model's map.
 
     python tools/make_any_contrast_figure.py [--shared ../shared/data] [--patient patient19]
                             [--models brain-t1-unet,brain-any-unet-cpu,brain-any-unet-gpu]
@@ -40,15 +40,20 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--patient", default="patient19")
     parser.add_argument("--models", default="brain-t1-unet,brain-any-unet-cpu,brain-any-unet-gpu")
+    parser.add_argument("--contrasts", default="T1,T2,FLAIR", help=f"of {', '.join(MS_FILES)}")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "docs" / "images" / "any-contrast-ms-patient.png"
+    )
     args = parser.parse_args()
     folder = args.shared / "open-ms-lesjak-mni" / args.patient
     lesions = read_volume(folder / LESIONS)
     models = args.models.split(",")
     detectors = [get_detector(name, device="cpu", gate=False) for name in models]
     columns = ["scan, lesions outlined", *models]
-    rows = len(MS_FILES)
+    contrasts = {c: MS_FILES[c] for c in args.contrasts.split(",")}
+    rows = len(contrasts)
     figure, axes = plt.subplots(rows, len(columns), figsize=(3.2 * len(columns), 3.3 * rows))
-    for row, (contrast, name) in enumerate(MS_FILES.items()):
+    for row, (contrast, name) in enumerate(contrasts.items()):
         scan = read_volume(folder / name)
         brain = scan.data > 0
         truth = lesions.data[brain] > 0.5
@@ -90,7 +95,7 @@ def main() -> None:
         fontsize=9,
     )
     figure.tight_layout()
-    out = REPO / "docs" / "images" / "any-contrast-ms-patient.png"
+    out = args.out
     figure.savefig(out, dpi=110)
     print(f"wrote {out}")
 
