@@ -120,6 +120,11 @@ def test_a_fused_card_refuses_members_it_was_not_made_with(tmp_path):
     (folder / "card.json").write_text(json.dumps(card))
     with pytest.raises(MedoodError, match=r"member lesion \(brain-any-seg\).*sha256"):
         get_detector(str(folder), device="cpu")
+    gate = Checkpoint.open("brain-any-gate").card["weights"]["sha256"]
+    card["members"]["lesion"] = {"model": "brain-any-gate", "sha256": gate}
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(MedoodError, match=r"member lesion \(brain-any-gate\) gives no map"):
+        get_detector(str(folder), device="cpu")
     card["members"]["lesion"]["model"] = "no-such-model"
     (folder / "card.json").write_text(json.dumps(card))
     with pytest.raises(MedoodError, match=r"member lesion \(no-such-model\)"):

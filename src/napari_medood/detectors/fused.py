@@ -30,6 +30,7 @@ import numpy as np
 
 from napari_medood._progress import CancelledPredicate, Stages, check_cancelled
 from napari_medood.detectors.base import (
+    MAP,
     BaseDetector,
     DetectorOptions,
     DetectorOutput,
@@ -136,12 +137,15 @@ class FusedDetector(BaseDetector):
                 )
             if member.family == FAMILY:
                 raise MedoodError(f"{card_path}: member {role} is itself a fused model")
+            detector = detector_from_checkpoints([member], member_options, member.name)
+            if MAP not in detector.outputs:
+                raise MedoodError(f"{card_path}: member {role} ({member.name}) gives no map")
             if calibrated_threshold(member.card) is None:
                 raise MedoodError(
                     f"{card_path}: member {role} ({member.name}) has no calibration; calibrate "
                     "it first (medood-eval --calibrate)"
                 )
-            members[role] = detector_from_checkpoints([member], member_options, member.name)
+            members[role] = detector
         detector = cls(
             checkpoint=checkpoint,
             members=members,
