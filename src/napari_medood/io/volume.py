@@ -109,6 +109,38 @@ class Grid:
             )
         )
 
+    def differences(self, other: Grid) -> list[str]:
+        """How this grid differs from ``other``, in words for a message: the shape, the
+        voxel size, the angle between the axes, the distance between the origins."""
+        found = []
+        if self.shape != other.shape:
+            found.append(
+                f"shape {'x'.join(map(str, self.shape))} vs {'x'.join(map(str, other.shape))}"
+            )
+        if not np.allclose(self.spacing, other.spacing, atol=1e-3):
+            mine, theirs = ("x".join(f"{s:g}" for s in g.spacing) for g in (self, other))
+            found.append(f"voxels of {mine} mm vs {theirs} mm")
+        # the rotation taking the other grid's axes onto these, as one angle
+        turn = self.direction @ np.linalg.inv(other.direction)
+        if np.linalg.det(turn) < 0:
+            found.append("an axis is mirrored")
+        else:
+            cosine = np.clip((np.trace(turn) - 1.0) / 2.0, -1.0, 1.0)
+            degrees = float(np.degrees(np.arccos(cosine)))
+            if degrees >= 0.05:
+                found.append(f"axes rotated by {degrees:.1f} degrees")
+        distance = float(np.linalg.norm(self.origin - other.origin))
+        if distance >= 0.05:
+            found.append(f"origins {distance:.1f} mm apart")
+        if not found and self.shape == other.shape:  # small shifts and tilts add up
+            corners = self.corners()
+            apart = np.linalg.norm(
+                self.voxel_to_world(corners) - other.voxel_to_world(corners), axis=1
+            ).max()
+            if apart > 1e-6:
+                found.append(f"voxels up to {apart:.2g} mm apart")
+        return found
+
     def describe(self) -> str:
         """One line for messages: shape, spacing and orientation."""
         size = "x".join(map(str, self.shape))

@@ -135,11 +135,15 @@ def align_to_grid(volume: Volume, grid: Grid, atol: float = 1e-3) -> Volume:
     affine = volume.affine @ inv_ornt_aff(transform, volume.shape)
     moved = Volume(np.ascontiguousarray(data), affine, volume.source, dict(volume.meta))
     if not moved.grid.same_as(grid, atol):
+        # the two descriptions alone may read the same (an oblique scan and a straight mask
+        # both "91x109x91 voxels of 1x1x1 mm, orientation LAS"): say what differs
+        differs = "; ".join(moved.grid.differences(grid))
         raise GridMismatchError(
             volume.source,
-            f"is on another voxel grid ({volume.grid.describe()}, origin "
-            f"{np.round(volume.origin, 2).tolist()}) than the image ({grid.describe()}, origin "
-            f"{np.round(grid.origin, 2).tolist()}); resample it onto the image first",
+            f"is on another voxel grid than the image ({differs}; mask: "
+            f"{volume.grid.describe()}, origin {np.round(volume.origin, 2).tolist()}; image: "
+            f"{grid.describe()}, origin {np.round(grid.origin, 2).tolist()}); resample it "
+            "onto the image first",
         )
     return moved
 
