@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from napari_medood.batch import output_folder
 from napari_medood.cli._common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -71,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _synth(args: argparse.Namespace) -> int:
     if args.input is None or args.output is None:
         raise MedoodError("give an INPUT (scans, CSV or BIDS) and an OUTPUT folder (see --help)")
-    from tqdm import tqdm
-
+    if not args.edge_width > 0:
+        raise MedoodError(f"--edge-width takes a width in voxels above 0, got {args.edge_width:g}")
     from napari_medood.io.cohort import discover_cases
-    from napari_medood.synth.dataset import ValidationSetConfig, build_validation_set
+    from napari_medood.synth.dataset import ValidationSetConfig
 
     config = ValidationSetConfig(
         kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
@@ -84,10 +85,16 @@ def _synth(args: argparse.Namespace) -> int:
         edge_width=args.edge_width,
         seed=args.seed,
     )
-    cases = discover_cases(args.input, masks=args.mask, bids_suffix=args.bids_suffix)
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise MedoodError(f"{out}: the output must be a folder, and this is a file")
+    with output_folder(args.output) as out:
+        cases = discover_cases(args.input, masks=args.mask, bids_suffix=args.bids_suffix)
+        return _build(cases, out, config)
+
+
+def _build(cases, out: Path, config) -> int:
+    from tqdm import tqdm
+
+    from napari_medood.synth.dataset import build_validation_set
+
     with tqdm(total=1, desc="synthesising", unit="case", file=sys.stderr) as bar:
 
         def progress(done: int, total: int, message: str) -> None:
@@ -97,8 +104,12 @@ def _synth(args: argparse.Namespace) -> int:
             bar.refresh()
 
         summary = build_validation_set(cases, out, config, progress=progress)
+    if len(cases) == 1 and summary.failed:  # the one scan given: its problem is the error
+        raise MedoodError(summary.failed[0][1])
     for name, problem in summary.failed:
         say(PROG, f"failed: {name}: {problem}")
+    if not summary.written and not summary.kept and summary.failed:
+        raise MedoodError(f"{out}: nothing written: every one of the {len(cases)} scans failed")
     say(
         PROG,
         f"{len(summary.written)} cases written, {len(summary.kept)} kept, "

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from napari_medood.batch import output_folder
 from napari_medood.cli._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -80,8 +81,6 @@ def _train(args: argparse.Namespace) -> int:
     if args.method is None:
         raise MedoodError(f"give the method to train: {', '.join(trainers())} (see --help)")
     trainer = get_trainer(args.method)
-    from tqdm import tqdm
-
     from napari_medood.training.config import load_config
 
     overrides = list(args.set or [])
@@ -94,6 +93,15 @@ def _train(args: argparse.Namespace) -> int:
     if args.budget is not None:
         overrides.append(f"budget_s={args.budget}")
     config = load_config(args.config, overrides, trainer.config)
+    # OUT is checked (a writable folder) before any data loads; an OUT this run created and
+    # left empty (it failed before its first file) is removed again
+    with output_folder(config.out):
+        return _run(trainer, config)
+
+
+def _run(trainer, config) -> int:
+    from tqdm import tqdm
+
     rank = int(os.environ.get("RANK", "0"))
     bar = tqdm(
         total=config.steps,
@@ -111,12 +119,13 @@ def _train(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        result = trainer.run(config, progress)
+        try:
+            result = trainer.run(config, progress)
+        finally:  # before any message, so that the message is the last line
+            bar.close()
     except KeyboardInterrupt:
-        bar.close()
         say(PROG, f"interrupted; run the same command to resume from {config.out}")
         return EXIT_INTERRUPTED
-    bar.close()
     if rank == 0:
         best = (
             f"best validation {result.metric} {result.best_metric:.4f}"

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_medood.errors import VolumeError, VolumeShapeError
 from napari_medood.io.volume import Volume
 
 #: file-name and header words -> the contrast they name (checked in this order)
@@ -112,3 +113,23 @@ def scan_profile(volume: Volume, mask: np.ndarray, brain_mask: bool) -> ScanProf
         looks_like_ct=bool(np.issubdtype(data.dtype, np.number) and low < -500),
         deep_to_superficial=deep_to_superficial(data, mask, spacing) if brain_mask else None,
     )
+
+
+#: a scan thinner than this along any axis holds nothing a detector can read
+MIN_VOXELS = 8
+
+
+def check_scan(volume: Volume) -> None:
+    """Refuse a scan too small or too uniform to hold anything to detect."""
+    if min(volume.shape) < MIN_VOXELS:
+        size = "x".join(map(str, volume.shape))
+        raise VolumeShapeError(
+            volume.source,
+            f"has only {size} voxels; a detector needs at least {MIN_VOXELS} along every axis",
+        )
+    data = volume.data
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        raise VolumeError(
+            volume.source, f"every voxel equals {low:g}: a constant scan holds nothing to detect"
+        )

@@ -13,8 +13,10 @@
 Each normal scan gives ``repeats`` cases per outlier kind and ``normal`` unchanged cases.
 Every case draws from its own generator seeded with ``[seed, crc32(case name)]``, so the
 same seed gives the same set, whatever the order or the subset of scans. Cases whose files
-all exist are kept (an interrupted run resumes); a scan that cannot be read is reported and
-the others go on.
+all exist are kept (an interrupted run resumes); a scan that cannot be read, or that no
+detector would read (too few voxels along an axis, a constant scan: the rule medood-predict
+applies, ``preprocessing.profile.check_scan``), is reported and the others go on. A build
+that writes and keeps nothing leaves no manifest.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def build_validation_set(
     from napari_medood.io.atomic import write_text_atomic
     from napari_medood.io.readers import read_volume
     from napari_medood.preprocessing.masks import load_mask, mask_from_threshold
+    from napari_medood.preprocessing.profile import check_scan
 
     config = config or ValidationSetConfig()
     out = Path(out_dir)
@@ -135,6 +138,7 @@ def build_validation_set(
         if todo:
             try:
                 volume = read_volume(case.image)
+                check_scan(volume)  # a case predict would refuse is no validation case
                 if case.mask is not None:
                     foreground = load_mask(case.mask, volume.grid)
                     mask_rule = str(case.mask)
@@ -153,6 +157,9 @@ def build_validation_set(
             report(progress, done + step + 1, total, name)
         done += len(plan)
         report(progress, done, total, case.name)
+    if not entries and not manifest_path.exists():  # every scan failed: nothing to describe
+        summary.manifest = None
+        return summary
     manifest = {
         "version": MANIFEST_VERSION,
         "config": _config_dict(config),

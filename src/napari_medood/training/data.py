@@ -12,6 +12,48 @@ from napari_medood.preprocessing.model_space import ModelSpace
 from napari_medood.preprocessing.profile import ScanProfile
 
 
+def training_cases(source, masks=None) -> list[Case]:
+    """The cases of a run's ``train`` (or ``val``) source, as ``io.cohort.discover_cases``
+    reads them, after a CSV's rows are checked to name files that exist: a scan missing
+    from a CSV is named by its row, rather than by what a later step could not find for
+    it (its mask in a mask folder, say)."""
+    from napari_medood.io.cohort import discover_cases
+
+    check_csv_files(source, check_masks=masks is None)
+    return discover_cases(source, masks=masks)
+
+
+def check_csv_files(source, check_masks: bool = True) -> None:
+    """Refuse a CSV ``source`` whose path column (or mask column, with ``check_masks``)
+    names a file that does not exist, by row as a spreadsheet numbers it (the header is
+    row 1); relative paths are relative to the CSV, as ``discover_cases`` reads them.
+    Anything else is left to ``discover_cases``."""
+    import csv
+    from pathlib import Path
+
+    from napari_medood.errors import VolumeNotFoundError
+    from napari_medood.io.cohort import MASK_COLUMNS, PATH_COLUMNS
+
+    table = Path(source)
+    if not (table.is_file() and table.suffix.lower() == ".csv"):
+        return
+    with open(table, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        by_name = {name.strip().lower(): name for name in reader.fieldnames or []}
+        columns = [("scan", next((by_name[c] for c in PATH_COLUMNS if c in by_name), None))]
+        if check_masks:
+            columns.append(("mask", next((by_name[c] for c in MASK_COLUMNS if c in by_name), None)))
+        for row in reader:
+            for what, column in columns:
+                text = (row.get(column) or "").strip() if column else ""
+                path = Path(text)
+                path = path if path.is_absolute() else table.parent / path
+                if text and not path.exists():
+                    raise VolumeNotFoundError(
+                        table, f"row {reader.line_num}: the {what} {path} does not exist"
+                    )
+
+
 def model_space(config) -> ModelSpace:
     """The model space of a run at ``config.spacing``: what training applies to its scans
     and the card describes, so that the detector replays it."""

@@ -445,10 +445,14 @@ def train_diffusion(
 
     from napari_medood.distributed import barrier, from_first_process
     from napari_medood.io.atomic import write_text_atomic
-    from napari_medood.io.cohort import discover_cases
     from napari_medood.io.lmdb_cache import SliceLMDB
     from napari_medood.models.diffusion import build_slice_diffusion, to_model_units
-    from napari_medood.training.data import any_contrast, expected_scans, prepare_scans
+    from napari_medood.training.data import (
+        any_contrast,
+        expected_scans,
+        prepare_scans,
+        training_cases,
+    )
     from napari_medood.training.spine import Schedule, StepPlan, open_run, train_steps
 
     run = open_run(config)
@@ -459,8 +463,8 @@ def train_diffusion(
     model.train()
 
     space = model_space(config)
-    train_cases = discover_cases(config.train, masks=config.masks)
-    val_cases = discover_cases(config.val, masks=config.val_masks) if config.val else []
+    train_cases = training_cases(config.train, masks=config.masks)
+    val_cases = training_cases(config.val, masks=config.val_masks) if config.val else []
     contrast = {
         "copies": config.contrast_copies,
         "groups": config.contrast_groups,

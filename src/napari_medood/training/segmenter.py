@@ -388,9 +388,13 @@ def train_segmenter(
     from monai.losses import DiceCELoss
 
     from napari_medood.detectors.segmenter import SegmenterDetector
-    from napari_medood.io.cohort import discover_cases
     from napari_medood.models.segmenter import SEGMENTER_PRESETS, LesionSegmenter
-    from napari_medood.training.data import any_contrast, expected_scans, prepare_scans
+    from napari_medood.training.data import (
+        any_contrast,
+        expected_scans,
+        prepare_scans,
+        training_cases,
+    )
     from napari_medood.training.patch_maps import patch_map_plan
     from napari_medood.training.spine import open_run, train_steps
 
@@ -402,7 +406,7 @@ def train_segmenter(
     init = start_from(config.init, network) if config.init else None
     model = execution.prepare(network, fold_batch_norm=False).train()
 
-    train_cases = discover_cases(config.train, masks=config.masks)
+    train_cases = training_cases(config.train, masks=config.masks)
     space = model_space(config)
     scans = prepare_scans(
         train_cases, space, labels=config.contrast_randomisation > 0, lesions=not config.synthetic
@@ -410,7 +414,7 @@ def train_segmenter(
     expects = expected_scans(scans, space, config.modality, config.contrast)
     if config.contrast_randomisation > 0:  # any MR contrast: no contrast check before its maps
         expects = any_contrast(expects)
-    val_cases = discover_cases(config.val) if config.val else []
+    val_cases = training_cases(config.val) if config.val else []
     negatives, p_negative, ood_record = [], 0.0, None
     if config.ood_supervision not in (0, 0.0):
         negatives, p_negative, ood_record = anomaly_free_mix(

@@ -12,6 +12,10 @@ A family brings its network, its data, the loss of one step, its validation and 
   needs one, the learning-rate schedule, CSV logs (TensorBoard if asked), validation every
   ``val_interval`` steps keeping ``OUT/best`` by the family's metric, ``OUT/last`` with the
   optimiser state, cancel and Ctrl-C keeping what was done;
+- divergence: a step whose loss is not finite stops the run with :class:`TrainingDiverged`
+  (naming the step, the last finite loss and the learning rate), and no checkpoint is ever
+  written with non-finite weights, so ``OUT/best`` and ``OUT/last`` keep the last sound
+  ones; a finished run's card states its last loss (``training.last_finite_loss``);
 - the time budget (``budget_s``): the run stops once that many seconds have passed (every
   session of it, preparation included), and the schedule is fitted to the steps the budget
   allows, measured after a warm-up, so that a budgeted run ends annealed rather than cut off
@@ -64,6 +68,10 @@ RESUMABLE_CHANGES = (
 #: configuration keys that say where data and outputs are, left out of the card's recipe
 NOT_RECIPE = ("train", "masks", "val", "val_masks", "out", "name", "description")
 TRAIN_LOG_FIELDS = ("step", "loss", "lr", "seconds", "samples_per_second")
+
+
+class TrainingDiverged(MedoodError):
+    """The loss or the weights of a run stopped being finite numbers."""
 
 
 # -- the run --------------------------------------------------------------------------
@@ -389,6 +397,60 @@ class StepBudget:
         self.total = from_first_process(self.world, fitted)
 
 
+def learning_rate_setting(config, schedule: Schedule) -> str:
+    """The configuration key and value that set the run's learning rate (``max_lr=...``
+    for a one-cycle schedule, else ``lr=...``), for the advice after a divergence."""
+    key = "max_lr" if schedule.kind == "one-cycle" and hasattr(config, "max_lr") else "lr"
+    return f"{key}={getattr(config, key, schedule.base):g}"
+
+
+def nonfinite_weights(module) -> tuple[list[str], int]:
+    """``(names of the floating-point tensors of module's state holding NaN or inf, how
+    many floating-point tensors it has)``; buffers (batch-norm statistics) count too, as
+    they are saved with the weights."""
+    import torch
+
+    tensors = [
+        (name, tensor)
+        for name, tensor in module.state_dict().items()
+        if torch.is_tensor(tensor) and tensor.is_floating_point()
+    ]
+    bad = [name for name, tensor in tensors if not bool(torch.isfinite(tensor).all())]
+    return bad, len(tensors)
+
+
+def check_finite_weights(module, step: int, advice: str, folder: Path | None = None) -> None:
+    """Refuse weights holding NaN or inf after ``step``: as the checkpoint ``folder`` (named
+    first), or, without one, before the validation that would read them."""
+    bad, total = nonfinite_weights(module)
+    if not bad:
+        return
+    shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+    which = f"{len(bad)} of {total} weight tensors ({shown})"
+    if folder is not None:
+        raise TrainingDiverged(
+            f"{folder}: not written: {which} hold NaN or inf after step {step}; training "
+            f"diverged; {advice}"
+        )
+    raise TrainingDiverged(
+        f"training diverged by step {step}: {which} hold NaN or inf, and are neither "
+        f"validated nor saved; {advice}"
+    )
+
+
+def any_process_true(world: int, flag: bool, device: str) -> bool:
+    """True on every process when ``flag`` is True on any (alone: ``flag``), so that all
+    processes of a DDP run stop at the same step rather than wait for one that left."""
+    if world <= 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 def train_steps(
     run: Run,
     plan: StepPlan,
@@ -399,7 +461,15 @@ def train_steps(
     the schedule fitted to them; resume from ``OUT/last`` where a run left one. Every
     ``val_interval`` steps the first process validates, keeps the best weights as
     ``OUT/best`` and the latest with the optimiser state as ``OUT/last``; without a
-    validation the final weights are the best."""
+    validation the final weights are the best.
+
+    A step whose loss is NaN or inf stops the run with :class:`TrainingDiverged`: the loss
+    is computed in float32, so a non-finite one means the forward pass itself overflowed,
+    which no gradient scaler can undo, and every later step would be as bad. (A step whose
+    loss is finite but whose gradients are not is what ``skip_nonfinite`` and the float16
+    scaler skip.) Checkpoints are written only with finite weights, checked before the
+    validation that would choose them, so ``OUT/best`` and ``OUT/last`` keep the last sound
+    ones."""
     import torch
 
     from napari_medood.distributed import barrier, distributed_model
@@ -438,8 +508,15 @@ def train_steps(
     loader = training_loader(plan.dataset, config, run.rank, run.world, start_step, device)
     writer = _tensorboard(run) if getattr(config, "tensorboard", False) else None
 
+    advice = f"lower the learning rate ({learning_rate_setting(config, plan.schedule)})"
+    last_finite: tuple[int, float] | None = None  # (step, loss) of this session's latest
+
+    def save(folder: Path, metrics: dict, step: int) -> None:
+        check_finite_weights(module, step, advice, folder)
+        save_checkpoint(module, folder, plan.card(metrics, {**plan.training, **done(step)}))
+
     def save_last(step: int) -> None:
-        save_checkpoint(module, run.last_dir, plan.card({}, {**plan.training, **done(step)}))
+        save(run.last_dir, {}, step)
         temp = run.last_dir / "state.pt.part"
         torch.save(
             {
@@ -457,10 +534,28 @@ def train_steps(
         entry = {"steps_done": step, "seconds": round(run.budget.elapsed(), 1)}
         if run.budget.limited:
             entry["scheduled_steps"] = steps.total
+        if last_finite is not None:  # the loss of step ``step``: a run stops at a non-finite one
+            entry["last_finite_loss"] = last_finite[1]
         return entry
 
     def better(value: float) -> bool:
+        if not math.isfinite(value):  # a NaN best would never be beaten again
+            return False
         return best is None or (value > best if plan.higher else value < best)
+
+    def diverged(step: int, loss_value: float) -> TrainingDiverged:
+        before = (
+            f"last finite loss {last_finite[1]:.3g} at step {last_finite[0]}"
+            if last_finite is not None
+            else "no finite loss before it" + (" in this session" if start_step else "")
+        )
+        kept = [str(d) for d in (run.best_dir, run.last_dir) if (d / "model.safetensors").exists()]
+        keeps = f"; {' and '.join(kept)} {'keep' if len(kept) > 1 else 'keeps'} earlier weights"
+        keeps = keeps if kept else ""
+        return TrainingDiverged(
+            f"training diverged at step {step}: the loss is {loss_value} ({before}); "
+            f"{advice}{keeps}"
+        )
 
     model.train()
     step = start_step
@@ -481,6 +576,9 @@ def train_steps(
             lr = optimiser.param_groups[0]["lr"]  # the one this step used
             loss_value = float(loss.detach())  # once: on a GPU each read waits for the device
             step += 1
+            if any_process_true(run.world, not math.isfinite(loss_value), device):
+                raise diverged(step, loss_value)
+            last_finite = (step, loss_value)
             validating = step % config.val_interval == 0
             steps.after(step, validating)
             plan.schedule.apply(optimiser, step, steps.total)
@@ -501,6 +599,9 @@ def train_steps(
                 window_start, window_samples = now, 0
             report(progress, step, steps.total, f"loss {loss_value:.4f}")
             if validating or finished:
+                # every process holds the same weights, so all stop here together; checked
+                # before a validation that could pick NaN weights as the best
+                check_finite_weights(module, step, advice)
                 if run.is_main:
                     if plan.validate is not None:
                         was_training = module.training
@@ -514,14 +615,7 @@ def train_steps(
                         value = 0.0 if value is None else float(value)
                         if better(value):
                             best = value
-                            save_checkpoint(
-                                module,
-                                run.best_dir,
-                                plan.card(
-                                    {"validation": {**metrics, "step": step}},
-                                    {**plan.training, **done(step)},
-                                ),
-                            )
+                            save(run.best_dir, {"validation": {**metrics, "step": step}}, step)
                     save_last(step)
                 barrier(run.world)
     except (KeyboardInterrupt, Cancelled):  # keep what was done: the same command resumes
@@ -532,7 +626,7 @@ def train_steps(
         if writer is not None:
             writer.close()
     if run.is_main and plan.validate is None:
-        save_checkpoint(module, run.best_dir, plan.card({}, {**plan.training, **done(step)}))
+        save(run.best_dir, {}, step)
     run.finish()
     best_dir = run.best_dir if run.best_dir.exists() else None
     return TrainResult(

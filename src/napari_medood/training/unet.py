@@ -218,8 +218,6 @@ def train_unet(
     cancelled: CancelledPredicate | None = None,
 ) -> TrainResult:
     """Train (or resume) as ``config`` says; returns where the best checkpoint is."""
-
-    from napari_medood.io.cohort import discover_cases
     from napari_medood.models.unet import PRESETS, UNet3DDeepSup, deep_supervision_loss
     from napari_medood.training.data import (
         SyntheticAnomalyPatches,
@@ -227,6 +225,7 @@ def train_unet(
         contrast_randomiser,
         expected_scans,
         prepare_scans,
+        training_cases,
     )
     from napari_medood.training.patch_maps import patch_map_plan
     from napari_medood.training.spine import open_run, train_steps
@@ -239,14 +238,14 @@ def train_unet(
     init = start_from(config, network) if config.init else None
     model = execution.prepare(network, fold_batch_norm=False).train()
 
-    train_cases = discover_cases(config.train, masks=config.masks)
+    train_cases = training_cases(config.train, masks=config.masks)
     space = model_space(config)
     randomised = config.contrast_randomisation > 0
     scans = prepare_scans(train_cases, space, labels=randomised)
     expects = expected_scans(scans, space, config.modality, config.contrast)
     if randomised:  # one model for every MR contrast: no contrast check before its maps
         expects = any_contrast(expects)
-    val_cases = discover_cases(config.val) if config.val else []
+    val_cases = training_cases(config.val) if config.val else []
     negatives, p_negative, ood_record = [], 0.0, None
     if config.ood_supervision not in (0, 0.0):
         negatives, p_negative, ood_record = hard_negative_mix(
