@@ -76,7 +76,9 @@ def test_one_bad_case_does_not_sink_the_batch(ixi_t1, tmp_path, capsys):
     code = predict_main([str(scans), str(out)])
     err = capsys.readouterr().err
     assert code == 2
-    maps = sorted(p.name for p in out.iterdir() if not p.name.endswith(".trust.json"))
+    maps = sorted(
+        p.name for p in out.iterdir() if not p.name.endswith(".trust.json") and p.name[0] != "."
+    )
     assert maps == ["good1.nii.gz", "good2.nii.gz"]
     assert f"failed: broken: {scans / 'broken.nii.gz'}: not a readable NIfTI" in err
     assert "2 written, 0 skipped, 1 failed" in err

@@ -121,8 +121,13 @@ def test_the_precision_is_recorded_with_the_outputs(tmp_path, capsys):
     # the default model, and how it ran
     assert bytes(header["descrip"]).startswith(b"napari-medood brain-any (cpu, float32")
     assert "brain-any on cpu at float32" in capsys.readouterr().err
-    # MOOD's outputs, and beside the map the trust gate's verdict (issue 11)
-    assert sorted(p.name for p in maps.iterdir()) == [SCAN.name, f"{SCAN.name}.trust.json"]
+    # MOOD's outputs, and beside the map the trust gate's verdict (issue 11); the run's
+    # record of what it wrote is hidden in .medood
+    assert sorted(p.name for p in maps.iterdir()) == [
+        ".medood",
+        SCAN.name,
+        f"{SCAN.name}.trust.json",
+    ]
     scores = tmp_path / "scores"
     assert predict_main(["--task", "sample", str(SCAN), str(scores)]) == 0
     auto = execution.resolve_precision("auto", "cpu")

@@ -14,6 +14,7 @@ background thread (``prefetch``; one case ahead at most).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -25,7 +26,15 @@ from napari_medood._progress import CancelledPredicate, ProgressCallback, check_
 from napari_medood.distributed import Shard
 from napari_medood.errors import Cancelled, MedoodError, look_up_option
 from napari_medood.io.cohort import Case
-from napari_medood.io.mood import TASKS, input_shape, output_path, output_problem
+from napari_medood.io.mood import (
+    TASKS,
+    input_shape,
+    output_path,
+    output_problem,
+    record_path,
+    record_written,
+    written_by_medood,
+)
 
 #: what a detector must give for each task
 NEEDS = {"pixel": "map", "sample": "score"}
@@ -39,15 +48,19 @@ class BatchSummary:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
+    #: cases another process was computing when their turn came (left to it)
+    busy: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
 class Plan:
-    """Cases to do, cases already done, and finished-looking outputs that must be redone."""
+    """Cases to do, cases already done, finished-looking outputs that must be redone, and
+    cases whose output name holds a file no napari-medood run wrote (never touched)."""
 
     todo: list[Case]
     done: list[Case]
     redo: list[tuple[Case, str]] = field(default_factory=list)
+    foreign: list[tuple[Case, str]] = field(default_factory=list)
 
 
 def check_task(detector, task: str) -> None:
@@ -106,11 +119,76 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
+@contextlib.contextmanager
+def output_folder(out_dir: str | os.PathLike):
+    """:func:`check_output_folder` for the length of a run: what the run created for it
+    (the folder and its missing parents) is removed at its end if the run left it empty
+    (failed, interrupted, or wrote nothing); a folder that was there before never is."""
+    folder = Path(out_dir)
+    # the folder and its missing parents, deepest first: what mkdir(parents=True) creates
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield check_output_folder(folder)
+    finally:
+        if created:
+            remove_if_empty(folder)
+            for made in created[1:]:
+                try:
+                    made.rmdir()  # only an empty folder goes
+                except OSError:
+                    break
+
+
+def check_output_holds_no_input(
+    out_dir: str | os.PathLike, cases: Sequence[Case], masks: Path | None
+) -> None:
+    """Refuse an OUTPUT folder that holds the run's own inputs: a scan's folder (its maps
+    would be read as scans next time, and a NIfTI's map would replace it) or a mask's
+    folder (a map named like the scan would replace the mask, or a mask named like the scan
+    would pass for a finished map)."""
+    out = Path(out_dir).resolve()
+    if not out.is_dir():
+        return
+    mask_folders = set()
+    if masks is not None:
+        mask_folders.add(masks.resolve() if masks.is_dir() else masks.resolve().parent)
+    mask_folders |= {Path(case.mask).resolve().parent for case in cases if case.mask}
+    if out in mask_folders:
+        raise MedoodError(
+            f"{out_dir}: the OUTPUT folder holds this run's masks; its maps would overwrite "
+            "them or be taken for them; choose a folder of its own"
+        )
+    for case in cases:
+        image = Path(case.image).resolve()
+        if output_path(out, image, "pixel") == image:
+            raise MedoodError(
+                f"{case.image}: the output would overwrite this input; choose another OUTPUT folder"
+            )
+        if out in (image, image.parent):
+            raise MedoodError(
+                f"{case.image}: the OUTPUT folder holds this scan, and its map would be read as "
+                "a scan by the next run on that folder; choose a folder of its own"
+            )
+
+
+def remove_if_empty(out_dir: Path) -> None:
+    """Remove an OUTPUT folder this run made and left empty (a run that failed or wrote
+    nothing leaves no empty folder behind); its records folder goes if it is empty too."""
+    from napari_medood.io.mood import RECORDS
+
+    for folder in (out_dir / RECORDS, out_dir):
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            folder.rmdir()
+
+
 def plan(
     cases: Sequence[Case], out_dir: str | os.PathLike, task: str, overwrite: bool = False
 ) -> Plan:
     """Split ``cases`` into to do and done; refuses an output that would overwrite its input.
-    An existing output counts as done only if it loads and fits its input."""
+    An existing output counts as done only if it loads and fits its input, and is redone
+    (or, with ``overwrite``, recomputed) only if a napari-medood run wrote it: a file of the
+    user's that happens to bear a case's output name is never skipped as done nor
+    overwritten (that case fails, the others go on)."""
     look_up_option(task, TASKS, "task")
     out_dir = Path(out_dir)
     result = Plan([], [])
@@ -120,7 +198,20 @@ def plan(
             raise MedoodError(
                 f"{case.image}: the output would overwrite this input; choose another OUTPUT folder"
             )
-        if overwrite or not target.exists():
+        if not target.exists():
+            result.todo.append(case)
+            continue
+        if not written_by_medood(target):
+            result.foreign.append(
+                (
+                    case,
+                    f"{target}: this file was not written by napari-medood, so it is neither "
+                    "taken as this case's output nor overwritten; move it, or choose another "
+                    "OUTPUT folder",
+                )
+            )
+            continue
+        if overwrite:
             result.todo.append(case)
             continue
         problem = output_problem(target, task, input_shape(case.image) if task == "pixel" else None)
@@ -133,17 +224,85 @@ def plan(
 
 
 def remove_partial_writes(out_dir: Path, cases: Sequence[Case], task: str) -> int:
-    """Delete temporary files an interrupted write left for these cases (never another
-    process's: only the names of ``cases`` are touched)."""
+    """Delete temporary files an interrupted write left for these cases, done or not (a
+    killed ``--overwrite`` leaves one beside a finished output). Never another process's:
+    only the names of ``cases`` are touched, and none a live process has claimed."""
     removed = 0
     if not out_dir.is_dir():
         return 0
     for case in cases:
         target = output_path(out_dir, case.image, task)
+        if claim_holder(target) is not None:
+            continue
         for leftover in out_dir.glob(f".{target.name}.*.part*"):
             leftover.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def claim_holder(target: Path) -> str | None:
+    """Who is computing ``target`` now ("process 123 on host"), or None: no claim, or the
+    claim of a process on this machine that has ended (a killed run's, removed)."""
+    import json
+    import socket
+
+    claim = record_path(target, "claim")
+    try:
+        holder = json.loads(claim.read_text())
+        host, pid = str(holder["host"]), int(holder["pid"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        claim.unlink(missing_ok=True)  # claims are written whole (a link): not one of ours
+        return None
+    if host == socket.gethostname() and (pid == os.getpid() or not _process_alive(pid)):
+        claim.unlink(missing_ok=True)
+        return None
+    return f"process {pid} on {host}"
+
+
+def claim_case(target: Path) -> str | None:
+    """Claim the case whose output is ``target`` for this process, so that two runs writing
+    one OUTPUT folder never compute a case twice. None: claimed; else who holds it. The
+    claim appears whole or not at all (written aside, then hard-linked into place)."""
+    import json
+    import socket
+    import tempfile
+
+    claim = record_path(target, "claim")
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):  # a second try after a dead process's claim is removed
+        holder = claim_holder(target)
+        if holder is not None:
+            return holder
+        handle, temp = tempfile.mkstemp(prefix=".claim-", dir=claim.parent)
+        with os.fdopen(handle, "w") as stream:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid()}, stream)
+        try:
+            os.link(temp, claim)
+            return None
+        except FileExistsError:
+            continue
+        finally:
+            os.unlink(temp)
+    return claim_holder(target) or "another process"
+
+
+def release_case(target: Path) -> None:
+    claim = record_path(target, "claim")
+    claim.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # a records folder with nothing in it goes too
+        claim.parent.rmdir()
 
 
 def read_case(case: Case, masks: str | os.PathLike | None = None):
@@ -246,6 +405,15 @@ def write_result(result, out_dir: str | os.PathLike, image: str | os.PathLike, t
     return written
 
 
+def write_case(result, out_dir: Path, image, task: str, record: dict | None) -> list[Path]:
+    """:func:`write_result` for one task, each file recorded as this run's (``record``:
+    what wrote it), so a later run may redo it and never a file of the user's."""
+    written = write_result(result, out_dir, image, (task,))
+    for path in written:
+        record_written(path, record or {})
+    return written
+
+
 def predict_cases(
     cases: Sequence[Case],
     detector,
@@ -256,10 +424,12 @@ def predict_cases(
     cancelled: CancelledPredicate | None = None,
     on_case: Callable[[Case, str | None, tuple[str, ...]], None] | None = None,
     prefetch: bool = True,
+    record: dict | None = None,
 ) -> BatchSummary:
     """Predict each case and write its output; ``on_case(case, error or None, notes)`` after
     each. With ``prefetch`` the next case is read while this one is computed; a case that
-    cannot be read fails alone, as when it is read in turn."""
+    cannot be read fails alone, as when it is read in turn. Each case is claimed before it
+    is computed: one another process holds is left to it (``summary.busy``)."""
     check_task(detector, task)
     out_dir = Path(out_dir)
     summary = BatchSummary()
@@ -268,12 +438,18 @@ def predict_cases(
         for index, case in enumerate(cases):
             check_cancelled(cancelled)
             error, notes, volume, mask = None, (), None, None
+            target = output_path(out_dir, case.image, task)
+            holder = claim_case(target)
+            if holder is not None:
+                summary.busy.append((case.name, holder))
+                report(progress, index + 1, len(cases), case.name)
+                continue
             try:
                 volume, mask = reader.take(index, cancelled)
                 result = detector.predict(volume, mask, cancelled=cancelled)
                 del volume, mask  # a read-ahead holds the next case: keep one in memory here
                 notes = tuple(result.notes)
-                if not write_result(result, out_dir, case.image, (task,)):
+                if not write_case(result, out_dir, case.image, task, record):
                     raise MedoodError(f"the {detector.name} detector returned no {NEEDS[task]}")
                 summary.written.append(case.name)
             except Cancelled:
@@ -282,6 +458,8 @@ def predict_cases(
                 error = str(exc)
             except Exception as exc:  # noqa: BLE001 - one bad case must not sink the batch
                 error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            finally:
+                release_case(target)
             if error is not None:
                 summary.failed.append((case.name, error))
             summary.notes.extend((case.name, note) for note in notes)
@@ -348,6 +526,8 @@ class CohortResult:
     skipped: list[str] = field(default_factory=list)
     failed: list[CaseFailure] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
+    #: this process's cases that another process was computing (counted in ``skipped``)
+    busy: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def whole(self) -> bool:
@@ -386,50 +566,60 @@ def run_cohort(
     Everything before the plan raises a :class:`MedoodError` before any case runs; a case
     that fails is recorded and the others go on.
     """
-    from napari_medood.distributed import finish, gather, shard_from
+    from napari_medood.distributed import check_parts, finish, gather, shard_from
     from napari_medood.io.cohort import discover_cases
 
     options = options or CohortOptions()
     check_task(detector, options.task)  # a score-only detector cannot write maps: say so now
+    check_parts(options.part_id, options.num_parts)
     cases = discover_cases(source) if isinstance(source, str | os.PathLike) else list(source)
     masks = Path(options.masks) if options.masks is not None else None
     if masks is not None and masks.is_file() and len(cases) > 1:
         raise MedoodError(
             f"{masks}: one mask file for {len(cases)} scans; pass a folder with one mask per scan"
         )
-    out_dir = check_output_folder(out_dir)
-    shard = shard_from(options.part_id, options.num_parts)
-    try:
-        # shard the full, sorted case list: the same case always goes to the same part,
-        # whatever was finished before
-        work = plan(shard.take(cases), out_dir, options.task, options.overwrite)
-        remove_partial_writes(out_dir, work.todo, options.task)
-        record = run_record(detector, options.task)
-        if on_start is not None:
-            on_start(CohortStart(out_dir, shard, work, record))
-        failures: list[CaseFailure] = []
+    check_output_holds_no_input(out_dir, cases, masks)
+    with output_folder(out_dir) as out_dir:
+        shard = shard_from(options.part_id, options.num_parts)
+        try:
+            # shard the full, sorted case list: the same case always goes to the same part,
+            # whatever was finished before
+            mine = shard.take(cases)
+            work = plan(mine, out_dir, options.task, options.overwrite)
+            remove_partial_writes(out_dir, mine, options.task)
+            record = run_record(detector, options.task)
+            if on_start is not None:
+                on_start(CohortStart(out_dir, shard, work, record))
+            failures: list[CaseFailure] = []
 
-        def each(case: Case, error: str | None, notes: tuple[str, ...]) -> None:
-            if error is not None:
-                failures.append(CaseFailure(case.name, str(case.image), error))
-            if on_case is not None:
-                on_case(case, error, notes)
+            def each(case: Case, error: str | None, notes: tuple[str, ...]) -> None:
+                if error is not None:
+                    failures.append(CaseFailure(case.name, str(case.image), error))
+                if on_case is not None:
+                    on_case(case, error, notes)
 
-        summary = predict_cases(
-            work.todo,
-            detector,
-            out_dir,
-            options.task,
-            masks,
-            progress,
-            cancelled,
-            each,
-            options.prefetch,
-        )
-        mine = (list(summary.written), [case.name for case in work.done], failures)
-        everyone = gather(mine, shard)
-    finally:
-        finish(shard)
+            for case, problem in work.foreign:  # never computed: its output name is taken
+                each(case, problem, ())
+            summary = predict_cases(
+                work.todo,
+                detector,
+                out_dir,
+                options.task,
+                masks,
+                progress,
+                cancelled,
+                each,
+                options.prefetch,
+                record,
+            )
+            counts = (
+                list(summary.written),
+                [case.name for case in work.done] + [name for name, _ in summary.busy],
+                failures,
+            )
+            everyone = gather(counts, shard)
+        finally:
+            finish(shard)
     return CohortResult(
         out_dir,
         shard,
@@ -438,4 +628,5 @@ def run_cohort(
         skipped=[name for _, skipped, _ in everyone for name in skipped],
         failed=[failure for _, _, failed in everyone for failure in failed],
         notes=list(summary.notes),
+        busy=summary.busy,
     )

@@ -34,14 +34,23 @@ class Shard:
         return f"part {self.rank + 1}/{self.world}" if self.world > 1 else ""
 
 
+def check_parts(part_id: int | None, num_parts: int | None) -> None:
+    """Refuse a ``--part-id``/``--num-parts`` pair that names no part (before any work)."""
+    if num_parts is None and part_id is None:
+        return
+    if num_parts is None or part_id is None:
+        raise MedoodError("give both --part-id and --num-parts")
+    if num_parts < 1:
+        raise MedoodError(f"--num-parts must be at least 1, got {num_parts}")
+    if not 0 <= part_id < num_parts:
+        raise MedoodError(f"--part-id must be within 0..{num_parts - 1}, got {part_id}")
+
+
 def shard_from(part_id: int | None = None, num_parts: int | None = None) -> Shard:
     """The shard given explicitly, else from torchrun's ``RANK``/``WORLD_SIZE`` (opening a
     gloo process group), else the whole job."""
     if num_parts is not None or part_id is not None:
-        if num_parts is None or part_id is None:
-            raise MedoodError("give both --part-id and --num-parts")
-        if num_parts < 1 or not 0 <= part_id < num_parts:
-            raise MedoodError(f"--part-id must be within 0..{num_parts - 1}, got {part_id}")
+        check_parts(part_id, num_parts)
         return Shard(part_id, num_parts)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

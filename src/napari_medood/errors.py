@@ -56,6 +56,10 @@ class PreprocessingError(MedoodError, ValueError):
     """Preprocessing cannot run on this input (empty mask, constant intensities, ...)."""
 
 
+class NonFiniteOutputError(MedoodError):
+    """A model computed NaN or infinite values (damaged weights, a diverged training run)."""
+
+
 class Cancelled(MedoodError):  # noqa: N818 - reads as "the work was cancelled"
     """Long-running work stopped because the user asked for it."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -140,62 +141,63 @@ def _compare(args: argparse.Namespace) -> int:
         given = Path(args.mask)
         mask_path = find_mask(given, image) if given.is_dir() else given
         mask = load_mask(mask_path, volume.grid)
-    paths = None
-    if args.out is not None:
-        from napari_medood.batch import check_output_folder
+    with contextlib.ExitStack() as run:  # a run that fails leaves no empty OUTPUT folder
+        paths = None
+        if args.out is not None:
+            from napari_medood.batch import output_folder
 
-        out_dir = check_output_folder(args.out)
-        inputs = [image] + ([mask_path] if mask_path is not None else [])
-        paths = _output_paths(out_dir, inputs)
-    options = DetectorOptions(
-        device=args.device, precision=args.precision, extra_maps=False, gate=args.gate
-    )
-    detector_a = get_detector(name_a, options)
-    detector_b = get_detector(name_b, options)
-    bar, progress = _progress_bar()
-    try:
-        comparison = compare_models(
-            detector_a,
-            detector_b,
-            volume,
-            mask,
-            threshold_a=args.threshold_a,
-            threshold_b=args.threshold_b,
-            progress=progress,
+            out_dir = run.enter_context(output_folder(args.out))
+            inputs = [image] + ([mask_path] if mask_path is not None else [])
+            paths = _output_paths(out_dir, inputs)
+        options = DetectorOptions(
+            device=args.device, precision=args.precision, extra_maps=False, gate=args.gate
         )
-    finally:
-        bar.close()
-    summary = comparison.summary
-    for which, asked in (("a", args.threshold_a), ("b", args.threshold_b)):
-        model = summary[f"model_{which}"]
-        if asked is not None and model["threshold_from"] == FROM_CALIBRATION:
-            say(
-                PROG,
-                f"note: --threshold-{which} {asked:g} is not used: {model['name']}'s calibrated "
-                f"threshold {model['threshold']:.3f} holds for this run",
+        detector_a = get_detector(name_a, options)
+        detector_b = get_detector(name_b, options)
+        bar, progress = _progress_bar()
+        try:
+            comparison = compare_models(
+                detector_a,
+                detector_b,
+                volume,
+                mask,
+                threshold_a=args.threshold_a,
+                threshold_b=args.threshold_b,
+                progress=progress,
             )
-    for note in comparison.notes:
-        say(PROG, f"note: {note}")
-    if paths is not None:
-        record = {
-            **summary,
-            "image": str(image),
-            "mask": None if mask_path is None else str(mask_path),
-            "files": {key: path.name for key, path in paths.items() if key != "summary"},
-            "notes": list(comparison.notes),
-        }
-        write_nifti(comparison.map_a, paths["map_a"])
-        write_nifti(comparison.map_b, paths["map_b"])
-        write_nifti(comparison.difference, paths["difference"])
-        write_nifti(comparison.disagreement, paths["disagreement"], kind="labels")
-        from napari_medood.io.atomic import write_text_atomic
+        finally:
+            bar.close()
+        summary = comparison.summary
+        for which, asked in (("a", args.threshold_a), ("b", args.threshold_b)):
+            model = summary[f"model_{which}"]
+            if asked is not None and model["threshold_from"] == FROM_CALIBRATION:
+                say(
+                    PROG,
+                    f"note: --threshold-{which} {asked:g} is not used: {model['name']}'s calibrated "
+                    f"threshold {model['threshold']:.3f} holds for this run",
+                )
+        for note in comparison.notes:
+            say(PROG, f"note: {note}")
+        if paths is not None:
+            record = {
+                **summary,
+                "image": str(image),
+                "mask": None if mask_path is None else str(mask_path),
+                "files": {key: path.name for key, path in paths.items() if key != "summary"},
+                "notes": list(comparison.notes),
+            }
+            write_nifti(comparison.map_a, paths["map_a"])
+            write_nifti(comparison.map_b, paths["map_b"])
+            write_nifti(comparison.difference, paths["difference"])
+            write_nifti(comparison.disagreement, paths["disagreement"], kind="labels")
+            from napari_medood.io.atomic import write_text_atomic
 
-        write_text_atomic(paths["summary"], json.dumps(record, indent=2) + "\n")
-    for line in summary_lines(summary):
-        print(line)
-    if paths is not None:
-        say(PROG, f"wrote {', '.join(OUTPUT_FILES.values())} -> {paths['summary'].parent}")
-    return EXIT_OK
+            write_text_atomic(paths["summary"], json.dumps(record, indent=2) + "\n")
+        for line in summary_lines(summary):
+            print(line)
+        if paths is not None:
+            say(PROG, f"wrote {', '.join(OUTPUT_FILES.values())} -> {paths['summary'].parent}")
+        return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

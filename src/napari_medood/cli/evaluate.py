@@ -133,16 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from napari_medood.batch import output_folder
 
-    from napari_medood.batch import check_output_folder
-    from napari_medood.evaluation import DetectorPredictions, EvalOptions, FolderPredictions
-    from napari_medood.evaluation import evaluate as run_evaluation
-    from napari_medood.evaluation.bias import bias_tables
-    from napari_medood.evaluation.participants import read_participants
-    from napari_medood.evaluation.report import write_report
-    from napari_medood.io.cohort import discover_cases, discover_labels
-
+    if args.bootstrap < 0:
+        raise MedoodError(
+            f"--bootstrap takes a number of resamples, 0 or more; got {args.bootstrap}"
+        )
     if args.variant and not args.model:
         raise MedoodError("--variant chooses the map of a detector to run: give --model too")
     if args.tta and not args.model:
@@ -154,11 +150,25 @@ def _eval(args: argparse.Namespace) -> int:
     if args.calibrate is not None:
         return _calibrate(args)
     fixed = _fixed_thresholds(args.thresholds)
+    fprs = _fprs(args.fprs)
     expected = 1 if args.model else 2
     if len(args.inputs) != expected or not args.out:
         what = "a labelled set" if args.model else "a predictions folder and a labelled set"
         raise MedoodError(f"give {what} and -o REPORT (see --help)")
-    out = check_output_folder(args.out)
+    with output_folder(args.out) as out:  # a run that fails leaves no empty folder
+        return _evaluate(args, out, fixed, fprs)
+
+
+def _evaluate(args: argparse.Namespace, out, fixed: tuple[float, ...], fprs) -> int:
+    from tqdm import tqdm
+
+    from napari_medood.evaluation import DetectorPredictions, EvalOptions, FolderPredictions
+    from napari_medood.evaluation import evaluate as run_evaluation
+    from napari_medood.evaluation.bias import bias_tables
+    from napari_medood.evaluation.participants import read_participants
+    from napari_medood.evaluation.report import write_report
+    from napari_medood.io.cohort import discover_cases, discover_labels
+
     if args.model:
         detector = _detector(args)
         _check_sample_score(detector, args.sample_score)
@@ -180,7 +190,6 @@ def _eval(args: argparse.Namespace) -> int:
             healthy_predict = FolderPredictions(args.healthy_predictions)
         else:
             raise MedoodError("--healthy needs --healthy-predictions (or --model)")
-    fprs = tuple(float(f) for f in args.fprs.split(",") if f.strip())
     options = EvalOptions(
         fprs=fprs,
         bootstrap=args.bootstrap,
@@ -239,6 +248,11 @@ def _eval(args: argparse.Namespace) -> int:
         )
         for entry in problems:
             say(PROG, f"  {entry['case']}: {'; '.join(entry['problems'])}")
+    if not parts:
+        return EXIT_ERROR  # nothing scored is no result
+    if problems and len(problems) == len(result.cases):
+        say(PROG, f"error: no case had a usable prediction in {args.inputs[0]}")
+        return EXIT_ERROR
     return EXIT_ERROR if failed else EXIT_OK
 
 
@@ -317,6 +331,20 @@ def _calibrate(args: argparse.Namespace) -> int:
     for failure in entry["failed"]:
         say(PROG, f"failed: {failure['case']}: {failure['error']}")
     return EXIT_ERROR if entry["failed"] else EXIT_OK
+
+
+def _fprs(text: str) -> tuple[float, ...]:
+    """``--fprs``: false-positive rates in (0, 1), checked before any case runs."""
+    try:
+        values = tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not 0 < v < 1 for v in values):
+        raise MedoodError(
+            f"--fprs takes false-positive rates between 0 and 1, comma-separated (e.g. "
+            f"0.01,0.05); got {text!r}"
+        )
+    return values
 
 
 def _fixed_thresholds(text: str) -> tuple[float, ...]:

@@ -27,7 +27,9 @@ EPILOG = """\
 at scale: under torchrun each rank takes its share of the cases (one output per case, written
 atomically); --part-id/--num-parts does the same for scheduler arrays. Finished cases are
 skipped (an output that does not load is redone), so an interrupted run resumes; a failing
-case is reported and the others go on; the exit status is 2 if any case failed.
+case is reported and the others go on; the exit status is 2 if any case failed. Two runs
+into one OUTPUT folder share it: each case is claimed by one process. A file in OUTPUT that
+napari-medood did not write (OUTPUT/.medood keeps the record) is never overwritten.
   torchrun --nproc_per_node 4 $(which medood-predict) scans/ maps/
   medood-predict --part-id $SLURM_ARRAY_TASK_ID --num-parts 100 cohort.csv maps/
 
@@ -192,6 +194,8 @@ def _predict(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    for name, holder in result.busy:
+        say(prefix, f"skipped {name}: {holder} is computing it into the same OUTPUT folder")
     if result.reporting:
         failed = result.failed
         scope = "" if result.whole else f" ({result.shard.label})"

@@ -65,12 +65,33 @@ def get_detector(name: str, options: DetectorOptions | None = None, **option_val
     if name in NAMED_DETECTORS:
         if options.variant is not None:
             raise MedoodError(f"the {name} detector has no variants (got {options.variant!r})")
+        if options.device not in ("auto", "cpu"):
+            from napari_medood.device import choose_device
+
+            # one rule for every detector: a device that is not there is an error, even for
+            # a baseline that computes on the CPU whatever is asked
+            choose_device(options.device)
         return resolve(NAMED_DETECTORS[name].factory)(options)
     parts = [part.strip() for part in str(name).split(",") if part.strip()]
     shipped = bundled_models()
-    if not parts or not all(part in shipped or Path(part).exists() for part in parts):
+    if len(parts) > 1:
+        baselines = [part for part in parts if part in NAMED_DETECTORS]
+        if baselines:
+            raise MedoodError(
+                f"{baselines[0]} is a baseline and cannot be part of an ensemble; an ensemble "
+                "averages checkpoints of one family (comma-separated shipped models or folders)"
+            )
+    missing = [part for part in parts if part not in shipped and not Path(part).exists()]
+    if not parts or missing:
+        ensemble = len(parts) > 1
+        what = (
+            "ensemble member (a shipped model or checkpoint folder)"
+            if ensemble
+            else ("detector (or checkpoint path)")
+        )
+        known = [*shipped] if ensemble else [*shipped, *NAMED_DETECTORS]
         try:
-            look_up_option(str(name), [*shipped, *NAMED_DETECTORS], "detector (or checkpoint path)")
+            look_up_option(missing[0] if missing else str(name), known, what)
         except ValueError as exc:
             raise MedoodError(str(exc)) from None
     return detector_from_checkpoints([Checkpoint.open(part) for part in parts], options, name)

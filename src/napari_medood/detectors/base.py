@@ -22,7 +22,13 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, Stages, check_cancelled
-from napari_medood.errors import MedoodError, PreprocessingError, VolumeError, look_up_option
+from napari_medood.errors import (
+    MedoodError,
+    NonFiniteOutputError,
+    PreprocessingError,
+    VolumeError,
+    look_up_option,
+)
 from napari_medood.io.volume import Volume
 
 MAP = "map"
@@ -262,10 +268,16 @@ class BaseDetector:
             output = self.run(volume, mask, Stages(progress, self.stages), cancelled)
         except PreprocessingError as exc:  # name the file, not only the problem
             raise VolumeError(volume.source, str(exc)) from exc
+        except NonFiniteOutputError as exc:
+            raise self._broken(exc) from None
         anomaly_map = None
         if MAP in self.outputs:
             if output.values is None:
                 raise MedoodError(f"the {self.name} detector declares a map but returned none")
+            try:  # np.clip keeps NaN: a broken model's map must fail here, not pass as 0
+                check_finite(np.asarray(output.values), "its map")
+            except NonFiniteOutputError as exc:
+                raise self._broken(exc) from None
             values = np.clip(np.asarray(output.values, dtype=np.float32), 0.0, 1.0)
             values[~mask] = 0.0
             how = output.extras.get("execution")
@@ -280,6 +292,8 @@ class BaseDetector:
             if output.score is None:
                 raise MedoodError(f"the {self.name} detector declares a score but returned none")
             score = float(output.score)
+            if not np.isfinite(score):
+                raise self._broken(NonFiniteOutputError(f"its score is {score}"))
         extras = {**output.extras, "mask": mask_kind}
         if trust is not None:
             extras["trust"] = trust
@@ -299,6 +313,24 @@ class BaseDetector:
                 extras["scores"] = {**extras.get("scores", {}), "uncalibrated": score}
                 score = calibration["sample_score"]
         return AnomalyResult(anomaly_map, score, extras, tuple(notes))
+
+    def _broken(self, problem: Exception) -> MedoodError:
+        """The error for a model that computed NaN or infinite values: nothing is made of
+        them (a NaN map clipped would read as "nothing abnormal")."""
+        return NonFiniteOutputError(
+            f"the {self.name} model's output is unusable ({problem}): its weights "
+            "are probably damaged or from a training run that diverged (a matching sha256 "
+            "proves only that the file is the one its card was written for); nothing was made "
+            "of this scan"
+        )
+
+
+def check_finite(values: np.ndarray, what: str) -> None:
+    """Refuse ``values`` holding NaN or infinite numbers (:class:`NonFiniteOutputError`)."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = values.size - int(np.count_nonzero(finite))
+        raise NonFiniteOutputError(f"{what}: {bad:,} of {values.size:,} values are NaN or infinite")
 
 
 def score_info_of(detector) -> ScoreInfo | None:
@@ -384,6 +416,7 @@ def sample_scores(
     ``fpi_slices`` (FPI, over axial slices)."""
     from napari_medood.preprocessing.model_space import axial_axis
 
+    check_finite(anomaly_map, "its map")
     inside = anomaly_map[mask] if mask is not None else anomaly_map.ravel()
     return {
         "topk_mean": topk_mean(anomaly_map, k, mask),

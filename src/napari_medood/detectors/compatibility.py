@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_medood.errors import VolumeError, VolumeShapeError
 from napari_medood.io.volume import Volume
 
-#: fewer voxels than this along an axis hold no anatomy a detector could judge
-MIN_VOXELS = 8
+# the one check of a scan no detector can use, shared with medood-synth
+from napari_medood.preprocessing.profile import MIN_VOXELS, check_scan  # noqa: F401
+
 #: how far outside the training scans' range a value may fall before a note (x or /)
 TOLERANCE = 1.25
 #: a foreground this many times smaller than the training brains is a partial field of view
@@ -29,27 +29,13 @@ PARTIAL = 2.0
 COARSER = 1.5
 
 
-def check_scan(volume: Volume) -> None:
-    """Refuse a scan too small or too uniform to hold anything to detect."""
-    if min(volume.shape) < MIN_VOXELS:
-        size = "x".join(map(str, volume.shape))
-        raise VolumeShapeError(
-            volume.source,
-            f"has only {size} voxels; a detector needs at least {MIN_VOXELS} along every axis",
-        )
-    data = volume.data
-    low, high = float(data.min()), float(data.max())
-    if low == high:
-        raise VolumeError(
-            volume.source, f"every voxel equals {low:g}: a constant scan holds nothing to detect"
-        )
-
-
 def scan_notes(
     volume: Volume, mask: np.ndarray, mask_given: bool, card: Mapping[str, Any] | None
 ) -> list[str]:
-    """Sentences the user should read before the map (empty: nothing to say)."""
-    notes = []
+    """Sentences the user should read before the map (empty: nothing to say), starting with
+    what the reader noted about the file (``volume.meta["notes"]``: a header without voxel
+    sizes, a DICOM file left out, ...)."""
+    notes = [str(note) for note in volume.meta.get("notes", ())]
     grid = volume.grid
     if grid.obliquity_degrees > 1e-3 or not grid.is_orthogonal:
         notes.append(
@@ -60,7 +46,33 @@ def scan_notes(
     expects = (card or {}).get("expects")
     if expects:
         notes += card_mismatches(volume, mask, mask_given, card)
+    if mask_given and not (expects or {}).get("foreground_ml"):
+        # every family, with a card that sets a brain volume or not (baselines have no card)
+        small = small_mask_note(volume, mask)
+        if small is not None:
+            notes.append(small)
     return notes
+
+
+#: a given mask smaller than this share of the scan's foreground is no brain/body mask
+SMALL_MASK_SHARE = 0.01
+
+
+def small_mask_note(volume: Volume, mask: np.ndarray) -> str | None:
+    """What to say when a given mask is a sliver of the scan's foreground (a lesion or
+    label map passed as the brain mask): anomalies are looked for only inside it."""
+    from napari_medood.detectors.calibration import voxel_ml
+    from napari_medood.preprocessing.masks import mask_from_threshold
+
+    inside = int(np.count_nonzero(mask))
+    foreground = int(np.count_nonzero(mask_from_threshold(volume.data, "otsu")))
+    if foreground == 0 or inside >= SMALL_MASK_SHARE * foreground:
+        return None
+    return (
+        f"the mask holds only {inside * voxel_ml(volume.affine):,.1f} ml ({inside:,} voxels), "
+        f"{inside / foreground:.2%} of the scan's foreground: is it a lesion or label map "
+        "rather than a brain mask? Anomalies are looked for only inside it"
+    )
 
 
 def card_mismatches(

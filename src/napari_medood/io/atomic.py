@@ -42,10 +42,22 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], suffix: str = "") -> Path:
-    """Call ``write(temp_path)`` and move the result onto ``path`` atomically."""
+def write_atomic(
+    path: str | os.PathLike,
+    write: Callable[[Path], None],
+    suffix: str = "",
+    check: Callable[[Path], str | None] | None = None,
+) -> Path:
+    """Call ``write(temp_path)`` and move the result onto ``path`` atomically; with
+    ``check``, only if ``check(temp_path)`` finds nothing wrong (else a MedoodError naming
+    ``path`` and the problem, and ``path`` is left as it was)."""
+    from napari_medood.errors import MedoodError
+
     with atomic_path(path, suffix) as temp:
         write(temp)
+        problem = check(temp) if check is not None else None
+        if problem is not None:
+            raise MedoodError(f"{path}: not written: what was written {problem}")
     return Path(path)
 
 

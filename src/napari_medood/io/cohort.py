@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from napari_medood.errors import MedoodError, VolumeError, VolumeNotFoundError
-from napari_medood.io.discovery import find_volumes
+from napari_medood.errors import MedoodError, VolumeError
+from napari_medood.io.discovery import find_volumes, missing_path_error
 from napari_medood.io.formats import strip_volume_suffix, volume_suffix
 
 PATH_COLUMNS = ("path", "image", "img_path", "filename")
@@ -61,7 +61,7 @@ def find_mask(mask_source: str | os.PathLike, image: str | os.PathLike) -> Path:
     if mask_source.is_file():
         return mask_source
     if not mask_source.is_dir():
-        raise VolumeNotFoundError(mask_source, "no such mask file or folder")
+        raise missing_path_error(mask_source, "mask file or folder")
     stem = strip_volume_suffix(image.name)
     candidates = [p for p in sorted(mask_source.iterdir()) if volume_suffix(p)]
     exact = [p for p in candidates if strip_volume_suffix(p.name) == stem]
@@ -112,7 +112,7 @@ def discover_cases(
     """
     source = Path(source)
     if not source.exists():
-        raise VolumeNotFoundError(source, "no such file or folder")
+        raise missing_path_error(source)
     if source.is_file() and source.suffix.lower() == ".csv":
         cases = _from_csv(source)
     elif is_mood_layout(source):
@@ -171,7 +171,7 @@ def _from_csv(path: Path) -> list[Case]:
     mask_column, name_column = _column(header, MASK_COLUMNS), _column(header, NAME_COLUMNS)
     label_column, sample_column = _column(header, LABEL_COLUMNS), _column(header, SAMPLE_COLUMNS)
     cases = []
-    for row in rows:
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
         image = _resolve(path.parent, row[path_column])
         if image is None:
             continue
@@ -179,6 +179,13 @@ def _from_csv(path: Path) -> list[Case]:
         if label is None and label_column is None:
             label = _uad_label(image)
         anomalous = _flag(row.get(sample_column)) if sample_column else None
+        if anomalous is None and (row.get(sample_column) or "").strip():
+            raise VolumeError(
+                path,
+                f"line {number}: {sample_column} is {row[sample_column].strip()!r}, neither "
+                "abnormal (1, true, yes, abnormal, ood) nor normal (0, false, no, normal, "
+                "healthy, id); leave it empty if unknown",
+            )
         name = (row.get(name_column) or "").strip() if name_column else ""
         cases.append(
             Case(
@@ -263,7 +270,16 @@ def discover_labels(
     source = Path(source)
     if source.is_dir() and not is_mood_layout(source) and not is_bids(source):
         return _from_label_folder(source, masks)
-    return discover_cases(source, masks=masks)
+    cases = discover_cases(source, masks=masks)
+    if cases and all(case.label is None and case.anomalous is None for case in cases):
+        columns = ""
+        if source.suffix.lower() == ".csv":
+            columns = f" (no Label or Anomalous column; found: {', '.join(cases[0].info)})"
+        raise VolumeError(
+            source,
+            f"gives no case a label map or a sample label{columns}; expected {LABEL_LAYOUTS}",
+        )
+    return cases
 
 
 def _from_label_folder(folder: Path, masks: str | os.PathLike | None) -> list[Case]:

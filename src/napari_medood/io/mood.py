@@ -36,15 +36,68 @@ def output_path(out_dir: str | os.PathLike, image: str | os.PathLike, task: str)
 
 
 def write_map(anomaly_map: Volume, out_dir: str | os.PathLike, image: str | os.PathLike) -> Path:
+    """Write a case's map, checked before and after: values that a resume would reject are
+    never written, and the file is read back (as a resume reads it) before it takes its
+    final name."""
+    from napari_medood.errors import MedoodError
     from napari_medood.io.writers import write_nifti
 
-    return write_nifti(anomaly_map, output_path(out_dir, image, "pixel"))
+    target = output_path(out_dir, image, "pixel")
+    problem = map_values_problem(np.asarray(anomaly_map.data))
+    if problem is not None:
+        raise MedoodError(f"{target.name} not written: the map {problem}")
+    shape = tuple(anomaly_map.data.shape[:3])
+    return write_nifti(anomaly_map, target, check=lambda temp: output_problem(temp, "pixel", shape))
 
 
 def write_score(score: float, out_dir: str | os.PathLike, image: str | os.PathLike) -> Path:
+    """Write a case's score; a NaN or infinite score is refused, never written as a number."""
+    from napari_medood.errors import MedoodError
     from napari_medood.io.atomic import write_text_atomic
 
-    return write_text_atomic(output_path(out_dir, image, "sample"), f"{float(score):.6f}\n")
+    target = output_path(out_dir, image, "sample")
+    if not np.isfinite(float(score)):
+        raise MedoodError(f"{target.name} not written: the score is {float(score)}")
+    return write_text_atomic(target, f"{float(score):.6f}\n")
+
+
+#: the hidden folder of an OUTPUT where runs keep their own records: what they wrote (a
+#: file's record proves a run wrote it, so a resume may redo it) and which case a process
+#: is computing now (its claim)
+RECORDS = ".medood"
+
+
+def record_path(target: str | os.PathLike, kind: str = "written") -> Path:
+    """Where the ``kind`` (``written`` or ``claim``) record of the output ``target`` goes."""
+    target = Path(target)
+    return target.parent / RECORDS / f"{target.name}.{kind}.json"
+
+
+def record_written(target: str | os.PathLike, record: dict) -> Path:
+    """Record that a run wrote ``target`` (its sha256 and what wrote it), atomically."""
+    import json
+
+    from napari_medood.io.atomic import file_sha256, write_text_atomic
+
+    entry = {**record, "file": Path(target).name, "sha256": file_sha256(target)}
+    return write_text_atomic(record_path(target), json.dumps(entry, indent=1) + "\n")
+
+
+def written_by_medood(target: str | os.PathLike) -> bool:
+    """Did a napari-medood run write ``target``? Its record says so, or, for maps written
+    before records were kept, its NIfTI header names napari-medood."""
+    target = Path(target)
+    if record_path(target).is_file():
+        return True
+    if volume_suffix(target) not in (".nii.gz", ".nii") or not target.is_file():
+        return False
+    import nibabel as nib
+
+    try:
+        descrip = bytes(nib.load(os.fspath(target)).header["descrip"]).rstrip(b"\0")
+    except Exception:  # noqa: BLE001 - a file nibabel cannot read names no writer
+        return False
+    return descrip.startswith(b"napari-medood")
 
 
 def trust_path(out_dir: str | os.PathLike, image: str | os.PathLike) -> Path:
@@ -105,8 +158,15 @@ def output_problem(
         return f"does not load ({type(exc).__name__})"
     if expected_shape is not None and tuple(data.shape[:3]) != tuple(expected_shape):
         return f"has shape {data.shape}, the input {tuple(expected_shape)}"
-    if not np.isfinite(data).all():
-        return "holds NaN or infinite values"
+    return map_values_problem(data)
+
+
+def map_values_problem(data: np.ndarray) -> str | None:
+    """Why a map's values are not a MOOD map's (None: all finite, within [0, 1]); the one
+    rule for a map being written and a written map a resume would trust."""
+    finite = np.isfinite(data)
+    if not finite.all():
+        return f"holds {data.size - int(np.count_nonzero(finite)):,} NaN or infinite values"
     if data.size and (data.min() < 0 or data.max() > 1):
         return "holds values outside [0, 1]"
     return None

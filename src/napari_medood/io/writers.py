@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -77,8 +78,15 @@ def _header_for(volume: Volume, data: np.ndarray, kind: str):
     return header, keep_geometry
 
 
-def write_nifti(volume: Volume, path: str | os.PathLike, kind: VolumeKind = "image") -> Path:
-    """Write ``volume`` to ``path`` (``.nii`` or ``.nii.gz``) atomically.
+def write_nifti(
+    volume: Volume,
+    path: str | os.PathLike,
+    kind: VolumeKind = "image",
+    check: Callable[[Path], str | None] | None = None,
+) -> Path:
+    """Write ``volume`` to ``path`` (``.nii`` or ``.nii.gz``) atomically; ``check(temp)``,
+    if given, reads the written file back and says what is wrong with it (None: nothing),
+    before it takes ``path``'s name.
 
     A volume read from NIfTI keeps its header: the same sform/qform fields and codes, so
     nibabel reads back exactly the same affine. Other volumes get their affine in the sform.
@@ -102,4 +110,4 @@ def write_nifti(volume: Volume, path: str | os.PathLike, kind: VolumeKind = "ima
     if not keep_geometry:
         image.update_header()
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    return write_atomic(path, lambda temp: nib.save(image, temp), suffix=suffix)
+    return write_atomic(path, lambda temp: nib.save(image, temp), suffix=suffix, check=check)

@@ -130,7 +130,13 @@ class Checkpoint:
         if not weights.is_file():
             raise CheckpointError(f"{weights}: the weights file named by the card is missing")
         expected = self.card["weights"].get("sha256")
-        if not expected or file_sha256(weights) != expected:
+        if not expected:
+            raise CheckpointError(
+                f"{self.folder / 'card.json'}: the card gives no sha256 of its weights, so "
+                f"{weights.name} cannot be checked; refusing to load them (a card written by "
+                "napari-medood always carries it)"
+            )
+        if file_sha256(weights) != expected:
             raise CheckpointError(
                 f"{weights}: sha256 mismatch: the weights were changed or damaged "
                 "since the card was written; refusing to load them"
