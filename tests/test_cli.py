@@ -189,16 +189,19 @@ def test_a_resumed_run_redoes_outputs_that_do_not_load(ixi_t1, tmp_path, capsys)
     good = (out / "c.nii.gz").read_bytes()
     (out / "a.nii.gz").write_bytes(b"")  # zero bytes
     (out / "b.nii.gz").write_bytes(good[: len(good) // 3])  # truncated
+    # an image that loads, put over a map the run wrote: someone's file now, never redone
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)), out / "d.nii.gz")
+    replaced = (out / "d.nii.gz").read_bytes()
     capsys.readouterr()
-    assert predict_main(["--model", "intensity", str(scans), str(out)]) == 0
+    assert predict_main(["--model", "intensity", str(scans), str(out)]) == 2
     err = capsys.readouterr().err
     assert "redoing a: its output a.nii.gz empty file" in err
     assert "redoing b: its output b.nii.gz does not load" in err
-    assert "redoing d: its output d.nii.gz has shape (4, 5, 6), the input (120, 120, 90)" in err
-    assert "3 written, 1 skipped, 0 failed" in err
-    for name in ("a", "b", "d"):
+    assert f"failed: d: {out / 'd.nii.gz'}: this file was not written by napari-medood" in err
+    assert "2 written, 1 skipped, 1 failed: d" in err
+    for name in ("a", "b"):
         assert (out / f"{name}.nii.gz").read_bytes() == good
+    assert (out / "d.nii.gz").read_bytes() == replaced
     # sample scores: an empty or unreadable score file is redone too
     scores = tmp_path / "scores"
     assert predict_main(["--model", "intensity", "--task", "sample", str(scans), str(scores)]) == 0

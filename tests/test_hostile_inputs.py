@@ -208,16 +208,63 @@ def test_a_case_another_live_process_claimed_is_left_to_it(tmp_path, capsys):
     claim.write_text(json.dumps({"host": socket.gethostname(), "pid": other}))
     its_part = out / ".a.nii.gz.x1y2.part.nii.gz"
     its_part.write_bytes(b"being written")
-    assert predict_main(["--model", "intensity", str(scans), str(out)]) == 0
+    # the run is not complete while the other process has not finished a: exit 2
+    assert predict_main(["--model", "intensity", str(scans), str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"skipped a: process {other} on {socket.gethostname()} is computing it" in err
-    assert "1 written, 1 skipped, 0 failed" in err
+    assert f"not done: a: process {other} on {socket.gethostname()} is computing it" in err
+    assert "1 written, 0 skipped, 0 failed, 1 left to other processes" in err
     assert its_part.exists() and not (out / "a.nii.gz").exists()
     # the same claim by a process that has ended (a killed run) is taken over
     claim.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))
     assert predict_main(["--model", "intensity", str(scans), str(out)]) == 0
     assert "1 written, 1 skipped, 0 failed" in capsys.readouterr().err
     assert (out / "a.nii.gz").is_file() and not claim.exists() and not its_part.exists()
+    # a live pid whose process started after the claim was made: the pid was reused
+    claim.write_text(json.dumps({"host": socket.gethostname(), "pid": other, "started": 1.0}))
+    assert predict_main(["--overwrite", "--model", "intensity", str(scans), str(out)]) == 0
+    assert "2 written, 0 skipped, 0 failed" in capsys.readouterr().err
+
+
+def test_a_case_another_run_finished_meanwhile_is_not_computed_again(tmp_path):
+    """Run B claims a case only after run A wrote it: B checks again and skips it."""
+    from napari_medood.batch import predict_cases
+    from napari_medood.detectors import get_detector
+    from napari_medood.io.cohort import Case
+
+    scans, _ = _scans_and_masks(tmp_path)
+    case = Case("a", scans / "a.nii.gz")
+    detector = get_detector("intensity")
+    out = tmp_path / "out"
+    first = predict_cases([case], detector, out, "pixel")
+    assert first.written == ["a"]
+    computed = []
+
+    class Counting:
+        name, outputs, score_info = detector.name, detector.outputs, detector.score_info
+
+        def predict(self, *args, **kwargs):
+            computed.append(1)
+            return detector.predict(*args, **kwargs)
+
+    second = predict_cases([case], Counting(), out, "pixel")
+    assert second.skipped == ["a"] and second.written == [] and computed == []
+    third = predict_cases([case], Counting(), out, "pixel", overwrite=True)
+    assert third.written == ["a"] and computed == [1]
+
+
+def test_a_mask_copied_over_a_recorded_map_is_not_taken_for_it(tmp_path, capsys):
+    """The record proves a run wrote the file only while the file is the one recorded."""
+    scans, _ = _scans_and_masks(tmp_path)
+    out = tmp_path / "out"
+    assert predict_main(["--model", "intensity", str(scans), str(out)]) == 0
+    (out / "a.nii.gz").unlink()  # the record in .medood stays
+    shutil.copy(BRAIN, out / "a.nii.gz")  # a 0/1 mask: it loads, fits and lies in [0, 1]
+    before = md5(out / "a.nii.gz")
+    capsys.readouterr()
+    for extra in ([], ["--overwrite"]):
+        assert predict_main([*extra, "--model", "intensity", str(scans), str(out)]) == 2
+        assert "this file was not written by napari-medood" in capsys.readouterr().err
+    assert md5(out / "a.nii.gz") == before
 
 
 def test_a_lesion_map_as_mask_is_noted_for_a_baseline(tmp_path, capsys):
@@ -225,8 +272,10 @@ def test_a_lesion_map_as_mask_is_noted_for_a_baseline(tmp_path, capsys):
     lesion = np.zeros(labels.shape, np.uint8)
     lesion[40:45, 50:55, 30:35] = 1  # 125 voxels: a lesion label, not a brain
     nib.save(nib.Nifti1Image(lesion, labels.affine), tmp_path / "lesion.nii.gz")
+    before = md5(tmp_path / "lesion.nii.gz")
     args = ["--model", "intensity", "--mask", str(tmp_path / "lesion.nii.gz")]
     assert predict_main([*args, str(SCAN), str(tmp_path / "out")]) == 0
+    assert md5(tmp_path / "lesion.nii.gz") == before
     err = capsys.readouterr().err
     assert "note: ixi048_t1_2mm: the mask holds only 1.0 ml (125 voxels)" in err
     assert "is it a lesion or label map rather than a brain mask?" in err
@@ -255,10 +304,11 @@ def test_a_missing_device_is_an_error_for_baselines_as_for_networks(tmp_path, ca
     ],
 )
 def test_predict_argument_errors_are_one_line_and_leave_no_folder(args, message, tmp_path, capsys):
+    before = md5(SCAN)
     out = tmp_path / "out"
     assert predict_main([*args, str(SCAN), str(out)]) == 2
     assert message in one_error_line(capsys.readouterr().err)
-    assert not out.exists()
+    assert not out.exists() and md5(SCAN) == before
 
 
 def test_a_card_without_sha256_is_named(tmp_path, capsys):
@@ -304,6 +354,7 @@ def test_eval_refuses_a_labels_csv_it_cannot_read(
     labelled_csv, tmp_path, capsys, header, rows, message
 ):
     table = _write_csv(tmp_path / "labels.csv", header, rows)
+    before = md5(table)
     predictions = tmp_path / "predictions"
     assert (
         predict_main(
@@ -316,7 +367,7 @@ def test_eval_refuses_a_labels_csv_it_cannot_read(
     assert eval_main([str(predictions), str(table), "-o", str(report)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"{table}: " in line and message in line
-    assert not report.exists()
+    assert not report.exists() and md5(table) == before
 
 
 def test_eval_fails_when_every_prediction_is_unusable(labelled_csv, tmp_path, capsys):
@@ -327,12 +378,14 @@ def test_eval_fails_when_every_prediction_is_unusable(labelled_csv, tmp_path, ca
     predictions.mkdir()
     for name in ("a", "b"):
         (predictions / f"{name}.nii.gz.txt").write_text("oops\n")
+    before = {p.name: md5(p) for p in predictions.iterdir()}
     assert (
         eval_main(["--bootstrap", "0", str(predictions), str(table), "-o", str(tmp_path / "r")])
         == 2
     )
     err = capsys.readouterr().err
     assert f"error: no case had a usable prediction in {predictions}" in err
+    assert {p.name: md5(p) for p in predictions.iterdir()} == before
 
 
 @pytest.mark.parametrize(
@@ -347,10 +400,11 @@ def test_eval_argument_errors_are_one_line_and_leave_no_folder(
     labelled_csv, tmp_path, capsys, args, message
 ):
     table = _write_csv(tmp_path / "labels.csv", "Path,Anomalous", ["scans/a.nii.gz,1"])
+    before = md5(table)
     report = tmp_path / "report"
     assert eval_main([*args, str(tmp_path), str(table), "-o", str(report)]) == 2
     assert message in one_error_line(capsys.readouterr().err)
-    assert not report.exists()
+    assert not report.exists() and md5(table) == before
 
 
 def test_synth_refuses_a_negative_edge_width(tmp_path, capsys):
@@ -361,3 +415,12 @@ def test_synth_refuses_a_negative_edge_width(tmp_path, capsys):
     line = one_error_line(capsys.readouterr().err)
     assert "--edge-width takes a width in voxels above 0, got -3" in line
     assert not out.exists()
+
+
+def test_sample_labels_written_as_numbers_by_a_spreadsheet_are_read(labelled_csv, tmp_path):
+    from napari_medood.io.cohort import discover_labels
+
+    table = _write_csv(
+        tmp_path / "labels.csv", "Path,Anomalous", ["scans/a.nii.gz,1.0", "scans/b.nii.gz,0.0"]
+    )
+    assert [case.anomalous for case in discover_labels(table)] == [True, False]

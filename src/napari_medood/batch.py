@@ -25,13 +25,14 @@ from typing import Any
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
 from napari_medood.distributed import Shard
 from napari_medood.errors import Cancelled, MedoodError, look_up_option
+from napari_medood.io.claims import claim_case, claim_holder, release_case
 from napari_medood.io.cohort import Case
 from napari_medood.io.mood import (
+    RECORDS,
     TASKS,
     input_shape,
     output_path,
     output_problem,
-    record_path,
     record_written,
     written_by_medood,
 )
@@ -152,14 +153,20 @@ def check_output_holds_no_input(
     mask_folders = set()
     if masks is not None:
         mask_folders.add(masks.resolve() if masks.is_dir() else masks.resolve().parent)
-    mask_folders |= {Path(case.mask).resolve().parent for case in cases if case.mask}
+    for case in cases:
+        if case.mask:
+            with contextlib.suppress(OSError, RuntimeError):
+                mask_folders.add(Path(case.mask).resolve().parent)
     if out in mask_folders:
         raise MedoodError(
             f"{out_dir}: the OUTPUT folder holds this run's masks; its maps would overwrite "
             "them or be taken for them; choose a folder of its own"
         )
     for case in cases:
-        image = Path(case.image).resolve()
+        try:
+            image = Path(case.image).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: that case fails when it is read
+            continue
         if output_path(out, image, "pixel") == image:
             raise MedoodError(
                 f"{case.image}: the output would overwrite this input; choose another OUTPUT folder"
@@ -174,8 +181,6 @@ def check_output_holds_no_input(
 def remove_if_empty(out_dir: Path) -> None:
     """Remove an OUTPUT folder this run made and left empty (a run that failed or wrote
     nothing leaves no empty folder behind); its records folder goes if it is empty too."""
-    from napari_medood.io.mood import RECORDS
-
     for folder in (out_dir / RECORDS, out_dir):
         with contextlib.suppress(OSError):  # not empty, or already gone
             folder.rmdir()
@@ -194,14 +199,18 @@ def plan(
     result = Plan([], [])
     for case in cases:
         target = output_path(out_dir, case.image, task)
-        if target.resolve() == Path(case.image).resolve():
+        try:
+            same = target.resolve() == Path(case.image).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: that case fails when it is read
+            same = False
+        if same:
             raise MedoodError(
                 f"{case.image}: the output would overwrite this input; choose another OUTPUT folder"
             )
         if not target.exists():
             result.todo.append(case)
             continue
-        if not written_by_medood(target):
+        if not written_by_medood(target, task):
             result.foreign.append(
                 (
                     case,
@@ -238,71 +247,6 @@ def remove_partial_writes(out_dir: Path, cases: Sequence[Case], task: str) -> in
             leftover.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
-def claim_holder(target: Path) -> str | None:
-    """Who is computing ``target`` now ("process 123 on host"), or None: no claim, or the
-    claim of a process on this machine that has ended (a killed run's, removed)."""
-    import json
-    import socket
-
-    claim = record_path(target, "claim")
-    try:
-        holder = json.loads(claim.read_text())
-        host, pid = str(holder["host"]), int(holder["pid"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        claim.unlink(missing_ok=True)  # claims are written whole (a link): not one of ours
-        return None
-    if host == socket.gethostname() and (pid == os.getpid() or not _process_alive(pid)):
-        claim.unlink(missing_ok=True)
-        return None
-    return f"process {pid} on {host}"
-
-
-def claim_case(target: Path) -> str | None:
-    """Claim the case whose output is ``target`` for this process, so that two runs writing
-    one OUTPUT folder never compute a case twice. None: claimed; else who holds it. The
-    claim appears whole or not at all (written aside, then hard-linked into place)."""
-    import json
-    import socket
-    import tempfile
-
-    claim = record_path(target, "claim")
-    claim.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):  # a second try after a dead process's claim is removed
-        holder = claim_holder(target)
-        if holder is not None:
-            return holder
-        handle, temp = tempfile.mkstemp(prefix=".claim-", dir=claim.parent)
-        with os.fdopen(handle, "w") as stream:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid()}, stream)
-        try:
-            os.link(temp, claim)
-            return None
-        except FileExistsError:
-            continue
-        finally:
-            os.unlink(temp)
-    return claim_holder(target) or "another process"
-
-
-def release_case(target: Path) -> None:
-    claim = record_path(target, "claim")
-    claim.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # a records folder with nothing in it goes too
-        claim.parent.rmdir()
 
 
 def read_case(case: Case, masks: str | os.PathLike | None = None):
@@ -394,14 +338,15 @@ def write_result(result, out_dir: str | os.PathLike, image: str | os.PathLike, t
     from napari_medood.io.mood import write_map, write_score, write_trust
 
     written = []
-    trust = result.extras.get("trust")
-    if trust is not None and result.anomaly_map is not None:  # the gate's verdict, beside the map
-        write_trust(trust.as_dict(), out_dir, image)
     for task in tasks:
         if task == "pixel" and result.anomaly_map is not None:
             written.append(write_map(result.anomaly_map, out_dir, image))
         elif task == "sample" and result.score is not None:
             written.append(write_score(result.score, out_dir, image))
+    trust = result.extras.get("trust")
+    if trust is not None and result.anomaly_map is not None and written:
+        # the gate's verdict, beside the map: only once the map passed its checks
+        write_trust(trust.as_dict(), out_dir, image)
     return written
 
 
@@ -425,11 +370,13 @@ def predict_cases(
     on_case: Callable[[Case, str | None, tuple[str, ...]], None] | None = None,
     prefetch: bool = True,
     record: dict | None = None,
+    overwrite: bool = False,
 ) -> BatchSummary:
     """Predict each case and write its output; ``on_case(case, error or None, notes)`` after
     each. With ``prefetch`` the next case is read while this one is computed; a case that
     cannot be read fails alone, as when it is read in turn. Each case is claimed before it
-    is computed: one another process holds is left to it (``summary.busy``)."""
+    is computed: one another process holds is left to it (``summary.busy``), and one that
+    another run finished meanwhile is skipped (unless ``overwrite``)."""
     check_task(detector, task)
     out_dir = Path(out_dir)
     summary = BatchSummary()
@@ -439,27 +386,38 @@ def predict_cases(
             check_cancelled(cancelled)
             error, notes, volume, mask = None, (), None, None
             target = output_path(out_dir, case.image, task)
-            holder = claim_case(target)
-            if holder is not None:
-                summary.busy.append((case.name, holder))
-                report(progress, index + 1, len(cases), case.name)
-                continue
+            claimed, holder = False, None
             try:
-                volume, mask = reader.take(index, cancelled)
-                result = detector.predict(volume, mask, cancelled=cancelled)
-                del volume, mask  # a read-ahead holds the next case: keep one in memory here
-                notes = tuple(result.notes)
-                if not write_case(result, out_dir, case.image, task, record):
-                    raise MedoodError(f"the {detector.name} detector returned no {NEEDS[task]}")
-                summary.written.append(case.name)
+                holder = claim_case(target)
+                claimed = holder is None
+                if holder is not None:
+                    summary.busy.append((case.name, holder))
+                elif not overwrite and finished(target, case, task):
+                    # another run finished it while this one was busy with others
+                    summary.skipped.append(case.name)
+                else:
+                    volume, mask = reader.take(index, cancelled)
+                    result = detector.predict(volume, mask, cancelled=cancelled)
+                    del volume, mask  # a read-ahead holds the next case: keep one in memory
+                    notes = tuple(result.notes)
+                    if not write_case(result, out_dir, case.image, task, record):
+                        raise MedoodError(f"the {detector.name} detector returned no {NEEDS[task]}")
+                    summary.written.append(case.name)
             except Cancelled:
                 raise
             except MedoodError as exc:
                 error = str(exc)
+            except OSError as exc:  # a claim or a write the file system refused
+                where = exc.filename or target
+                error = f"{where}: {exc.strerror or exc}"
             except Exception as exc:  # noqa: BLE001 - one bad case must not sink the batch
                 error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             finally:
-                release_case(target)
+                if claimed:
+                    release_case(target)
+            if holder is not None and error is None:
+                report(progress, index + 1, len(cases), case.name)
+                continue
             if error is not None:
                 summary.failed.append((case.name, error))
             summary.notes.extend((case.name, note) for note in notes)
@@ -468,7 +426,17 @@ def predict_cases(
             report(progress, index + 1, len(cases), case.name)
     finally:
         reader.close()
+        with contextlib.suppress(OSError):  # a records folder left empty (nothing written)
+            (out_dir / RECORDS).rmdir()
     return summary
+
+
+def finished(target: Path, case: Case, task: str) -> bool:
+    """Is ``target`` a finished output of ``case`` that a run wrote (a resume skips it)?"""
+    if not target.exists() or not written_by_medood(target, task):
+        return False
+    shape = input_shape(case.image) if task == "pixel" else None
+    return output_problem(target, task, shape) is None
 
 
 @dataclass(frozen=True)
@@ -526,7 +494,8 @@ class CohortResult:
     skipped: list[str] = field(default_factory=list)
     failed: list[CaseFailure] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
-    #: this process's cases that another process was computing (counted in ``skipped``)
+    #: cases another process was computing and had not finished when this run ended (the
+    #: run is not complete: ``ok`` is False)
     busy: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -541,7 +510,7 @@ class CohortResult:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.busy
 
 
 def run_cohort(
@@ -611,11 +580,25 @@ def run_cohort(
                 each,
                 options.prefetch,
                 record,
+                options.overwrite,
             )
+            # a case left to another process counts as done once that process finished it
+            by_name = {case.name: case for case in work.todo}
+            busy = [
+                (name, holder)
+                for name, holder in summary.busy
+                if not finished(
+                    output_path(out_dir, by_name[name].image, options.task),
+                    by_name[name],
+                    options.task,
+                )
+            ]
+            finished_by_others = [name for name, _ in summary.busy if (name, _) not in busy]
             counts = (
                 list(summary.written),
-                [case.name for case in work.done] + [name for name, _ in summary.busy],
+                [case.name for case in work.done] + summary.skipped + finished_by_others,
                 failures,
+                busy,
             )
             everyone = gather(counts, shard)
         finally:
@@ -624,9 +607,9 @@ def run_cohort(
         out_dir,
         shard,
         record,
-        written=[name for written, _, _ in everyone for name in written],
-        skipped=[name for _, skipped, _ in everyone for name in skipped],
-        failed=[failure for _, _, failed in everyone for failure in failed],
+        written=[name for written, _, _, _ in everyone for name in written],
+        skipped=[name for _, skipped, _, _ in everyone for name in skipped],
+        failed=[failure for _, _, failed, _ in everyone for failure in failed],
         notes=list(summary.notes),
-        busy=summary.busy,
+        busy=[entry for _, _, _, busy in everyone for entry in busy],
     )

@@ -131,24 +131,26 @@ def _compare(args: argparse.Namespace) -> int:
 
     name_a, name_b = model_pair(args.models)
     image = Path(args.image)
-    volume = read_volume(image)
     mask_path = None
-    mask = None
     if args.mask:
         from napari_medood.io.cohort import find_mask
-        from napari_medood.preprocessing.masks import load_mask
 
         given = Path(args.mask)
         mask_path = find_mask(given, image) if given.is_dir() else given
-        mask = load_mask(mask_path, volume.grid)
     with contextlib.ExitStack() as run:  # a run that fails leaves no empty OUTPUT folder
         paths = None
-        if args.out is not None:
+        if args.out is not None:  # checked before the scan is read
             from napari_medood.batch import output_folder
 
             out_dir = run.enter_context(output_folder(args.out))
             inputs = [image] + ([mask_path] if mask_path is not None else [])
             paths = _output_paths(out_dir, inputs)
+        volume = read_volume(image)
+        mask = None
+        if mask_path is not None:
+            from napari_medood.preprocessing.masks import load_mask
+
+            mask = load_mask(mask_path, volume.grid)
         options = DetectorOptions(
             device=args.device, precision=args.precision, extra_maps=False, gate=args.gate
         )

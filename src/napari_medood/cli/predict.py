@@ -171,10 +171,10 @@ def _predict(args: argparse.Namespace) -> int:
             tta = f" with {record['tta']} test-time augmentation" if record["tta"] else ""
             say(prefix, f"{detector.name} on {record['device']} at {record['precision']}{tta}")
         bar = tqdm(
-            total=len(work.todo),
+            total=len(work.todo) + len(work.foreign),
             desc=f"{detector.name} ({args.task}) {shard.label}".strip(),
             unit="scan",
-            disable=not work.todo,
+            disable=not (work.todo or work.foreign),
             file=sys.stderr,
         )
 
@@ -195,15 +195,21 @@ def _predict(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     for name, holder in result.busy:
-        say(prefix, f"skipped {name}: {holder} is computing it into the same OUTPUT folder")
+        say(
+            prefix,
+            f"not done: {name}: {holder} is computing it into the same OUTPUT folder; run "
+            "again once it has finished (if that process is gone, delete its claim in "
+            f"{result.out_dir / '.medood'})",
+        )
     if result.reporting:
         failed = result.failed
         scope = "" if result.whole else f" ({result.shard.label})"
         names = f": {', '.join(f.name for f in failed)}" if failed else ""
+        busy = f", {len(result.busy)} left to other processes" if result.busy else ""
         say(
             PROG,
             f"{len(result.written)} written, {len(result.skipped)} skipped, {len(failed)} failed"
-            f"{names}{scope} -> {result.out_dir}",
+            f"{names}{busy}{scope} -> {result.out_dir}",
         )
     return EXIT_OK if result.ok else EXIT_ERROR
 

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _zoo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_medood.batch import check_output_folder
+    from napari_medood.batch import output_folder
     from napari_medood.errors import MedoodError
     from napari_medood.training.zoo import ZooSettings, run_zoo, write_pack
 
@@ -164,30 +164,31 @@ def _zoo(args: argparse.Namespace) -> int:
         seed=args.seed,
         overrides=tuple(args.set or ()),
     ).validate()
-    out = check_output_folder(args.out)  # before any data is read
-    bar = tqdm(total=1, desc="zoo", file=sys.stderr)
+    # checked before any data is read; a run that fails leaves no empty folder
+    with output_folder(args.out) as out:
+        bar = tqdm(total=1, desc="zoo", file=sys.stderr)
 
-    def progress(done: int, total: int, message: str) -> None:
-        if total != bar.total:
-            bar.reset(total=total)
-        bar.n = done
-        bar.set_postfix_str(message, refresh=False)
-        bar.refresh()
+        def progress(done: int, total: int, message: str) -> None:
+            if total != bar.total:
+                bar.reset(total=total)
+            bar.n = done
+            bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
 
-    try:
-        result = run_zoo(settings, progress)
-    except KeyboardInterrupt:
+        try:
+            result = run_zoo(settings, progress)
+        except KeyboardInterrupt:
+            bar.close()
+            say(PROG, f"interrupted; run the same command to resume from {out}")
+            return EXIT_INTERRUPTED
         bar.close()
-        say(PROG, f"interrupted; run the same command to resume from {out}")
-        return EXIT_INTERRUPTED
-    bar.close()
-    sys.stdout.write(result.table.read_text(encoding="utf-8"))
-    if args.pack:
-        written = write_pack(out)
-        size = sum(p.stat().st_size for p in written) / 2**20
-        say(PROG, f"packed {len(written)} files ({size:.1f} MiB) in {written[0].parent}")
-    say(PROG, f"summary: {result.table} and {result.record}")
-    return EXIT_OK
+        sys.stdout.write(result.table.read_text(encoding="utf-8"))
+        if args.pack:
+            written = write_pack(out)
+            size = sum(p.stat().st_size for p in written) / 2**20
+            say(PROG, f"packed {len(written)} files ({size:.1f} MiB) in {written[0].parent}")
+        say(PROG, f"summary: {result.table} and {result.record}")
+        return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -154,7 +154,11 @@ def _flag(text: str | None) -> bool | None:
         return True
     if text in ("0", "false", "no", "normal", "healthy", "id"):
         return False
-    return None
+    try:  # spreadsheets and pandas write 1.0 and 0.0
+        number = float(text)
+    except ValueError:
+        return None
+    return {1.0: True, 0.0: False}.get(number)
 
 
 def _from_csv(path: Path) -> list[Case]:

@@ -83,17 +83,39 @@ def record_written(target: str | os.PathLike, record: dict) -> Path:
     return write_text_atomic(record_path(target), json.dumps(entry, indent=1) + "\n")
 
 
-def written_by_medood(target: str | os.PathLike) -> bool:
-    """Did a napari-medood run write ``target``? Its record says so, or, for maps written
-    before records were kept, its NIfTI header names napari-medood."""
-    target = Path(target)
-    if record_path(target).is_file():
-        return True
-    if volume_suffix(target) not in (".nii.gz", ".nii") or not target.is_file():
-        return False
-    import nibabel as nib
+def written_by_medood(target: str | os.PathLike, task: str) -> bool:
+    """Did a napari-medood run write ``target``, the ``task`` output of a case, so that a
+    resume may skip or redo it?
 
+    Its record says so and the file is still the one recorded (same sha256), or it is a
+    damaged output a run left (empty or unloadable; a score file holding no number); or,
+    for outputs from before records were kept, a map's NIfTI header names napari-medood or
+    a score file holds one number. A file that was replaced since (a mask copied over a map)
+    is not the run's.
+    """
+    import json
+
+    from napari_medood.io.atomic import file_sha256
+
+    target = Path(target)
+    if not target.is_file():
+        return False
     try:
+        recorded = json.loads(record_path(target).read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded is not None:
+        if file_sha256(target) == recorded:
+            return True
+        problem = output_problem(target, task)
+        return problem is not None and (
+            task == "sample" or problem == "empty file" or problem.startswith("does not load")
+        )
+    if task == "sample":
+        return output_problem(target, task) is None
+    try:
+        import nibabel as nib
+
         descrip = bytes(nib.load(os.fspath(target)).header["descrip"]).rstrip(b"\0")
     except Exception:  # noqa: BLE001 - a file nibabel cannot read names no writer
         return False

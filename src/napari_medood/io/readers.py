@@ -497,31 +497,41 @@ def _read_dicom(folder: Path, max_bytes: int | None) -> Volume:
     # spacing. Read each slice's position to find gaps, and name the files left out.
     in_a_series = {os.path.abspath(f) for series in files_by_series.values() for f in series}
     unreadable = _unreadable_dicom_files(folder, in_a_series)
-    slices = [_dicom_slice(Path(f)) for f in files]
-    first = slices[0][0]
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    try:
+        first.ReadImageInformation()
+    except RuntimeError as exc:
+        raise CorruptVolumeError(
+            Path(files[0]), "is not a readable DICOM file (truncated, corrupt or not DICOM)"
+        ) from exc
     width, height = first.GetSize()[:2]
-    for (reader, _, _), name in zip(slices, files, strict=True):
-        if tuple(reader.GetSize()[:2]) != (width, height):
-            size = "x".join(map(str, reader.GetSize()[:2]))
-            raise CorruptVolumeError(
-                folder,
-                f"the slices of the series differ in size: {Path(name).name} is {size}, "
-                f"{Path(files[0]).name} is {width}x{height}",
-            )
-    files = _check_slice_spacing(folder, files, slices, unreadable)
     _check_memory(
         folder, (width, height, len(files)), _sitk_itemsize(first.GetPixelID()), max_bytes
     )
-    series_reader.SetFileNames(files)
-    warned = sitk.ProcessObject_GetGlobalWarningDisplay()
-    # slight non-uniformity below our tolerance would print ITK's raw warning to stderr
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    # one read of the files: the slices' positions come with the voxels (no second pass
+    # over every file's header)
+    series_reader.MetaDataDictionaryArrayUpdateOn()
     try:
-        image = series_reader.Execute()
+        image = _execute_quietly(series_reader, files)
     except RuntimeError as exc:
+        # name what spoils the series: a slice of another size, a gap, an unreadable file
+        slices = [_dicom_slice(Path(f)) for f in files]
+        _check_slice_sizes(folder, files, slices)
+        _check_slice_spacing(folder, files, slices, unreadable)
         raise _dicom_read_error(folder, files, exc) from exc
-    finally:
-        sitk.ProcessObject_SetGlobalWarningDisplay(warned)
+    slices = [
+        (
+            None,
+            _dicom_numbers(_series_tag(series_reader, i, "0020|0032"), 3),
+            _dicom_numbers(_series_tag(series_reader, i, "0020|0037"), 6),
+        )
+        for i in range(len(files))
+    ]
+    ordered = _check_slice_spacing(folder, files, slices, unreadable)
+    if ordered != files:  # GDCM's order was not the slices' order along their normal
+        files = ordered
+        image = _execute_quietly(series_reader, files)
     _check_shape(folder, tuple(image.GetSize()))
     meta = {"format": "dicom", "dicom_series_uid": uid, "dicom_files": len(files)}
     for tag, key in (("0008|0060", "modality"), ("0008|103e", "series_description")):
@@ -535,6 +545,39 @@ def _read_dicom(folder: Path, max_bytes: int | None) -> Volume:
             "so no slice of it is missing"
         ]
     return _volume_from_sitk(image, folder, meta)
+
+
+def _execute_quietly(series_reader, files: list[str]):
+    """Read ``files`` as one series without ITK's warning lines on stderr (slight spacing
+    differences within the tolerance checked here would print its raw text)."""
+    import SimpleITK as sitk
+
+    series_reader.SetFileNames(files)
+    warned = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    try:
+        return series_reader.Execute()
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(warned)
+
+
+def _series_tag(series_reader, index: int, tag: str) -> str | None:
+    if not series_reader.HasMetaDataKey(index, tag):
+        return None
+    return series_reader.GetMetaData(index, tag)
+
+
+def _check_slice_sizes(folder: Path, files: list[str], slices: list) -> None:
+    """Refuse a series whose slices differ in rows or columns, naming one that does."""
+    width, height = slices[0][0].GetSize()[:2]
+    for (reader, _, _), name in zip(slices, files, strict=True):
+        if tuple(reader.GetSize()[:2]) != (width, height):
+            size = "x".join(map(str, reader.GetSize()[:2]))
+            raise CorruptVolumeError(
+                folder,
+                f"the slices of the series differ in size: {Path(name).name} is {size}, "
+                f"{Path(files[0]).name} is {width}x{height}",
+            )
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -580,14 +623,19 @@ def _dicom_slice(path: Path):
         raise CorruptVolumeError(
             path, "is not a readable DICOM file (truncated, corrupt or not DICOM)"
         ) from exc
-    return reader, _dicom_numbers(reader, "0020|0032", 3), _dicom_numbers(reader, "0020|0037", 6)
+
+    def tag(key: str) -> str | None:
+        return reader.GetMetaData(key) if reader.HasMetaDataKey(key) else None
+
+    return reader, _dicom_numbers(tag("0020|0032"), 3), _dicom_numbers(tag("0020|0037"), 6)
 
 
-def _dicom_numbers(reader, tag: str, count: int) -> np.ndarray | None:
-    if not reader.HasMetaDataKey(tag):
+def _dicom_numbers(text: str | None, count: int) -> np.ndarray | None:
+    """A DICOM multi-value decimal string (``a\\b\\c``) as ``count`` finite numbers, or None."""
+    if text is None:
         return None
     try:
-        values = np.array([float(v) for v in reader.GetMetaData(tag).split("\\")])
+        values = np.array([float(v) for v in text.split("\\")])
     except ValueError:
         return None
     return values if values.size == count and np.all(np.isfinite(values)) else None
@@ -625,7 +673,11 @@ def _check_slice_spacing(
             f"{names[nearest + 1]} (a duplicated file, or two series sharing one UID)",
         )
     usual = float(np.median(steps))
-    tolerance = max(DICOM_SPACING_TOLERANCE_MM, DICOM_SPACING_TOLERANCE * usual)
+    # positions are decimal strings, often rounded (1.25 mm slices at one decimal step
+    # 1.3, 1.2, 1.3 mm): allow what the rounding of three coordinates can add to a step
+    # (capped: whole-number positions may be exact, and a missing slice must still show)
+    rounding = min(2.0 * np.sqrt(3.0) * _rounding_unit(np.array(positions)), 0.4 * usual)
+    tolerance = max(DICOM_SPACING_TOLERANCE_MM, DICOM_SPACING_TOLERANCE * usual, rounding)
     worst = int(np.argmax(np.abs(steps - usual)))
     step = float(steps[worst])
     if abs(step - usual) > tolerance:
@@ -650,6 +702,16 @@ def _check_slice_spacing(
         raise CorruptVolumeError(folder, f"slices are not evenly spaced: {uneven}; {lost}")
     monotonic = np.all(np.diff(depth) > 0) or np.all(np.diff(depth) < 0)
     return files if monotonic else [files[i] for i in order]
+
+
+def _rounding_unit(values: np.ndarray) -> float:
+    """The finest decimal unit the numbers were written to (0.1 for 12.3 and 4.5), at most
+    1e-4 (0 for numbers written with more digits than that)."""
+    for decimals in range(5):
+        scaled = values * 10.0**decimals
+        if np.allclose(scaled, np.round(scaled), rtol=0, atol=1e-6 * 10.0**decimals):
+            return 10.0**-decimals
+    return 0.0
 
 
 def _dicom_read_error(folder: Path, files: list[str], exc: BaseException) -> CorruptVolumeError:
