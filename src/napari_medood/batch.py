@@ -350,13 +350,38 @@ def write_result(result, out_dir: str | os.PathLike, image: str | os.PathLike, t
     return written
 
 
-def write_case(result, out_dir: Path, image, task: str, record: dict | None) -> list[Path]:
+def write_case(
+    result,
+    out_dir: Path,
+    image,
+    task: str,
+    record: dict | None,
+    findings: bool = False,
+    findings_threshold: float | None = None,
+) -> list[Path]:
     """:func:`write_result` for one task, each file recorded as this run's (``record``:
-    what wrote it), so a later run may redo it and never a file of the user's."""
+    what wrote it), so a later run may redo it and never a file of the user's. With
+    ``findings``, a map's table of findings goes beside it as CSV (at ``findings_threshold``,
+    else the model's calibrated threshold, else 0.5)."""
     written = write_result(result, out_dir, image, (task,))
+    if findings and written and task == "pixel":
+        written.append(write_findings(result, out_dir, image, findings_threshold))
     for path in written:
         record_written(path, record or {})
     return written
+
+
+def write_findings(result, out_dir: Path, image, threshold: float | None = None) -> Path:
+    """The table of findings of ``result``'s map as ``OUT/<name>.findings.csv``, atomically
+    (each row says the threshold and where it came from)."""
+    from napari_medood.detectors.findings import find_findings, findings_csv, table_threshold
+    from napari_medood.io.atomic import write_text_atomic
+    from napari_medood.io.mood import findings_path
+
+    at, source = table_threshold(result.extras, threshold)
+    anomaly_map = result.anomaly_map
+    table = find_findings(anomaly_map.data, anomaly_map.affine, at)
+    return write_text_atomic(findings_path(out_dir, image), findings_csv(table, at, source))
 
 
 def predict_cases(
@@ -371,6 +396,8 @@ def predict_cases(
     prefetch: bool = True,
     record: dict | None = None,
     overwrite: bool = False,
+    findings: bool = False,
+    findings_threshold: float | None = None,
 ) -> BatchSummary:
     """Predict each case and write its output; ``on_case(case, error or None, notes)`` after
     each. With ``prefetch`` the next case is read while this one is computed; a case that
@@ -400,7 +427,16 @@ def predict_cases(
                     result = detector.predict(volume, mask, cancelled=cancelled)
                     del volume, mask  # a read-ahead holds the next case: keep one in memory
                     notes = tuple(result.notes)
-                    if not write_case(result, out_dir, case.image, task, record):
+                    written = write_case(
+                        result,
+                        out_dir,
+                        case.image,
+                        task,
+                        record,
+                        findings,
+                        findings_threshold,
+                    )
+                    if not written:
                         raise MedoodError(f"the {detector.name} detector returned no {NEEDS[task]}")
                     summary.written.append(case.name)
             except Cancelled:
@@ -451,6 +487,10 @@ class CohortOptions:
         part_id, num_parts: do only part ``part_id`` of ``num_parts`` (scheduler arrays);
             without them, ``torchrun``'s ranks share the cases.
         prefetch: read the next case while the detector computes this one.
+        findings: with ``task`` pixel, also write each map's table of findings
+            (``OUT/<name>.findings.csv``: its connected regions above the threshold).
+        findings_threshold: the table's threshold (None: the model's calibrated threshold,
+            else 0.5).
     """
 
     task: str = "pixel"
@@ -459,6 +499,8 @@ class CohortOptions:
     part_id: int | None = None
     num_parts: int | None = None
     prefetch: bool = True
+    findings: bool = False
+    findings_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -581,6 +623,8 @@ def run_cohort(
                 options.prefetch,
                 record,
                 options.overwrite,
+                options.findings,
+                options.findings_threshold,
             )
             # a case left to another process counts as done once that process finished it
             by_name = {case.name: case for case in work.todo}

@@ -45,6 +45,7 @@ examples:
   medood-predict --model intensity --mask brain_mask.nii.gz scan.nii.gz out/
   medood-predict --task sample --mask masks/ scans/ scores/
   medood-predict --tta --mask brain_mask.nii.gz scan.nii.gz out/
+  medood-predict --findings --mask brain_mask.nii.gz scan.nii.gz out/   # + out/scan.nii.gz.findings.csv
 """
 
 
@@ -105,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="read each case only when its turn comes (by default the next case is read "
         "while the model computes this one)",
     )
+    parser.add_argument(
+        "--findings",
+        action="store_true",
+        help="also write OUTPUT/<input name>.findings.csv beside each map: the connected "
+        "regions above the threshold (size in ml, peak, mean, where the peak lies in voxels "
+        "and mm), largest first",
+    )
+    parser.add_argument(
+        "--findings-threshold",
+        type=float,
+        metavar="T",
+        default=None,
+        help="the threshold of --findings (default: the model's calibrated threshold, else 0.5)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print each case written")
     parser.add_argument("--list-models", action="store_true", help="list the detectors and exit")
     return parser
@@ -124,6 +139,15 @@ def _predict(args: argparse.Namespace) -> int:
         return _list_models()
     if args.input is None or args.output is None:
         raise MedoodError("give an INPUT scan or folder and an OUTPUT folder (see --help)")
+
+    if args.findings and args.task != "pixel":
+        raise MedoodError("--findings lists the regions of a map: it goes with --task pixel")
+    if args.findings_threshold is not None and not 0 <= args.findings_threshold < 1:
+        raise MedoodError(
+            f"--findings-threshold takes a map value in [0, 1), got {args.findings_threshold:g}"
+        )
+    if args.findings_threshold is not None and not args.findings:
+        raise MedoodError("--findings-threshold sets the threshold of --findings: give it too")
 
     from tqdm import tqdm
 
@@ -150,6 +174,8 @@ def _predict(args: argparse.Namespace) -> int:
         part_id=args.part_id,
         num_parts=args.num_parts,
         prefetch=args.prefetch,
+        findings=args.findings,
+        findings_threshold=args.findings_threshold,
     )
     prefix, bar = PROG, None
 

@@ -122,6 +122,11 @@ def written_by_medood(target: str | os.PathLike, task: str) -> bool:
     return descrip.startswith(b"napari-medood")
 
 
+def findings_path(out_dir: str | os.PathLike, image: str | os.PathLike) -> Path:
+    """Where the table of findings of ``image``'s map goes, beside the map."""
+    return Path(out_dir) / (output_name(image) + ".findings.csv")
+
+
 def trust_path(out_dir: str | os.PathLike, image: str | os.PathLike) -> Path:
     """Where the trust gate's verdict on ``image`` goes, beside its map and score."""
     return Path(out_dir) / (output_name(image) + ".trust.json")

@@ -1,0 +1,175 @@
+"""Findings: what a map flags at a threshold, as connected regions a reader can list and visit.
+
+The voxels above the threshold (inside the mask, if one is given) are grouped into regions
+of face-, edge- or corner-touching voxels (26-connectivity). Each region is one
+:class:`Finding`: its size in voxels and ml, its peak and mean map value, where its peak
+lies (voxel index and world position in mm, RAS), its centre of mass in mm and, when a
+parcellation on the map's grid is given, the structure label it lies in (the label at its
+peak, else the label most of its voxels carry; 0 = outside every structure). The table is
+sorted by size or by peak. ``medood-predict --findings`` writes it as CSV beside each map;
+the napari panels show the same table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from napari_medood.errors import look_up_option
+
+#: the threshold of a table when the model has no calibrated one and none is given
+DEFAULT_THRESHOLD = 0.5
+#: how a table of findings can be sorted (largest first, or highest peak first)
+ORDERS = ("size", "peak")
+#: the CSV columns, in order
+COLUMNS = (
+    "finding",
+    "voxels",
+    "volume_ml",
+    "peak",
+    "mean",
+    "peak_i",
+    "peak_j",
+    "peak_k",
+    "peak_x_mm",
+    "peak_y_mm",
+    "peak_z_mm",
+    "centre_x_mm",
+    "centre_y_mm",
+    "centre_z_mm",
+    "structure",
+    "threshold",
+    "threshold_from",
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One connected region above the threshold (see the module docstring)."""
+
+    finding: int
+    voxels: int
+    volume_ml: float
+    peak: float
+    mean: float
+    peak_ijk: tuple[int, int, int]
+    peak_mm: tuple[float, float, float]
+    centre_mm: tuple[float, float, float]
+    structure: int | None = None
+
+    def row(self) -> dict:
+        """The finding as one CSV row (``COLUMNS``)."""
+        values = asdict(self)
+        row = {key: values[key] for key in ("finding", "voxels")}
+        row.update(volume_ml=f"{self.volume_ml:.4f}", peak=f"{self.peak:.4f}")
+        row["mean"] = f"{self.mean:.4f}"
+        row.update(zip(("peak_i", "peak_j", "peak_k"), self.peak_ijk, strict=True))
+        for prefix, point in (("peak", self.peak_mm), ("centre", self.centre_mm)):
+            row.update(
+                {f"{prefix}_{axis}_mm": f"{v:.1f}" for axis, v in zip("xyz", point, strict=True)}
+            )
+        row["structure"] = "" if self.structure is None else self.structure
+        return row
+
+
+def find_findings(
+    anomaly_map: np.ndarray,
+    affine: np.ndarray,
+    threshold: float,
+    mask: np.ndarray | None = None,
+    parcellation: np.ndarray | None = None,
+    order: str = "size",
+    min_voxels: int = 1,
+) -> list[Finding]:
+    """The connected regions of ``anomaly_map > threshold`` (inside ``mask``), numbered in
+    ``order`` (``size``: most voxels first; ``peak``: highest value first), regions smaller
+    than ``min_voxels`` left out."""
+    from scipy import ndimage
+
+    look_up_option(order, ORDERS, "order of findings")
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    above = values > threshold
+    if mask is not None:
+        above &= np.asarray(mask, dtype=bool)
+    regions, count = ndimage.label(above, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return []
+    index = np.arange(1, count + 1)
+    sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
+    keep = index[sizes >= max(1, int(min_voxels))]
+    if keep.size == 0:
+        return []
+    peaks = ndimage.maximum(values, regions, keep)
+    means = ndimage.mean(values, regions, keep)
+    peak_positions = ndimage.maximum_position(values, regions, keep)
+    centres = ndimage.center_of_mass(above, regions, keep)
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    found = []
+    for n, label in enumerate(keep):
+        peak_ijk = tuple(int(v) for v in peak_positions[n])
+        structure = None
+        if parcellation is not None:
+            structure = _structure_of(np.asarray(parcellation), regions, int(label), peak_ijk)
+        found.append(
+            Finding(
+                0,
+                int(sizes[label - 1]),
+                float(sizes[label - 1]) * voxel_ml,
+                float(peaks[n]),
+                float(means[n]),
+                peak_ijk,
+                _to_mm(affine, peak_ijk),
+                _to_mm(affine, centres[n]),
+                structure,
+            )
+        )
+    if order == "size":
+        found.sort(key=lambda f: (-f.voxels, -f.peak))
+    else:
+        found.sort(key=lambda f: (-f.peak, -f.voxels))
+    return [replace(finding, finding=n + 1) for n, finding in enumerate(found)]
+
+
+def _structure_of(
+    parcellation: np.ndarray, regions: np.ndarray, label: int, peak_ijk: tuple[int, int, int]
+) -> int:
+    """The parcellation label at the region's peak, else the one most of its voxels carry
+    (0: the region lies outside every structure)."""
+    at_peak = int(parcellation[peak_ijk])
+    if at_peak:
+        return at_peak
+    labels = parcellation[regions == label].astype(np.int64).ravel()
+    labels = labels[labels > 0]
+    return int(np.bincount(labels).argmax()) if labels.size else 0
+
+
+def _to_mm(affine: np.ndarray, ijk) -> tuple[float, float, float]:
+    point = np.asarray(affine, dtype=np.float64) @ np.array([*map(float, ijk), 1.0])
+    return tuple(float(v) for v in point[:3])  # type: ignore[return-value]
+
+
+def table_threshold(extras: dict, given: float | None = None) -> tuple[float, str]:
+    """The threshold a result's table of findings is drawn at, and where it comes from:
+    ``given``, else the model's calibrated voxel threshold, else ``DEFAULT_THRESHOLD``."""
+    if given is not None:
+        return float(given), "given"
+    calibration = extras.get("calibration") or {}
+    if calibration.get("voxel_threshold") is not None:
+        return float(calibration["voxel_threshold"]), "calibrated"
+    return DEFAULT_THRESHOLD, "default"
+
+
+def findings_csv(findings: list[Finding], threshold: float, threshold_from: str) -> str:
+    """The table as CSV text with a header (``COLUMNS``), one row per finding; each row
+    also says the threshold and where it came from (given, calibrated, default)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for finding in findings:
+        writer.writerow(
+            {**finding.row(), "threshold": f"{threshold:.4g}", "threshold_from": threshold_from}
+        )
+    return out.getvalue()
