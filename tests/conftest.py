@@ -5,9 +5,11 @@ Tests that need the shared data skip with a reason when it is absent; CI always 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDOOD_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 IXI_SUBJECT = "IXI048-HH-1326"
+
+# napari saves its settings (and plugin settings, beside them) on every change, and
+# make_napari_viewer resets them in place: point NAPARI_CONFIG at a throwaway folder before
+# napari.settings is first imported, so no test reads or writes the user's real settings.
+_NAPARI_CONFIG_DIR = tempfile.mkdtemp(prefix="medood-test-napari-config-")
+atexit.register(shutil.rmtree, _NAPARI_CONFIG_DIR, ignore_errors=True)
+os.environ["NAPARI_CONFIG"] = os.path.join(_NAPARI_CONFIG_DIR, "settings.yaml")
 
 
 def shared(*parts: str) -> Path:

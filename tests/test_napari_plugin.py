@@ -5,6 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
 from conftest import sha256
 from helpers import rotation
@@ -27,6 +28,37 @@ def notifications():
     notification_manager.notification_ready.connect(record)
     yield seen
     notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def fresh_napari_settings(monkeypatch, tmp_path):
+    """napari settings and plugin settings of this test alone, saved under tmp_path.
+
+    make_napari_viewer only resets napari's settings in place (saving them where they live)
+    and keeps plugin settings; request this fixture before it."""
+    from napari import settings as napari_settings
+
+    config = tmp_path / "napari-config" / "settings.yaml"
+    config.parent.mkdir()
+    monkeypatch.setattr(napari_settings, "_CFG_PATH", str(config))
+    monkeypatch.setattr(napari_settings, "_SETTINGS", None)
+    napari_settings._clear_plugin_settings_cache()
+    yield napari_settings.get_settings(config)
+    napari_settings._clear_plugin_settings_cache()
+
+
+def reactivate_plugin():
+    """What napari does at the first use of any MedOOD command in a session (npe2
+    activation, which calls the manifest's on_activate)."""
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    pm.deactivate(PLUGIN)
+    pm.activate(PLUGIN)
+
+
+MEDICAL_PATTERNS = ["*.nii", "*.nii.gz", "*.nrrd", "*.nhdr", "*.mha", "*.mhd"]
 
 
 def numbered_copy(path, tmp_path, name="numbered.nii.gz"):
@@ -270,3 +302,70 @@ def test_dicom_folder_opens_in_napari(make_napari_viewer, ct_scan, tmp_path):
     [layer] = viewer.open(folder, plugin=PLUGIN)
     np.testing.assert_allclose(layer.scale, (2.5, 0.8, 0.8), rtol=1e-5)  # S, P, L
     assert layer.data.shape == (10, voxels.shape[1], voxels.shape[0])
+
+
+def test_file_open_reads_nifti_with_medood_without_asking(
+    fresh_napari_settings, make_napari_viewer, monkeypatch, notifications, ixi_t1
+):
+    from napari._qt.dialogs import qt_reader_dialog
+    from napari.plugins import _npe2
+    from napari.settings import get_plugin_settings
+
+    settings = fresh_napari_settings
+    asked: list[str] = []
+
+    def no_choice(dialog):  # a dialog shown is recorded and cancelled, so it cannot block
+        asked.append(dialog._current_file)
+        return "", False
+
+    monkeypatch.setattr(qt_reader_dialog.QtReaderDialog, "get_user_choices", no_choice)
+    viewer = make_napari_viewer()
+    open_file = viewer.window._qt_viewer._qt_open  # what File > Open calls with the files
+
+    # napari's builtin reader claims .nii.gz too: with no preference napari asks (issue 26)
+    assert settings.plugins.extension2reader == {}
+    assert {"napari", PLUGIN} <= set(_npe2.get_readers(str(ixi_t1)))
+    open_file([str(ixi_t1)], stack=False)
+    assert asked == [str(ixi_t1)]
+    assert len(viewer.layers) == 0
+    asked.clear()
+
+    reactivate_plugin()
+    assert settings.plugins.extension2reader == dict.fromkeys(MEDICAL_PATTERNS, PLUGIN)
+    assert get_plugin_settings(PLUGIN).reader.set_default_reader is False  # done once
+    assert any(s == "info" and "MedOOD is now the reader" in m for s, m in notifications)
+    saved = yaml.safe_load(settings.config_path.read_text())  # napari's settings file
+    assert saved["plugins"]["extension2reader"]["*.nii.gz"] == PLUGIN
+
+    open_file([str(ixi_t1)], stack=False)
+    assert asked == []
+    [layer] = viewer.layers
+    assert "medood" in layer.metadata
+    np.testing.assert_allclose(layer.scale, (2.0, 2.0, 2.0))
+
+
+def test_reader_preference_keeps_the_users_choices_and_is_set_once(
+    fresh_napari_settings, notifications
+):
+    from napari.settings import get_plugin_settings
+
+    settings = fresh_napari_settings
+    # the user's choices: napari's reader for every .gz (so .nii.gz too), another for .mha
+    settings.plugins.extension2reader = {"*.gz": "napari", "*.mha": "napari"}
+    reactivate_plugin()
+    assert settings.plugins.extension2reader == {
+        "*.gz": "napari",
+        "*.mha": "napari",
+        **dict.fromkeys(["*.nii", "*.nrrd", "*.nhdr", "*.mhd"], PLUGIN),
+    }
+    # the user removes every preference: MedOOD does not put its own back ...
+    settings.plugins.extension2reader = {}
+    notifications.clear()
+    reactivate_plugin()
+    assert settings.plugins.extension2reader == {}
+    assert notifications == []
+    # ... unless asked to again in Preferences > MedOOD
+    get_plugin_settings(PLUGIN).reader.set_default_reader = True
+    reactivate_plugin()
+    assert settings.plugins.extension2reader == dict.fromkeys(MEDICAL_PATTERNS, PLUGIN)
+    assert get_plugin_settings(PLUGIN).reader.set_default_reader is False
