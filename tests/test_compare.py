@@ -454,13 +454,14 @@ def test_the_panel_shows_both_maps_their_difference_and_disagreement(compare, qt
     wait(qtbot, widget)
     assert widget.last_error is None, widget.last_error
     names = [layer.name for layer in viewer.layers]
+    # each result names the scan it was made over and the two models
     assert names == [
         scan.name,
         mask.name,
-        "intensity map",
-        "inverted-intensity map",
-        "intensity \u2212 inverted-intensity",
-        "intensity vs inverted-intensity disagreement",
+        f"{scan.name} intensity map",
+        f"{scan.name} inverted-intensity map",
+        f"{scan.name} A\u2212B (intensity vs inverted-intensity)",
+        f"{scan.name} disagreement (intensity vs inverted-intensity)",
     ]
     map_a, map_b, difference, disagreement = list(viewer.layers)[2:]
     for layer in user_layers:
@@ -496,6 +497,11 @@ def test_the_panel_shows_both_maps_their_difference_and_disagreement(compare, qt
     text = widget.summary_label.text()
     assert f"A only {summary['a_only_ml']:.1f} ml, B only {summary['b_only_ml']:.1f} ml" in text
     assert f"Dice {summary['dice']:.3f}" in text
+    # the legend says which colour is which model
+    assert widget.legend.isVisibleTo(widget)
+    legend = widget.legend.text()
+    assert "A only: intensity<br>" in legend and "B only: inverted-intensity<br>" in legend
+    assert "both" in legend and "intensity higher" in legend
     assert summary["a_only_ml"] == pytest.approx(np.count_nonzero(disagreement.data == 1) * 0.008)
     # the panel's own layers are never offered as the scan or the brain mask
     assert widget.image_combo.current_layer() is scan
@@ -575,3 +581,80 @@ def test_the_dock_has_a_compare_tab(make_napari_viewer):
     tabs = [dock.tabText(i) for i in range(dock.count())]
     assert "Compare" in tabs
     assert isinstance(dock.widget(tabs.index("Compare")), CompareWidget)
+
+
+def controls_without_a_tooltip(panel) -> list[str]:
+    """Every button, slider, spin box, check box and combo box under ``panel`` that has no
+    tooltip, by its text or class."""
+    from qtpy.QtWidgets import (
+        QAbstractButton,
+        QAbstractSlider,
+        QAbstractSpinBox,
+        QComboBox,
+        QScrollBar,
+    )
+
+    kinds = (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox)
+    return [
+        getattr(control, "text", lambda: "")() or type(control).__name__
+        for kind in kinds
+        for control in panel.findChildren(kind)
+        # the panel's own scroll bars are Qt's, not actions of the panel
+        if not isinstance(control, QScrollBar) and not control.toolTip().strip()
+    ]
+
+
+@pytest.mark.gui
+def test_every_control_of_the_compare_panel_says_what_it_does(compare):
+    viewer, widget, scan, mask = compare
+    assert controls_without_a_tooltip(widget) == []
+
+
+@pytest.mark.gui
+def test_every_control_in_the_dock_says_what_it_does(make_napari_viewer):
+    """The Scan, Compare, Trust, Playground and Evaluate tabs of the MedOOD dock."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "ixi_brain_t1")
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "MedOOD (all panels)")
+    for panel in (dock.inspector, dock.compare, dock.trust, dock.playground, dock.evaluate):
+        assert controls_without_a_tooltip(panel) == [], panel.objectName()
+
+
+@pytest.mark.gui
+def test_a_calibrated_model_is_read_at_its_cards_threshold(compare, qtbot):
+    from napari_medood.models.checkpoint import read_card, resolve_model
+
+    viewer, widget, scan, mask = compare
+    calibrated = "brain-any-unet-cpu"
+    card_threshold = read_card(resolve_model(calibrated))["calibration"]["voxel_threshold"]
+    widget.model_a_choice.value = calibrated
+    widget.model_b_choice.value = "intensity"
+    assert widget.mask_combo.current_layer() is mask
+    # before Run the panel says which threshold each model will be read at
+    notes = widget.thresholds_label.text().splitlines()
+    assert notes[0] == f"A: {calibrated} at its calibrated threshold {card_threshold:.4g}"
+    assert notes[1] == "B: intensity has no calibration: Threshold B"
+    messages = []
+    show = widget._progress
+    widget._progress = lambda report: (messages.append(report[2]), show(report))
+    widget.run_button.click()
+    wait(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    # loading each model is said before and after, before it maps the scan
+    loading = f"loading model A ({calibrated})..."
+    loaded = f"model A ({calibrated}) loaded"
+    assert loading in messages and loaded in messages
+    first_step = next(i for i, m in enumerate(messages) if m.startswith(f"model A ({calibrated}):"))
+    assert messages.index(loading) < messages.index(loaded) < first_step
+    assert "loading model B (intensity)..." in messages
+    summary = widget.last_summary
+    assert summary["model_a"]["threshold"] == pytest.approx(card_threshold)
+    assert summary["model_a"]["threshold_from"] == "calibration"
+    assert summary["model_b"]["threshold"] == pytest.approx(0.5)
+    map_a, disagreement = viewer.layers[2], viewer.layers[5]
+    flagged_a = (map_a.data > card_threshold) & (mask.data > 0)
+    np.testing.assert_array_equal(np.isin(disagreement.data, (1, 3)), flagged_a)
+    assert f"above {card_threshold:.3f} (calibrated)" in widget.summary_label.text()
+    # without a mask the calibration (made in brain masks) does not hold: Threshold A
+    widget.mask_combo.setCurrentIndex(0)
+    assert widget.thresholds_label.text().splitlines()[0].endswith("else Threshold A")

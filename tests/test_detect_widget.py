@@ -111,9 +111,21 @@ def test_run_shows_a_map_over_the_scan_with_its_score(detect, qtbot):
     assert LABEL_COLOURS[THRESHOLD] == "#ff8c1a"
     ml = (layer.data > 0.3).sum() * 8 / 1000
     assert f"{ml:.1f} ml" in widget.threshold_label.text()
-    # go to peak: the slice through the highest voxel, centred
-    widget.go_to_peak()
-    peak = np.unravel_index(int(np.argmax(layer.data)), layer.data.shape)
+    # the findings once the slider rests: the voxels above it, region by region
+    widget.slider.setValue(int(layer.data.max() * 900))  # 90 % of the map's highest value
+    qtbot.waitUntil(lambda: not widget.findings_busy, timeout=10_000)
+    findings = widget.findings_table.findings
+    assert findings and sum(f.voxels for f in findings) == int(
+        (layer.data > widget.threshold).sum()
+    )
+    ml = sum(f.voxels for f in findings) * 8 / 1000
+    assert widget.findings_table.summary.text().endswith(
+        f"above {widget.threshold:.3f}: {ml:.1f} ml"
+    )
+    # next finding: the slice through the largest one's peak, centred
+    widget.findings_table.next_finding()
+    peak = findings[0].peak_ijk
+    assert layer.data[peak] == pytest.approx(findings[0].peak)
     world = layer.data_to_world(np.asarray(peak, dtype=float))
     assert viewer.dims.point[0] == pytest.approx(world[0], abs=1.0)
     from napari_medood._napari._widgets._viewer import camera_of
@@ -177,7 +189,12 @@ def test_progress_is_honest_and_cancel_resets_it(detect, qtbot):
     assert [d for d, _ in windows] == sorted(d for d, _ in windows)
     order = [m.split(":")[0].split(" (")[0] for m in messages]
     stages = list(dict.fromkeys(order))
-    assert stages[-3:] == ["windows", "back to the input grid", "preparing the result layers"]
+    assert stages[-4:] == [
+        "windows",
+        "back to the input grid",
+        "preparing the result layers",
+        "listing the findings",
+    ]
     assert widget.progress_bar.value() == widget.progress_bar.maximum() == 1
     # cancel during the windows: no result, and the bar goes back to zero
     layers_before = len(viewer.layers)
@@ -221,7 +238,7 @@ def test_a_score_only_family_shows_its_score_and_no_map(detect, qtbot, tmp_path)
         text = widget.status.text()
         assert f"Sample score {widget.last_result.score:.3f}" in text
         assert "distance of the mean brain intensity" in text
-        assert not widget.peak_button.isEnabled() and not widget.slider.isEnabled()
+        assert not widget.findings_table.next_button.isEnabled() and not widget.slider.isEnabled()
     finally:
         toy_family.unregister()
 

@@ -73,8 +73,8 @@ def test_evaluate_panel_metrics_and_live_threshold(flair_case, qtbot):
 
 def test_evaluate_panel_refuses_mismatched_layers(flair_case, qtbot):
     viewer, widget, map_layer = flair_case
-    viewer.add_labels(np.zeros((5, 5, 5), np.uint8), name="tiny truth")
-    widget.truth_combo.setCurrentIndex(widget.truth_combo.findText("tiny truth"))
+    tiny = viewer.add_labels(np.zeros((5, 5, 5), np.uint8), name="tiny truth")
+    widget.truth_combo.setCurrentIndex(widget.truth_combo.findData(tiny))
     widget.run_button.click()
     assert "has shape" in widget.last_error and widget.counts is None
 
@@ -143,3 +143,94 @@ def test_cancel_stops_the_count_and_keeps_the_numbers_shown(small_case, qtbot, m
     # the numbers and the threshold layer of the earlier count stay, nothing was added
     assert widget.counts is counts and widget._threshold_layer is threshold_layer
     assert list(viewer.layers) == layers
+
+
+def compute(qtbot, widget):
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    assert widget.last_error is None, widget.last_error
+    assert widget.counts is not None and widget._threshold_layer is not None
+
+
+def test_choosing_another_layer_clears_the_numbers(small_case, qtbot):
+    viewer, widget, map_layer, truth_layer = small_case
+    compute(qtbot, widget)
+    threshold_layer = widget._threshold_layer
+    assert "AP" in widget.metrics_label.text()
+    # another map: the numbers and the threshold layer were the old map's
+    other_map = viewer.add_image(np.asarray(map_layer.data)[::-1].copy(), name="second map")
+    assert widget.map_combo.current_layer() is map_layer  # added, not chosen
+    assert widget.counts is not None
+    widget.map_combo.setCurrentIndex(widget.map_combo.findData(other_map))
+    assert widget.counts is None and not widget.best_button.isEnabled()
+    assert widget.metrics_label.text() == "map changed: press Compute"
+    assert threshold_layer not in viewer.layers and widget._threshold_layer is None
+    assert widget.metrics() == {}
+    # another ground truth
+    widget.map_combo.setCurrentIndex(widget.map_combo.findData(map_layer))
+    widget.truth_combo.setCurrentIndex(widget.truth_combo.findData(truth_layer))
+    compute(qtbot, widget)
+    other_truth = viewer.add_labels(np.asarray(truth_layer.data)[::-1].copy(), name="second truth")
+    widget.truth_combo.setCurrentIndex(widget.truth_combo.findData(other_truth))
+    assert widget.counts is None
+    assert widget.metrics_label.text() == "ground truth changed: press Compute"
+    # a brain mask the picker takes as it is opened: the voxels counted would change
+    widget.truth_combo.setCurrentIndex(widget.truth_combo.findData(truth_layer))
+    compute(qtbot, widget)
+    brain = viewer.add_labels(np.ones(truth_layer.data.shape, np.uint8), name="brain mask")
+    assert widget.mask_combo.current_layer() is brain
+    assert widget.counts is None
+    assert widget.metrics_label.text() == "brain mask changed: press Compute"
+    # the same choice again, and a Compute, shows numbers again
+    compute(qtbot, widget)
+    assert "AP" in widget.metrics_label.text()
+    # a layer counted that goes away is named, though its picker moves too
+    viewer.layers.remove(truth_layer)
+    assert widget.counts is None
+    assert widget.metrics_label.text().startswith("'made-up truth' was removed")
+
+
+def test_the_plot_is_drawn_in_the_viewers_theme(small_case, qtbot):
+    from matplotlib.colors import to_hex
+    from napari.utils.theme import get_theme
+
+    viewer, widget, map_layer, truth_layer = small_case
+    compute(qtbot, widget)
+    figure, axes = widget.canvas.figure, widget.axes
+    for theme in ("dark", "light"):
+        viewer.theme = theme
+        colours = get_theme(theme)
+        background = colours.background.as_hex().lower()
+        assert to_hex(figure.get_facecolor()) == background
+        assert to_hex(axes.get_facecolor()) == background
+        text = colours.text.as_hex().lower()
+        assert to_hex(axes.xaxis.label.get_color()) == text
+        assert to_hex(axes.title.get_color()) == text
+        assert axes.get_title().startswith("AP ")  # the curve is redrawn, not lost
+    # the dark theme's plot is dark: no white box in a dark window
+    viewer.theme = "dark"
+    red, green, blue, _ = figure.get_facecolor()
+    assert max(red, green, blue) < 0.3
+
+
+def test_every_control_of_the_evaluate_panel_says_what_it_does(small_case):
+    from qtpy.QtWidgets import (
+        QAbstractButton,
+        QAbstractSlider,
+        QAbstractSpinBox,
+        QComboBox,
+        QScrollBar,
+    )
+
+    viewer, widget, map_layer, truth_layer = small_case
+    kinds = (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox)
+    silent = [
+        getattr(control, "text", lambda: "")() or type(control).__name__
+        for kind in kinds
+        for control in widget.findChildren(kind)
+        # the panel's own scroll bars are Qt's, not actions of the panel
+        if not isinstance(control, QScrollBar) and not control.toolTip().strip()
+    ]
+    assert silent == []
+    for control in (widget.run_button, widget.best_button, widget.slider, widget.threshold_spin):
+        assert control.toolTip()

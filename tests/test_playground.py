@@ -185,8 +185,8 @@ def test_widget_reports_bad_input_without_changing_anything(
     assert "larger than the scan" in widget.last_error
     assert widget.pending is None and widget._image_layer is None
     # a mask from another scan
-    viewer.add_labels(np.zeros((10, 10, 10), np.uint8), name="other mask")
-    widget.mask_combo.setCurrentIndex(widget.mask_combo.findText("other mask"))
+    other_mask = viewer.add_labels(np.zeros((10, 10, 10), np.uint8), name="other mask")
+    widget.mask_combo.setCurrentIndex(widget.mask_combo.findData(other_mask))
     widget.size_spin.setValue(20.0)
     widget.random_button.click()
     wait_idle(qtbot, widget)
@@ -387,17 +387,20 @@ def test_random_contrast_seeds_repeat_and_replace(contrast_widget, qtbot):
 def test_random_contrast_refuses_a_parcellation_on_another_grid(contrast_widget, qtbot):
     viewer, widget, scan, parcellation = contrast_widget
     before = len(viewer.layers)
-    viewer.add_labels(np.ones((10, 10, 10), np.uint8), name="small labels")
+    # five labels each: parcellations the picker lists, on the wrong grids
+    small = viewer.add_labels(
+        (np.arange(1000) % 5 + 1).astype(np.uint8).reshape(10, 10, 10), name="small labels"
+    )
     shifted = np.asarray(scan.translate) + (0.0, 10.0, 0.0)
-    viewer.add_labels(
+    moved = viewer.add_labels(
         parcellation.data.copy(), name="shifted labels", scale=scan.scale, translate=shifted
     )
-    for name, message in (
-        ("small labels", "the parcellation 'small labels' has shape (10, 10, 10) but the scan"),
-        ("shifted labels", "the parcellation 'shifted labels' is not on the grid of the scan"),
+    for layer, message in (
+        (small, "the parcellation 'small labels' has shape (10, 10, 10) but the scan"),
+        (moved, "the parcellation 'shifted labels' is not on the grid of the scan"),
     ):
-        widget.parcellation_combo.setCurrentIndex(widget.parcellation_combo.findText(name))
-        assert widget.parcellation_combo.current_layer().name == name
+        widget.parcellation_combo.setCurrentIndex(widget.parcellation_combo.findData(layer))
+        assert widget.parcellation_combo.current_layer() is layer
         widget.contrast_button.click()
         wait_idle(qtbot, widget)
         assert message in widget.last_error
@@ -444,3 +447,102 @@ def test_random_contrast_shows_the_segmenters_implanted_lesions(contrast_widget,
             assert "tumour-like lesion in a" in status
     assert polarities == {True, False} and tumours >= 1
     np.testing.assert_array_equal(labels, np.asarray(parcellation.data))  # never written
+
+
+# ------------------------------------------------------- what the panel offers and starts at
+def controls_without_a_tooltip(panel) -> list[str]:
+    """Every button, slider, spin box, check box and combo box under ``panel`` that has no
+    tooltip, by its text or class."""
+    from qtpy.QtWidgets import (
+        QAbstractButton,
+        QAbstractSlider,
+        QAbstractSpinBox,
+        QComboBox,
+        QScrollBar,
+    )
+
+    kinds = (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox)
+    return [
+        getattr(control, "text", lambda: "")() or type(control).__name__
+        for kind in kinds
+        for control in panel.findChildren(kind)
+        # the panel's own scroll bars are Qt's, not actions of the panel
+        if not isinstance(control, QScrollBar) and not control.toolTip().strip()
+    ]
+
+
+@pytest.mark.gui
+def test_every_control_of_the_playground_says_what_it_does(playground_widget):
+    viewer, widget, scan, mask = playground_widget
+    assert controls_without_a_tooltip(widget) == []
+
+
+@pytest.mark.gui
+def test_a_brain_mask_is_no_parcellation_and_a_dlmuse_is(playground_widget, ixi_parcellation):
+    from napari_medood._napari._widgets.playground import NO_PARCELLATION
+
+    viewer, widget, scan, mask = playground_widget
+    combo = widget.parcellation_combo
+    # the sample's brain mask (one label) is not offered: no parcellation is chosen
+    assert combo.findData(mask) == -1
+    assert combo.current_layer() is None and combo.currentText() == NO_PARCELLATION
+    widget.contrast_button.click()
+    assert "open a parcellation of the scan" in widget.last_error
+    # the same subject's DLMUSE, on the sample's grid, is chosen as soon as it is open
+    [dlmuse] = viewer.open(ixi_parcellation, plugin=PLUGIN)
+    assert combo.current_layer() is dlmuse
+    # a label map of many labels is a parcellation whatever its name; a lesion mask is not
+    unnamed = viewer.add_labels(
+        np.asarray(dlmuse.data).copy(), scale=scan.scale, translate=scan.translate
+    )
+    lesions = viewer.add_labels(
+        (np.asarray(dlmuse.data) % 5).astype(np.uint8),
+        name="lesions",
+        scale=scan.scale,
+        translate=scan.translate,
+    )
+    assert combo.findData(unnamed) > 0 and combo.findData(lesions) == -1
+    assert combo.current_layer() is dlmuse  # a named parcellation is the better default
+
+
+@pytest.mark.gui
+def test_an_ms_patients_lesion_mask_is_no_parcellation(make_napari_viewer, ms_t1, ms_lesions):
+    viewer = make_napari_viewer()
+    [scan] = viewer.open(ms_t1, plugin=PLUGIN)
+    [lesions] = viewer.open(ms_lesions, plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly playground")
+    assert widget.source_combo.current_layer() is scan
+    assert widget.parcellation_combo.findData(lesions) == -1
+    assert widget.parcellation_combo.current_layer() is None
+
+
+@pytest.mark.gui
+def test_a_real_lesion_starts_large_enough_to_see(playground_widget, qtbot, sample):
+    from napari_medood._napari._widgets.playground import DEFAULT_SIZE_MM
+
+    viewer, widget, scan, mask = playground_widget
+    assert widget.shape_combo.currentData() == "sphere" and widget.size_spin.value() == 20.0
+    widget.shape_combo.setCurrentIndex(widget.shape_combo.findData("lesion"))
+    size = widget.size_spin.value()
+    assert size == DEFAULT_SIZE_MM["lesion"] > 20.0
+    # on the 2 mm sample, real lesions of that size are some millilitres (those of 20 mm
+    # are a few voxels): the median of 20 draws is well over a hundred voxels
+    image, brain = sample
+    session = Playground(image.data, np.asarray(image.grid.spacing), brain)
+    voxels = []
+    for seed in range(20):
+        try:
+            placement = session.preview(AnomalySettings(kind="lesion", size_mm=size, seed=seed))
+        except ValueError:  # a draw that would not touch the brain at its random place
+            continue
+        voxels.append(int(placement.label.sum()))
+    assert np.median(voxels) > 200
+    # the panel places one there; a size the user chose is kept across shapes
+    widget.random_button.click()
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.pending is not None and widget.pending.label.sum() > 0
+    widget.discard_button.click()
+    widget.size_spin.setValue(33.0)
+    widget.shape_combo.setCurrentIndex(widget.shape_combo.findData("sphere"))
+    assert widget.size_spin.value() == 33.0

@@ -115,3 +115,91 @@ def test_the_trust_panel_checks_any_layer_and_moves_its_threshold(make_napari_vi
     widget.run_button.click()
     wait(qtbot, widget)
     assert widget.last_report.head == "mds"
+
+
+def controls_without_a_tooltip(panel) -> list[str]:
+    """Every button, slider, spin box, check box and combo box under ``panel`` that has no
+    tooltip, by its text or class."""
+    from qtpy.QtWidgets import (
+        QAbstractButton,
+        QAbstractSlider,
+        QAbstractSpinBox,
+        QComboBox,
+        QScrollBar,
+    )
+
+    kinds = (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox)
+    return [
+        getattr(control, "text", lambda: "")() or type(control).__name__
+        for kind in kinds
+        for control in panel.findChildren(kind)
+        # the panel's own scroll bars are Qt's, not actions of the panel
+        if not isinstance(control, QScrollBar) and not control.toolTip().strip()
+    ]
+
+
+def test_the_trust_panel_starts_at_the_default_detectors_gate(make_napari_viewer):
+    from napari_medood.detectors import default_model
+    from napari_medood.models.checkpoint import read_card, resolve_model
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "ixi_brain_t1")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Is this scan in distribution?")
+    gate = read_card(resolve_model(default_model()))["gate"]
+    assert gate in widget.model_choice.choices
+    assert widget.model_choice.value == gate != "adrenal3d-flow"
+    assert "brain" in widget.description.text().lower()  # the gate's own card is shown
+
+
+def test_every_control_of_the_trust_panel_says_what_it_does(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "ixi_brain_t1")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Is this scan in distribution?")
+    assert controls_without_a_tooltip(widget) == []
+
+
+def test_a_check_without_a_brain_mask_says_what_it_read(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    scan, mask = viewer.open_sample(PLUGIN, "ixi_brain_t1")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Is this scan in distribution?")
+    widget.model_choice.value = "brain-t1-gate"
+    assert widget.mask_combo.current_layer() is mask
+    widget.mask_combo.setCurrentIndex(0)  # none: the sample is not skull-stripped
+    assert widget.mask_combo.current_layer() is None
+    widget.run_button.click()
+    wait(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.mask_note.isVisibleTo(widget)
+    note = widget.mask_note.text()
+    assert note.startswith("no brain mask was given: the check read an Otsu head mask")
+    assert "a whole head is not what the reference brains were" in note
+    without_mask = widget.last_report.percentile
+    # with its brain mask the same scan ranks higher, and no note is shown
+    widget.mask_combo.setCurrentIndex(widget.mask_combo.findData(mask))
+    widget.run_button.click()
+    wait(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert not widget.mask_note.isVisibleTo(widget)
+    assert widget.last_report.percentile > without_mask
+
+
+def test_the_trust_panels_brain_mask_follows_the_scan(make_napari_viewer):
+    """Two scans, each with its own mask on the same 120 x 120 x 90 shape (IXI048, the
+    sample, with its brain mask; IXI012 with its DLMUSE parcellation): the mask picker moves
+    to the chosen scan's own mask. Their grids differ (the scans lie elsewhere in the
+    world), so same shape is not enough to call a mask a scan's own."""
+    other_scan = shared("ixi-t1-2mm", "t1", "IXI012-HH-1211-T1_ds.nii.gz")
+    other_mask = shared("ixi-t1-2mm", "dlmuse", "IXI012-HH-1211-T1_ds_DLMUSE.nii.gz")
+    viewer = make_napari_viewer()
+    scan, mask = viewer.open_sample(PLUGIN, "ixi_brain_t1")
+    [scan_012] = viewer.open(str(other_scan), plugin=PLUGIN)
+    [dlmuse_012] = viewer.open(str(other_mask), plugin=PLUGIN)
+    assert scan.data.shape == scan_012.data.shape == dlmuse_012.data.shape
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Is this scan in distribution?")
+    combo = widget.image_combo
+    combo.setCurrentIndex(combo.findData(scan_012))
+    assert widget.mask_combo.current_layer() is dlmuse_012
+    combo.setCurrentIndex(combo.findData(scan))
+    assert widget.mask_combo.current_layer() is mask
+    combo.setCurrentIndex(combo.findData(scan_012))
+    assert widget.mask_combo.current_layer() is dlmuse_012

@@ -8,8 +8,11 @@ Writes, into docs/images/:
 - napari-playground.png: the Anomaly playground with two committed anomalies (green) and a
   pending preview (yellow);
 - napari-detect.png: the MedOOD dock's Detect tab: the default model on an anomaly made in
-  the playground, the view through the anomaly's centre, its colour bar, the flagged voxels
-  in orange at the model's calibrated threshold;
+  the playground, the flagged voxels in orange at the model's calibrated threshold, its
+  colour bar, and the table of findings (with the DLMUSE structure of each, from the
+  sample subject's parcellation in ../shared/data), the view on the finding clicked;
+- napari-pairing.png: the same panel's brain-mask list open: another subject's parcellation
+  of the same array shape is greyed, with the reason (it lies elsewhere in the world);
 - napari-detect-flair.png: the T1 model brain-t1-unet on an MS patient's FLAIR scan (from
   ../shared/data): the panel says what is wrong before the map is read, the lesions (ground
   truth) are green and were not taken as the brain mask;
@@ -137,11 +140,20 @@ def detect_at_calibration(dock, shot: str):
     return widget
 
 
-def detect() -> None:
-    """The shipped model on the sample with an implanted anomaly, in the MedOOD dock."""
+def detect(shared: Path) -> None:
+    """The shipped model on the sample with an implanted anomaly, in the MedOOD dock, its
+    findings named by the sample subject's DLMUSE parcellation; then the mask list open."""
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window._qt_window.resize(1600, 1000)
     scan, _ = viewer.open_sample("napari-medood", "ixi_brain_t1")
+    dlmuse = shared / "ixi-t1-2mm" / "dlmuse"
+    parcellations = [
+        dlmuse / f"{subject}-T1_ds_DLMUSE.nii.gz"
+        for subject in ("IXI012-HH-1211", "IXI048-HH-1326")
+    ]
+    for path in parcellations if all(p.exists() for p in parcellations) else ():
+        [layer] = viewer.open(path, plugin="napari-medood")
+        layer.visible = False
     _, dock = viewer.window.add_plugin_dock_widget("napari-medood", "MedOOD (all panels)")
     playground_widget = dock.playground
     dock.setCurrentWidget(playground_widget)
@@ -170,10 +182,30 @@ def detect() -> None:
     )
     viewer.layers.selection.active = widget.map_layer
     viewer.reset_view()
-    # the slice through the sphere's centre (the map's peak may be elsewhere)
-    go_to_voxel(viewer, widget.map_layer, np.argwhere(sphere).mean(axis=0))
+    while widget.findings_busy:
+        settle(0.1)
+    table = widget.findings_table
+    # the finding in the sphere, clicked: the view goes to its peak
+    rows = [n for n, f in enumerate(table.findings) if sphere[f.peak_ijk]]
+    if rows:
+        table.table.cellClicked.emit(rows[0], 0)
+    else:  # the slice through the sphere's centre (the map's peak may be elsewhere)
+        go_to_voxel(viewer, widget.map_layer, np.argwhere(sphere).mean(axis=0))
+    print(f"detect: {table.summary.text()}; the sphere's finding is row {rows[:1]}")
+    widget._scroll.ensureWidgetVisible(table)
     settle()
     viewer.screenshot(str(OUT / "napari-detect.png"), canvas_only=False, flash=False)
+    # the brain-mask list open: what pairs with the scan, and what does not and why
+    widget._scroll.ensureWidgetVisible(widget.mask_combo)
+    widget.mask_combo.showPopup()
+    settle()
+    window = viewer.window._qt_window
+    corner = window.mapToGlobal(window.rect().topLeft())
+    screen = QApplication.primaryScreen().grabWindow(
+        0, corner.x(), corner.y(), window.width(), window.height()
+    )
+    screen.save(str(OUT / "napari-pairing.png"))
+    widget.mask_combo.hidePopup()
     viewer.close()
 
 
@@ -358,7 +390,7 @@ def main() -> None:
     shots = {
         "inspector": inspector,
         "playground": playground,
-        "detect": detect,
+        "detect": lambda: detect(args.shared),
         "detect_flair": lambda: detect_flair(args.shared),
         "detect_skull_stripped": detect_skull_stripped,
         "detect_mhd": detect_mhd,

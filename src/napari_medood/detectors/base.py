@@ -251,14 +251,11 @@ class BaseDetector:
     ) -> AnomalyResult:
         """The shared preamble, the trust gate (unless ``trust``, its report, is given), the
         family's :meth:`run`, and the shared checks of what it returned."""
-        from napari_medood.detectors.compatibility import check_scan, scan_notes
+        from napari_medood.detectors.compatibility import check_scan
 
         check_scan(volume)
-        mask, mask_kind = working_mask(volume, mask)
+        mask, mask_kind, notes = scan_preamble(volume, mask, self.card)
         brain = mask_kind != MASK_FOREGROUND  # a brain mask: given, or a skull-stripped scan's
-        notes = scan_notes(volume, mask, brain, self.card)
-        if mask_kind == MASK_SKULL_STRIPPED:
-            notes.append(skull_stripped_note(volume, mask))
         check_cancelled(cancelled)
         if trust is None and self.gate_name is not None:
             trust = self.trust(volume, mask, cancelled)
@@ -361,6 +358,22 @@ def working_mask(volume: Volume, mask: np.ndarray | None) -> tuple[np.ndarray, s
     if brain is not None:
         return brain, MASK_SKULL_STRIPPED
     return mask_from_threshold(volume.data, "otsu"), MASK_FOREGROUND
+
+
+def scan_preamble(
+    volume: Volume, mask: np.ndarray | None, card: Mapping[str, Any] | None
+) -> tuple[np.ndarray, str, list[str]]:
+    """What every run starts from: the mask it works in, how that was found
+    (:func:`working_mask`), and the notes on the scan against ``card`` (``scan_notes``, and
+    the skull-stripped scan's brain taken for a mask). The panels ask it before Run too, so
+    a warning is read before the map."""
+    from napari_medood.detectors.compatibility import scan_notes
+
+    mask, mask_kind = working_mask(volume, mask)
+    notes = scan_notes(volume, mask, mask_kind != MASK_FOREGROUND, card)
+    if mask_kind == MASK_SKULL_STRIPPED:
+        notes.append(skull_stripped_note(volume, mask))
+    return mask, mask_kind, notes
 
 
 def foreground_of(volume: Volume, mask: np.ndarray | None) -> np.ndarray:

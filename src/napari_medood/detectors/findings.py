@@ -41,6 +41,7 @@ COLUMNS = (
     "centre_y_mm",
     "centre_z_mm",
     "structure",
+    "structure_name",
     "threshold",
     "threshold_from",
 )
@@ -72,6 +73,7 @@ class Finding:
                 {f"{prefix}_{axis}_mm": f"{v:.1f}" for axis, v in zip("xyz", point, strict=True)}
             )
         row["structure"] = "" if self.structure is None else self.structure
+        row["structure_name"] = "" if self.structure is None else structure_name(self.structure)
         return row
 
 
@@ -173,3 +175,117 @@ def findings_csv(findings: list[Finding], threshold: float, threshold_from: str)
             {**finding.row(), "threshold": f"{threshold:.4g}", "threshold_from": threshold_from}
         )
     return out.getvalue()
+
+
+# The MUSE/DLMUSE labels (CBICA's MUSE ROI list: the Neuromorphometrics labels of the deep
+# structures and gyri, and MUSE's own white-matter lobes). Sides: the deep structures and
+# white-matter lobes come right then left; gyri have even labels on the right and odd on the
+# left; the accumbens areas are 23 (right) and 30 (left), and the basal forebrain is the one
+# pair listed left first.
+_MUSE_SINGLE = {
+    4: "3rd ventricle",
+    11: "4th ventricle",
+    35: "brain stem",
+    46: "CSF",
+    69: "optic chiasm",
+    71: "cerebellar vermal lobules I-V",
+    72: "cerebellar vermal lobules VI-VII",
+    73: "cerebellar vermal lobules VIII-X",
+    95: "corpus callosum",
+}
+_MUSE_RIGHT_LEFT = {
+    31: "amygdala",
+    36: "caudate",
+    38: "cerebellum exterior",
+    40: "cerebellum white matter",
+    44: "cerebral white matter",
+    47: "hippocampus",
+    49: "inferior lateral ventricle",
+    51: "lateral ventricle",
+    55: "pallidum",
+    57: "putamen",
+    59: "thalamus",
+    61: "ventral DC",
+    63: "vessel",
+    81: "frontal lobe white matter",
+    83: "occipital lobe white matter",
+    85: "parietal lobe white matter",
+    87: "temporal lobe white matter",
+    89: "fornix",
+    91: "anterior limb of the internal capsule",
+    93: "posterior limb of the internal capsule",
+}
+_MUSE_GYRI = (
+    (100, "anterior cingulate gyrus"),
+    (102, "anterior insula"),
+    (104, "anterior orbital gyrus"),
+    (106, "angular gyrus"),
+    (108, "calcarine cortex"),
+    (112, "central operculum"),
+    (114, "cuneus"),
+    (116, "entorhinal area"),
+    (118, "frontal operculum"),
+    (120, "frontal pole"),
+    (122, "fusiform gyrus"),
+    (124, "gyrus rectus"),
+    (128, "inferior occipital gyrus"),
+    (132, "inferior temporal gyrus"),
+    (134, "lingual gyrus"),
+    (136, "lateral orbital gyrus"),
+    (138, "middle cingulate gyrus"),
+    (140, "medial frontal cortex"),
+    (142, "middle frontal gyrus"),
+    (144, "middle occipital gyrus"),
+    (146, "medial orbital gyrus"),
+    (148, "postcentral gyrus, medial segment"),
+    (150, "precentral gyrus, medial segment"),
+    (152, "superior frontal gyrus, medial segment"),
+    (154, "middle temporal gyrus"),
+    (156, "occipital pole"),
+    (160, "occipital fusiform gyrus"),
+    (162, "inferior frontal gyrus, opercular part"),
+    (164, "inferior frontal gyrus, orbital part"),
+    (166, "posterior cingulate gyrus"),
+    (168, "precuneus"),
+    (170, "parahippocampal gyrus"),
+    (172, "posterior insula"),
+    (174, "parietal operculum"),
+    (176, "postcentral gyrus"),
+    (178, "posterior orbital gyrus"),
+    (180, "planum polare"),
+    (182, "precentral gyrus"),
+    (184, "planum temporale"),
+    (186, "subcallosal area"),
+    (190, "superior frontal gyrus"),
+    (192, "supplementary motor cortex"),
+    (194, "supramarginal gyrus"),
+    (196, "superior occipital gyrus"),
+    (198, "superior parietal lobule"),
+    (200, "superior temporal gyrus"),
+    (202, "temporal pole"),
+    (204, "inferior frontal gyrus, triangular part"),
+    (206, "transverse temporal gyrus"),
+)
+
+
+def _muse_names() -> dict[int, str]:
+    names = dict(_MUSE_SINGLE)
+    for right, name in (*_MUSE_RIGHT_LEFT.items(), *_MUSE_GYRI):
+        names[right] = f"right {name}"
+        names[right + 1] = f"left {name}"
+    names[23], names[30] = "right accumbens area", "left accumbens area"
+    names[75], names[76] = "left basal forebrain", "right basal forebrain"
+    return names
+
+
+#: MUSE/DLMUSE parcellation label -> structure name (``structure_name``)
+MUSE_NAMES: dict[int, str] = _muse_names()
+
+
+def structure_name(label: int) -> str:
+    """The name of a DLMUSE (MUSE) parcellation label: "outside every structure" for 0,
+    "label N" for a number the MUSE list does not hold."""
+    label = int(label)
+    if label == 0:
+        return "outside every structure"
+    return MUSE_NAMES.get(label, f"label {label}")

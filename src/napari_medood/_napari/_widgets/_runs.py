@@ -10,11 +10,13 @@ a scan and its mask layer to a job by reference and rebuild them off the GUI thr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import QObject, Signal
 
 from napari_medood._napari._widgets._panel import wrapping_label
 from napari_medood._napari._widgets._viewer import placement_of
@@ -253,9 +255,62 @@ def progress_generator(function, *args, cancel_event=None, **kwargs):
     return outcome.get("value")
 
 
+class _Relay(QObject):
+    """Carries a quiet job's end from its thread to the GUI thread (see :func:`quiet_worker`)."""
+
+    ended = Signal(bool, object)
+
+
+def quiet_worker(
+    job_function: Callable[..., Any],
+    job: Any,
+    returned: Callable[[Any], None],
+    failed: Callable[[BaseException], None],
+    finished: Callable[[], None],
+    parent: Any = None,
+) -> Any:
+    """A small job beside the panel's run, with no bar and no Cancel (a table of findings
+    listed again, a scan checked before Run): ``job_function(job)`` in a thread of its own;
+    ``returned`` or ``failed`` gets how it ended, then ``finished``, on the GUI thread.
+
+    Its end reaches the GUI thread through a Qt signal of an object owned by ``parent`` (the
+    panel): a panel closed while the job runs simply never hears of it (a napari worker's
+    own signals would be gone by then, and its thread would raise as it ends)."""
+    import threading
+
+    relay = _Relay(parent)
+
+    def on_end(ok: bool, value: Any) -> None:
+        try:
+            try:
+                (returned if ok else failed)(value)
+            finally:
+                finished()
+        except RuntimeError as exc:  # the panel was being closed as the job ended
+            if "has been deleted" not in str(exc):
+                raise
+        with contextlib.suppress(RuntimeError):
+            relay.deleteLater()
+
+    relay.ended.connect(on_end)
+
+    def work() -> None:
+        try:
+            value, ok = job_function(job), True
+        except Exception as exc:  # noqa: BLE001 - handed to ``failed`` on the GUI thread
+            value, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the panel (and the relay) closed meanwhile
+            relay.ended.emit(ok, value)
+
+    threading.Thread(target=work, daemon=True, name="medood-quiet-job").start()
+    return relay
+
+
 def scan_job(source: Any, mask_layer: Any | None) -> dict[str, Any]:
     """A scan layer and its mask layer as a worker reads them: references to the arrays and
-    small state, taken on the GUI thread (no copy); :func:`job_volume` builds the volume."""
+    small state, taken on the GUI thread (no copy); :func:`job_volume` builds the volume,
+    and refuses a mask that does not lie on the scan in the world (``pairing``)."""
+    from napari_medood._napari._widgets._pickers import pairing_message
 
     def state(layer: Any) -> dict[str, Any]:
         return {**placement_of(layer), "metadata": dict(layer.metadata)}
@@ -265,6 +320,7 @@ def scan_job(source: Any, mask_layer: Any | None) -> dict[str, Any]:
         "state": state(source),
         "mask_data": None if mask_layer is None else mask_layer.data,
         "mask_state": None if mask_layer is None else state(mask_layer),
+        "pairing": pairing_message(mask_layer, source, "brain mask"),
     }
 
 
@@ -272,6 +328,10 @@ def job_volume(job: dict[str, Any]):
     """``(Volume, mask or None)`` of a :func:`scan_job`, built off the GUI thread."""
     from napari_medood._napari._layers import layer_data_to_volume
 
+    if job.get("pairing"):
+        from napari_medood._napari._widgets._pickers import PairingError
+
+        raise PairingError(job["pairing"])
     volume = layer_data_to_volume(np.asarray(job["data"]), job["state"])
     mask = None
     if job["mask_data"] is not None:

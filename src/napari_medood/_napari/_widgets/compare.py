@@ -6,9 +6,13 @@ where they run, and the threshold each uses when it has no calibration that hold
 run. Run works off the GUI thread, with progress through both models and a Cancel button.
 It adds four layers placed exactly over the scan: each model's map (hidden, a click away),
 A - B (red where A is higher, blue where B is, transparent where they agree), and a Labels
-layer of which model flags each voxel (red A only, blue B only, yellow both). The panel says
-how much each flags, alone and together, and the Dice of the two. The scan and mask layers
-are only read; running the same pair on the same scan again replaces the panel's own layers.
+layer of which model flags each voxel (red A only, blue B only, yellow both), each named by
+the scan and the two models; a legend under the result says what the colours mean, with the
+models' names. Each model flags voxels above its card's calibrated threshold where that
+holds for the run (the panel says which before Run), else above its Threshold. Loading each
+model is said in the status line. The panel says how much each flags, alone and together,
+and the Dice of the two. The scan and mask layers are only read; running the same pair on
+the same scan again replaces the panel's own layers.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QFormLayout,
     QVBoxLayout,
@@ -43,6 +48,61 @@ THRESHOLD_TIP = (
     "flag this model's voxels above this value when it has no calibrated threshold that holds "
     "for this run (a calibrated model, given a brain mask, uses its card's threshold)"
 )
+#: what the difference layer's colours mean (the legend and the layer agree)
+DIFFERENCE_COLOURS = {"a_higher": "#ff2619", "b_higher": "#1a59ff"}
+
+
+def model_card(model: str) -> dict | None:
+    """A model's card (None for a baseline, or a card that cannot be read)."""
+    from napari_medood.errors import MedoodError
+    from napari_medood.models.checkpoint import read_card, resolve_model
+
+    try:
+        return read_card(resolve_model(model))
+    except (MedoodError, OSError, ValueError):
+        return None
+
+
+def threshold_note(which: str, model: str | None, mask_given: bool) -> str:
+    """Which threshold model ``which`` will flag voxels above in a run with (or without) a
+    brain mask: its card's calibrated one where that holds, else the panel's own."""
+    from napari_medood.detectors.base import MASK_FOREGROUND, MASK_GIVEN
+    from napari_medood.detectors.calibration import calibrated_threshold
+
+    if not model:
+        return f"{which}: no model"
+    name = _display_name(model)
+    card = model_card(model)
+    threshold = calibrated_threshold(card)
+    if threshold is None:
+        return f"{which}: {name} has no calibration: Threshold {which}"
+    measured = (card["calibration"].get("made_with") or {}).get("mask", MASK_GIVEN)
+    if measured == (MASK_GIVEN if mask_given else MASK_FOREGROUND):
+        return f"{which}: {name} at its calibrated threshold {threshold:.4g}"
+    if measured == MASK_GIVEN:  # calibrated in brain masks, run without one
+        return (
+            f"{which}: {name}'s calibrated threshold {threshold:.4g} holds in a brain mask "
+            f"(or a skull-stripped scan's brain); else Threshold {which}"
+        )
+    return f"{which}: {name}'s calibration holds without a mask only: Threshold {which}"
+
+
+def legend_html(scan: str, name_a: str, name_b: str) -> str:
+    """What the colours of a comparison's layers mean, naming the two models."""
+    from html import escape
+
+    def swatch(colour: str) -> str:
+        return f'<span style="color:{colour}; font-size:large;">&#9632;</span>'
+
+    a, b, on = escape(name_a), escape(name_b), escape(scan)
+    return (
+        f"<b>Where they disagree</b> on {on}:<br>"
+        f"{swatch(DISAGREEMENT_COLOURS[1])} A only: {a}<br>"
+        f"{swatch(DISAGREEMENT_COLOURS[2])} B only: {b}<br>"
+        f"{swatch(DISAGREEMENT_COLOURS[3])} both<br>"
+        f"<b>A &minus; B</b>: {swatch(DIFFERENCE_COLOURS['a_higher'])} {a} higher, "
+        f"{swatch(DIFFERENCE_COLOURS['b_higher'])} {b} higher, clear where they agree"
+    )
 
 
 @dataclass
@@ -57,10 +117,15 @@ class ComparisonOutcome:
 def difference_colormap():
     """Diverging, centred on 0: blue (B higher) through transparent (no difference) to red
     (A higher), so that the scan shows through where the two maps agree."""
+    from matplotlib.colors import to_rgba
     from napari.utils.colormaps import Colormap
 
     return Colormap(
-        [[0.1, 0.35, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0], [1.0, 0.15, 0.1, 1.0]],
+        [
+            to_rgba(DIFFERENCE_COLOURS["b_higher"]),
+            [1.0, 1.0, 1.0, 0.0],
+            to_rgba(DIFFERENCE_COLOURS["a_higher"]),
+        ],
         name="medood A - B",
     )
 
@@ -96,6 +161,7 @@ class CompareWidget(CancellableRun, Panel):
         self._worker = None
         self._cancel = threading.Event()
         self._source = None
+        self._scan_name = ""
         self._pair: tuple[str, str] = ("", "")
         self._pending_steps = 0
 
@@ -114,7 +180,10 @@ class CompareWidget(CancellableRun, Panel):
         )
         for spin in (self.threshold_a_spin, self.threshold_b_spin):
             spin.tooltip = THRESHOLD_TIP
+        self.model_a_choice.tooltip = "model A: its map's higher values show red in A - B"
+        self.model_b_choice.tooltip = "model B: its map's higher values show blue in A - B"
         self.device_choice = ComboBox(label="Device", choices=available_devices())
+        self.device_choice.tooltip = "where both models run (cpu, or a GPU)"
         self.options = Container(
             widgets=[
                 self.model_a_choice,
@@ -125,8 +194,23 @@ class CompareWidget(CancellableRun, Panel):
             ]
         )
         self.options.margins = (0, 0, 0, 0)
+        #: which threshold each model will be read at, for the chosen models and mask
+        self.thresholds_label = wrapping_label()
         buttons = self.run_controls()
+        self.run_button.setToolTip(
+            "run both models on the scan (in its brain mask) and add their maps, A - B and "
+            "where they disagree over the scan"
+        )
+        self.cancel_button.setToolTip("stop both models; no layer is added")
+        self.image_combo.setToolTip("the scan both models read")
+        self.mask_combo.setToolTip(
+            "the scan's brain mask: both models read it, and only voxels inside it are compared"
+        )
         self.summary_label = wrapping_label()
+        #: what the colours of the result layers mean, with the two models' names
+        self.legend = wrapping_label()
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.hide()
         self.notes_label = wrapping_label()
         self.notes_label.setStyleSheet("color: #ffb347;")
         self.notes_label.hide()
@@ -138,15 +222,30 @@ class CompareWidget(CancellableRun, Panel):
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.options.native)
+        layout.addWidget(self.thresholds_label)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addWidget(self.summary_label)
+        layout.addWidget(self.legend)
         layout.addWidget(self.notes_label)
         layout.addStretch(1)
 
         self.image_combo.currentIndexChanged.connect(lambda *_: self.mask_combo.choose_default())
+        for choice in (self.model_a_choice, self.model_b_choice):
+            choice.changed.connect(self._show_thresholds)
+        self.mask_combo.currentIndexChanged.connect(self._show_thresholds)
         self.mask_combo.choose_default()
+        self._show_thresholds()
+
+    def _show_thresholds(self, *args: Any) -> None:
+        mask_given = self.mask_combo.current_layer() is not None
+        self.thresholds_label.setText(
+            "\n".join(
+                threshold_note(which, choice.value, mask_given)
+                for which, choice in (("A", self.model_a_choice), ("B", self.model_b_choice))
+            )
+        )
 
     # ---------------------------------------------------------------------------- run
     def run(self) -> None:
@@ -184,7 +283,7 @@ class CompareWidget(CancellableRun, Panel):
             "source_layer": source.name,
             "source_id": str(source.unique_id),
         }
-        self._source = source
+        self._source, self._scan_name = source, source.name
         self._pair = (model_a, model_b)
         self.notes = ()
         self.notes_label.hide()
@@ -204,8 +303,14 @@ class CompareWidget(CancellableRun, Panel):
         self.progress_bar.setValue(1)
         self.status.setText("Done.")
         self.summary_label.setText("\n".join(summary_lines(outcome.summary)))
+        self.legend.setText(
+            legend_html(self._scan_name, *(_display_name(model) for model in self._pair))
+        )
+        self.legend.show()
         if self.notes:
-            self.notes_label.setText("Before you read this result:\n- " + "\n- ".join(self.notes))
+            self.notes_label.setText(
+                "Before you read this result:\n" + "\n".join(f"\u2022 {n}" for n in self.notes)
+            )
             self.notes_label.show()
         source = self._source
         if source not in self.viewer.layers:  # the scan went away during the run
@@ -281,9 +386,14 @@ def compare_job(job: dict, progress=None, cancelled=None) -> ComparisonOutcome:
     volume = volume.with_data(np.array(volume.data, copy=True))
     check_cancelled(cancelled)
     detectors = []
-    for key in ("model_a", "model_b"):
-        say(f"loading {job[key]}")
+    for which, key in (("A", "model_a"), ("B", "model_b")):
+        # building a model reads its card and weights and, the first time, imports torch
+        # and MONAI: seconds with no step of its own to report, so say what is loading
+        named = f"model {which} ({_display_name(job[key])})"
+        say(f"loading {named}...")
         detectors.append(get_detector(job[key], device=job["device"], extra_maps=False))
+        say(f"{named} loaded")
+        check_cancelled(cancelled)
     comparison = compare_models(
         *detectors,
         volume,
@@ -296,6 +406,8 @@ def compare_job(job: dict, progress=None, cancelled=None) -> ComparisonOutcome:
     check_cancelled(cancelled)
     say(PREPARING)
     name_a, name_b = (_display_name(job[key]) for key in ("model_a", "model_b"))
+    # each name says the scan: two comparisons on two scans must not look alike
+    scan, pair = job["source_layer"], f"({name_a} vs {name_b})"
     placement = {k: v for k, v in job["state"].items() if k != "metadata"}
 
     def metadata(output: str, role: str, extra: dict) -> dict:
@@ -318,8 +430,8 @@ def compare_job(job: dict, progress=None, cancelled=None) -> ComparisonOutcome:
 
     layers = {}
     for output, volume_out, name in (
-        ("map_a", comparison.map_a, f"{name_a} map"),
-        ("map_b", comparison.map_b, f"{name_b} map"),
+        ("map_a", comparison.map_a, f"{scan} {name_a} map"),
+        ("map_b", comparison.map_b, f"{scan} {name_b} map"),
     ):
         layers[output] = layer_of(
             output,
@@ -339,7 +451,7 @@ def compare_job(job: dict, progress=None, cancelled=None) -> ComparisonOutcome:
         "difference",
         comparison.difference,
         "image",
-        f"{name_a} \u2212 {name_b}",
+        f"{scan} A\u2212B {pair}",
         BY_PRODUCT,
         colormap=difference_colormap(),
         contrast_limits=(-reach, reach),
@@ -349,7 +461,7 @@ def compare_job(job: dict, progress=None, cancelled=None) -> ComparisonOutcome:
         "disagreement",
         comparison.disagreement,
         "labels",
-        f"{name_a} vs {name_b} disagreement",
+        f"{scan} disagreement {pair}",
         THRESHOLD,
         colormap=disagreement_colormap(),
         opacity=0.6,

@@ -6,11 +6,16 @@ it also reads the scan mirrored left-right (flip test-time augmentation). Run wo
 thread in honest stages (reading the layers, the detector's own stages, preparing the
 result layers) with a progress bar and a Cancel button. The panel draws what the detector
 returns: an anomaly-map layer over the scan (inferno, additive, with a colour bar) and/or
-its sample score. "Go to peak" takes the view to the map's highest voxel; the threshold
-slider makes an orange Labels layer of the flagged voxels and says their volume in ml. What
-the user should know about the scan (another contrast than the model's, no brain mask, an
-oblique scan) is shown before the result. A second run replaces only the result of the same
-scan with the same model.
+its sample score. The threshold slider makes an orange Labels layer of the flagged voxels and
+says their volume in ml; the table of findings under it lists the flagged regions, and a
+click on a row (or "Next finding") takes the view to one. What the user should know about
+the scan (another contrast than the model's, no brain mask, an oblique scan) is shown as soon
+as the scan, mask and model are chosen, before Run. A second run replaces only the result of
+the same scan with the same model.
+
+The numbers under the map belong to the map: the slider starts at the map's calibrated
+threshold, switching the model does not re-threshold a map another model made (the label
+says whose map it is), and removing the map clears its volume, score, colour bar and table.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFormLayout,
     QLabel,
-    QPushButton,
     QSlider,
     QVBoxLayout,
     QWidget,
@@ -40,9 +44,15 @@ from napari_medood._napari._roles import (
     role_of,
     with_role,
 )
+from napari_medood._napari._widgets._findings import FindingsTable
 from napari_medood._napari._widgets._panel import Panel, wrapping_label
-from napari_medood._napari._widgets._pickers import scan_and_mask_pickers
-from napari_medood._napari._widgets._runs import CancellableRun, job_volume, scan_job
+from napari_medood._napari._widgets._pickers import pairing_problem, scan_and_mask_pickers
+from napari_medood._napari._widgets._runs import (
+    CancellableRun,
+    job_volume,
+    quiet_worker,
+    scan_job,
+)
 from napari_medood._napari._widgets._viewer import go_to_voxel, remove_derived, show_labels
 from napari_medood.execution import PRECISIONS
 
@@ -54,6 +64,15 @@ READING, PREPARING = "reading the layers", "preparing the result layers"
 #: the families that use flip test-time augmentation (``DetectorOptions.tta``)
 #: the threshold slider's steps over [0, 1]
 SLIDER_STEPS = 1000
+#: how long the slider rests before the table of findings is computed again, and how long
+#: the choices rest before the scan is checked against the model's card (ms)
+FINDINGS_DELAY_MS = 150
+PREFLIGHT_DELAY_MS = 250
+NO_MASK_NOTE = (
+    "no brain mask chosen: the model reads the scan's own brain if it is skull-stripped, "
+    "else an Otsu mask of the whole head (skull and scalp included); choose the brain mask "
+    "if there is one"
+)
 TTA_TEXT = "flip TTA (mirror left-right, ~2x time)"
 TTA_TIP = (
     "flip test-time augmentation: the model also reads the scan mirrored left-right, and its "
@@ -73,6 +92,9 @@ class DetectionOutcome:
     flagged_at: float = 0.5  # that threshold (the slider's when Run was pressed)
     peak: tuple[int, int, int] | None = None
     extra_layers: list = field(default_factory=list)  # the detector's other maps, as layers
+    findings: list = field(default_factory=list)  # the regions above ``flagged_at``
+    parcellation: Any = None  # the labels the findings were named from (None: none)
+    muse: bool = False  # those labels are DLMUSE's
 
 
 class ColourBar(QLabel):
@@ -129,7 +151,7 @@ class DetectWidget(CancellableRun, Panel):
     title = "Detect anomalies"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
-        from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox
+        from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox
 
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -163,17 +185,22 @@ class DetectWidget(CancellableRun, Panel):
         )
         self.tta_check = CheckBox(text=TTA_TEXT, value=False)
         self.tta_check.tooltip = TTA_TIP
-        self.options = Container(
-            widgets=[
-                self.model_choice,
-                self.checkpoint_edit,
-                self.device_choice,
-                self.precision_choice,
-                self.overlap_spin,
-                self.tta_check,
-            ]
+        self.model_choice.tooltip = (
+            "a shipped model, a baseline (no training), or a checkpoint folder added below"
         )
-        self.options.margins = (0, 0, 0, 0)
+        self.device_choice.tooltip = "where the model runs"
+        self.overlap_spin.tooltip = (
+            "how much neighbouring sliding windows overlap (more: smoother map, slower)"
+        )
+        # the run options' value widgets, laid out in the panel's one form (one column of
+        # labels for the pickers and the options alike)
+        self.options = (
+            self.model_choice,
+            self.checkpoint_edit,
+            self.device_choice,
+            self.precision_choice,
+            self.overlap_spin,
+        )
         self.card_label = wrapping_label()
         self.notes_label = wrapping_label()
         self.notes_label.setStyleSheet("color: #ffb347;")
@@ -190,14 +217,44 @@ class DetectWidget(CancellableRun, Panel):
 
         self.trust_view = TrustView()
         buttons = self.run_controls()
-        self.peak_button = QPushButton("Go to peak")
-        self.peak_button.setToolTip("show the slice through the map's highest voxel")
-        self.peak_button.setEnabled(False)
+        self.run_button.setToolTip(
+            "run the model on the scan (inside the brain mask), off the GUI thread"
+        )
+        self.cancel_button.setToolTip("stop the run at its next step; nothing is added")
+        self.replace_check.setToolTip(
+            "a new run of this model on this scan takes the place of its earlier map"
+        )
+        self.findings_table = FindingsTable(self._show_finding)
+        self.findings_table.order_combo.currentIndexChanged.connect(
+            lambda *_: self._schedule_findings()
+        )
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, SLIDER_STEPS)  # thousandths: calibrated thresholds are fine
         self.slider.setValue(SLIDER_STEPS // 2)
         self.slider.setEnabled(False)
-        self.threshold_label = QLabel("threshold 0.50")
+        self.slider.setToolTip(
+            "flag the map's voxels above this value (orange layer, ml and findings below); "
+            "it starts at the model's calibrated threshold"
+        )
+        self._slider_by_user = False  # the user moved it (a new map keeps their threshold)
+        self.slider.actionTriggered.connect(self._slider_touched)
+        self.threshold_label = wrapping_label("threshold 0.50")
+        self.before_notes: tuple[str, ...] = ()  # what the scan check said before Run
+        self._flagged_ml: float | None = None
+        self._findings_worker = None
+        self._findings_generation = 0
+        self._preflight_worker = None
+        self._preflight_generation = 0
+        from qtpy.QtCore import QTimer
+
+        self._findings_timer = QTimer(self)
+        self._findings_timer.setSingleShot(True)
+        self._findings_timer.setInterval(FINDINGS_DELAY_MS)
+        self._findings_timer.timeout.connect(self._recompute_findings)
+        self._preflight_timer = QTimer(self)
+        self._preflight_timer.setSingleShot(True)
+        self._preflight_timer.setInterval(PREFLIGHT_DELAY_MS)
+        self._preflight_timer.timeout.connect(self._preflight)
         self.calibrated: dict | None = None  # the chosen model's card calibration
         self.colour_bar = ColourBar("inferno")
         self.colour_bar.hide()
@@ -206,13 +263,15 @@ class DetectWidget(CancellableRun, Panel):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Scan", self.image_combo)
         form.addRow("Brain mask", self.mask_combo)
+        for option in self.options:
+            form.addRow(option.label, option.native)
+        form.addRow("", self.tta_check.native)
         threshold = QVBoxLayout()  # the slider spans the colour bar above it
         threshold.setSpacing(2)
         threshold.addWidget(self.slider)
         threshold.addWidget(self.threshold_label)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
-        layout.addWidget(self.options.native)
         layout.addWidget(self.card_label)
         layout.addWidget(self.gate_check)
         layout.addWidget(self.replace_check)
@@ -221,10 +280,10 @@ class DetectWidget(CancellableRun, Panel):
         layout.addWidget(self.status)
         layout.addWidget(self.trust_view)
         layout.addWidget(self.notes_label)
-        layout.addWidget(self.peak_button)
         layout.addWidget(QLabel("Flag voxels above"))
         layout.addWidget(self.colour_bar)
         layout.addLayout(threshold)
+        layout.addWidget(self.findings_table)
         layout.addStretch(1)
 
         from napari_medood.detectors import default_model
@@ -233,7 +292,7 @@ class DetectWidget(CancellableRun, Panel):
         self.model_choice.changed.connect(self._model_changed)
         self.checkpoint_edit.changed.connect(lambda value: self.add_checkpoint(value))
         self.image_combo.currentIndexChanged.connect(self._scan_changed)
-        self.peak_button.clicked.connect(self.go_to_peak)
+        self.mask_combo.currentIndexChanged.connect(lambda *_: self._schedule_preflight())
         self.slider.valueChanged.connect(self._threshold_changed)
         napari_viewer.layers.events.removed.connect(self._layer_removed)
         self._scan_changed()
@@ -258,15 +317,25 @@ class DetectWidget(CancellableRun, Panel):
 
     def _scan_changed(self, *args: Any) -> None:
         self.mask_combo.choose_default()
+        self._schedule_preflight()
 
     def _model_changed(self, *args: Any) -> None:
-        from napari_medood.models.checkpoint import read_card, resolve_model
-        from napari_medood.registry import FAMILIES, NAMED_DETECTORS, declared_outputs
-
         name = self.model_choice.value
         self.gate_check.hide()
         self._offer_tta(None)
         self.calibrated = None
+        self._schedule_preflight()
+        try:
+            self._describe_model(name)
+        finally:
+            # the label says whose map the slider reads (never the new model's calibration
+            # over another model's map)
+            self.threshold_label.setText(self._threshold_text(self._shown_ml()))
+
+    def _describe_model(self, name: str) -> None:
+        from napari_medood.models.checkpoint import read_card, resolve_model
+        from napari_medood.registry import FAMILIES, NAMED_DETECTORS, declared_outputs
+
         if name in NAMED_DETECTORS:
             self.card_label.setText(f"{NAMED_DETECTORS[name].description}. No training, no card.")
             return
@@ -322,7 +391,8 @@ class DetectWidget(CancellableRun, Panel):
                 f"calibrated threshold {calibration['voxel_threshold']:.3f} "
                 f"({share:g} % of healthy brain voxels above it)"
             )
-            self.slider.setValue(round(float(calibration["voxel_threshold"]) * SLIDER_STEPS))
+            if self._shown_map() is None:  # a map shown keeps its own threshold
+                self._set_slider(float(calibration["voxel_threshold"]))
         self.card_label.setText("; ".join(parts) + ".")
 
     def _offer_tta(self, family: str | None) -> None:
@@ -355,13 +425,11 @@ class DetectWidget(CancellableRun, Panel):
         if source is None:
             self._fail(ValueError("open a scan first (File > Open, or File > Open Sample)"))
             return
-        if mask_layer is not None and np.shape(mask_layer.data) != np.shape(source.data):
-            self._fail(
-                ValueError(
-                    f"the mask '{mask_layer.name}' has shape {np.shape(mask_layer.data)}, "
-                    f"the scan {np.shape(source.data)}"
-                )
-            )
+        from napari_medood._napari._widgets._pickers import PairingError, pairing_message
+
+        pairing = pairing_message(mask_layer, source, "brain mask")
+        if pairing is not None:  # a pairing forced past the greyed item
+            self._fail(PairingError(pairing))
             return
         # only references and small state are taken here: the volumes are built in the worker
         job = {
@@ -376,11 +444,12 @@ class DetectWidget(CancellableRun, Panel):
             "source_layer": source.name,
             "source_id": str(source.unique_id),
             "threshold": self.threshold,
+            # the findings are named from a parcellation on the scan, when there is one
+            "parcellations": [layer.data for layer in self._parcellation_layers(source)],
         }
         self._source = source
         self._model = job["model"]
         self.notes = ()
-        self.notes_label.hide()
         self.trust_view.hide()
         self.trust_report = None
         self.status.setText(f"{self._model}: starting...")
@@ -393,6 +462,7 @@ class DetectWidget(CancellableRun, Panel):
         if isinstance(message, TrustNotice):  # the verdict comes before the map
             self.trust_report = message.report
             self.trust_view.show_report(message.report, message.picture)
+            self._doubt_the_gate()
         if total > 0:
             self.progress_bar.setRange(0, total)
             self.progress_bar.setValue(done)
@@ -415,8 +485,12 @@ class DetectWidget(CancellableRun, Panel):
         # the gate's verdict has its own place above; the list holds the other notes
         listed = [n for n in self.notes if trust is None or n != trust.verdict()]
         if listed:
-            self.notes_label.setText("Before you read this result:\n- " + "\n- ".join(listed))
+            self.notes_label.setText(
+                "Before you read this result:\n" + "\n".join(f"\u2022 {n}" for n in listed)
+            )
             self.notes_label.show()
+        else:
+            self.notes_label.hide()
         if self.notes:
             show_warning(f"Detect anomalies ({outcome.detector_name}): " + " ".join(self.notes))
         source = self._source
@@ -427,8 +501,8 @@ class DetectWidget(CancellableRun, Panel):
             if self.replace_check.isChecked():
                 self.remove_results(source, self._model)
             self.map_layer = None
-            self.peak_button.setEnabled(False)
             self.slider.setEnabled(False)
+            self.findings_table.clear(f"{outcome.detector_name} gives no map: no findings.")
             return
         self._peak = outcome.peak
         # Each step that makes napari build a visual runs in its own turn of the event
@@ -437,7 +511,7 @@ class DetectWidget(CancellableRun, Panel):
         self._run_steps(
             [
                 lambda: self._place_map(outcome, source, previous),
-                lambda: self._show_flagged_volume(outcome.flagged, outcome.flagged_at),
+                lambda: self._show_flagged_volume(outcome),
                 lambda: self._place_extras(outcome, source),
             ]
         )
@@ -462,9 +536,15 @@ class DetectWidget(CancellableRun, Panel):
             self.viewer.layers.append(layer)
             self.map_layer = layer
             self.threshold_layer = None
-        self.peak_button.setEnabled(outcome.peak is not None)
         self.slider.setEnabled(True)
         self.colour_bar.show()
+        self._parcellation = (outcome.parcellation, outcome.muse)
+        calibration = self.map_layer.metadata.get(DETECTION_KEY, {}).get("calibration") or {}
+        if calibration.get("voxel_threshold") is not None and not self._slider_by_user:
+            # a new map is read at its own calibration (unless the user set a threshold)
+            self._set_slider(float(calibration["voxel_threshold"]))
+        else:
+            self.threshold_label.setText(self._threshold_text(self._shown_ml()))
 
     def _place_extras(self, outcome: DetectionOutcome, source: Any) -> None:
         """The detector's other maps (a diffusion model's reconstructions, their mean and
@@ -521,10 +601,18 @@ class DetectWidget(CancellableRun, Panel):
         if role_of(layer) == ANOMALY_MAP:
             remove_derived(self.viewer, layer)
         if layer is self.map_layer:
+            # its numbers go with it: nothing on the panel may describe a map not shown
             self.map_layer = None
             self.threshold_layer = None
+            self._flagged_ml = None
+            self._findings_generation += 1  # a table being computed is dropped
             self.slider.setEnabled(False)
-            self.peak_button.setEnabled(False)
+            self.colour_bar.hide()
+            self.notes_label.hide()
+            self.trust_view.hide()
+            self.status.setText(f"The map '{layer.name}' was removed, with its score and volume.")
+            self.findings_table.clear("The map was removed: Run to list findings again.")
+            self.threshold_label.setText(self._threshold_text())
 
     def go_to_peak(self) -> None:
         """Show the slice through the map's highest voxel, centred."""
@@ -533,65 +621,111 @@ class DetectWidget(CancellableRun, Panel):
         go_to_voxel(self.viewer, self.map_layer, self._peak)
         self.map_layer.visible = True
 
+    def _show_finding(self, finding: Any) -> None:
+        """Show the slice through a finding's peak, centred."""
+        if self.map_layer is None or self.map_layer not in self.viewer.layers:
+            return
+        go_to_voxel(self.viewer, self.map_layer, finding.peak_ijk)
+        self.map_layer.visible = True
+
+    def _shown_map(self) -> Any | None:
+        layer = self.map_layer
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    def _shown_ml(self) -> float | None:
+        return self._flagged_ml if self._shown_map() is not None else None
+
+    def _set_slider(self, threshold: float) -> None:
+        """Put the slider at a card's or map's threshold (not the user's choice)."""
+        self.slider.setValue(round(float(threshold) * SLIDER_STEPS))
+        self._slider_by_user = False
+
+    def _slider_touched(self, *args: Any) -> None:
+        self._slider_by_user = True
+
+    def _parcellation_layers(self, source: Any) -> list[Any]:
+        """Label layers on the scan that may be a parcellation to name findings from: its
+        brain mask first, then the other brain-mask layers (never a ground truth or a
+        threshold); the worker keeps the first with several structures."""
+        from napari.layers import Labels
+
+        from napari_medood._napari._roles import BRAIN_MASK
+
+        chosen = self.mask_combo.current_layer()
+        others = [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Labels)
+            and layer is not chosen
+            and role_of(layer) == BRAIN_MASK
+            and pairing_problem(layer, source) is None
+        ]
+        return ([chosen] if chosen is not None else []) + others[::-1]
+
     # ----------------------------------------------------------------------- threshold
     @property
     def threshold(self) -> float:
         return self.slider.value() / SLIDER_STEPS
 
-    def _threshold_text(self, millilitres: float | None = None) -> str:
-        """``threshold 0.177 (calibrated: 1 % of healthy brain voxels): 12.3 ml``."""
-        text = f"threshold {self.threshold:.3f}"
-        calibration = self.calibrated
-        if calibration is not None and (
+    def _at(self, calibration: dict | None) -> bool:
+        return calibration is not None and (
             abs(self.threshold - float(calibration["voxel_threshold"])) < 0.5 / SLIDER_STEPS
-        ):
-            share = 100 * float(calibration.get("healthy_voxel_fpr", 0.0))
-            if self._calibration_holds():
+        )
+
+    def _threshold_text(self, millilitres: float | None = None) -> str:
+        """``threshold 0.177 (calibrated: 1 % of healthy brain voxels): 12.3 ml``: what the
+        slider reads, against the calibration of the map shown (before any map: the chosen
+        model's), and whose map it is when another model is chosen."""
+        text = f"threshold {self.threshold:.3f}"
+        layer = self._shown_map()
+        detection = {} if layer is None else layer.metadata.get(DETECTION_KEY, {})
+        chosen = self.model_choice.value
+        if layer is not None and detection.get("model") != chosen:
+            # the numbers are the shown map's; the model chosen since has made none yet
+            text += f" on the map of {detection.get('model')} (Run to see {chosen}'s)"
+        else:
+            own = detection.get("calibration") if layer is not None else self.calibrated
+            if self._at(own):
+                share = 100 * float(own.get("healthy_voxel_fpr") or 0.0)
                 text += f" (calibrated: {share:g} % of healthy brain voxels)"
-            else:
+            elif layer is not None and self._at(self.calibrated):
                 text += " (the model's calibrated threshold; it does not hold for this map)"
         return text if millilitres is None else f"{text}: {millilitres:.1f} ml"
 
-    def _calibration_holds(self) -> bool:
-        """Was the map shown read against the chosen model's calibration? (Before any run:
-        yes. Not for a map made without a brain mask on a whole head, with TTA, or by
-        another model.)"""
+    def _show_flagged_volume(self, outcome: DetectionOutcome) -> None:
+        """The volume above the threshold and its findings, before any Labels layer is made."""
         layer = self.map_layer
-        if layer is None or layer not in self.viewer.layers:
-            return True
-        detection = layer.metadata.get(DETECTION_KEY, {})
-        return (
-            detection.get("calibration") is not None
-            and detection.get("model") == self.model_choice.value
-        )
-
-    def _show_flagged_volume(self, flagged: np.ndarray | None, flagged_at: float) -> None:
-        """The volume above the threshold, before any Labels layer is made."""
-        layer = self.map_layer
-        if layer is None or flagged is None:
+        if layer is None or outcome.flagged is None:
             return
-        moved = abs(flagged_at - self.threshold) > 1e-9  # the slider moved during the run
+        moved = abs(outcome.flagged_at - self.threshold) > 1e-9  # the slider moved meanwhile
         if moved or (
             self.threshold_layer is not None and self.threshold_layer in self.viewer.layers
         ):
             self._threshold_changed(self.slider.value())  # the layer follows the slider
             return
-        self.threshold_label.setText(self._threshold_text(self._millilitres(flagged, layer)))
+        self._flagged_ml = self._millilitres(outcome.flagged, layer)
+        self.threshold_label.setText(self._threshold_text(self._flagged_ml))
+        self._findings_generation += 1
+        if self.findings_table.order == "size":
+            self.findings_table.show_findings(outcome.findings, outcome.flagged_at, outcome.muse)
+        else:  # the worker sorts by size: the table's other order is computed again
+            self._schedule_findings()
 
     @staticmethod
     def _millilitres(flagged: np.ndarray, layer: Any) -> float:
         return float(np.count_nonzero(flagged)) * float(np.prod(np.abs(layer.scale))) / 1000
 
     def _threshold_changed(self, value: int) -> None:
-        """Moving the slider makes (or updates) the Labels layer of the flagged voxels."""
+        """Moving the slider makes (or updates) the Labels layer of the flagged voxels, and
+        the table of findings follows once the slider rests."""
         self.threshold_label.setText(self._threshold_text())
         self.colour_bar.set_marker(value / SLIDER_STEPS)
-        layer = self.map_layer
-        if layer is None or layer not in self.viewer.layers:
+        layer = self._shown_map()
+        if layer is None:
             return
         flagged = (np.asarray(layer.data) > self.threshold).astype(np.uint8)
-        millilitres = self._millilitres(flagged, layer)
-        self.threshold_label.setText(self._threshold_text(millilitres))
+        self._flagged_ml = self._millilitres(flagged, layer)
+        self.threshold_label.setText(self._threshold_text(self._flagged_ml))
         source_name = layer.metadata.get(DETECTION_KEY, {}).get("source_layer", layer.name)
         self.threshold_layer = show_labels(
             self.viewer,
@@ -602,6 +736,156 @@ class DetectWidget(CancellableRun, Panel):
             with_role(layer.metadata, THRESHOLD, derived_from=layer.unique_id),
             colormap=label_colormap(THRESHOLD),
         )
+        self._schedule_findings()
+
+    # ------------------------------------------------------------------------ findings
+    @property
+    def findings_busy(self) -> bool:
+        """The table of findings is being computed (or will be once the slider rests)."""
+        return self._findings_timer.isActive() or self._findings_worker is not None
+
+    def _schedule_findings(self) -> None:
+        self._findings_generation += 1  # a table being computed is now out of date
+        if self._shown_map() is not None:
+            self.findings_table.summary.setText(
+                f"listing the findings above {self.threshold:.3f}..."
+            )
+            self._findings_timer.start()
+
+    def _recompute_findings(self) -> None:
+        """The findings of the shown map at the slider's threshold, in a worker; a run still
+        computing an older table finishes first, and only the newest table is shown."""
+        from napari_medood._napari._layers import WORLD_TO_RAS
+        from napari_medood._napari._widgets._findings import findings_job
+        from napari_medood._napari._widgets._pickers import world_matrix
+
+        layer = self._shown_map()
+        if layer is None:
+            return
+        if self._findings_worker is not None:  # one at a time; the newest request follows
+            self._findings_timer.start()
+            return
+        parcellation, muse = getattr(self, "_parcellation", (None, False))
+        job = {
+            "map": layer.data,
+            "affine": WORLD_TO_RAS @ world_matrix(layer),
+            "threshold": self.threshold,
+            "order": self.findings_table.order,
+            "parcellation": parcellation,
+            "muse": muse,
+            "generation": self._findings_generation,
+            "layer": layer,
+        }
+        self._findings_worker = quiet_worker(
+            findings_job,
+            job,
+            self._findings_ready,
+            self._findings_failed,
+            self._findings_done,
+            parent=self,
+        )
+
+    def _findings_done(self) -> None:
+        self._findings_worker = None
+
+    def _findings_ready(self, found: dict) -> None:
+        if found["generation"] != self._findings_generation or self._shown_map() is None:
+            return  # the slider, the order or the map changed since: a newer table follows
+        self.findings_table.show_findings(found["findings"], found["threshold"], found["muse"])
+
+    def _findings_failed(self, exc: BaseException) -> None:
+        self.findings_table.clear(f"Could not list the findings: {exc}")
+
+    # ----------------------------------------------------------------- before the run
+    def _schedule_preflight(self) -> None:
+        if hasattr(self, "_preflight_timer"):
+            self._preflight_generation += 1
+            self._preflight_timer.start()
+
+    def _preflight(self) -> None:
+        """Check the chosen scan and mask against the chosen model's card, off the GUI
+        thread, so that what the map's notes would say is read before Run."""
+        from napari_medood._napari._widgets._runs import scan_job
+
+        source = self.image_combo.current_layer()
+        if source is None:
+            self._show_before_notes(())
+            return
+        if self._preflight_worker is not None:
+            self._preflight_timer.start()
+            return
+        job = {
+            **scan_job(source, self.mask_combo.current_layer()),
+            "model": self.model_choice.value,
+            "generation": self._preflight_generation,
+        }
+        self._preflight_worker = quiet_worker(
+            preflight_job,
+            job,
+            self._preflight_ready,
+            self._preflight_failed,
+            self._preflight_done,
+            parent=self,
+        )
+
+    def _preflight_done(self) -> None:
+        self._preflight_worker = None
+
+    @property
+    def preflight_busy(self) -> bool:
+        return self._preflight_timer.isActive() or self._preflight_worker is not None
+
+    def _preflight_ready(self, checked: dict) -> None:
+        if checked["generation"] == self._preflight_generation:
+            self._show_before_notes(tuple(checked["notes"]))
+
+    def _preflight_failed(self, exc: BaseException) -> None:
+        self._show_before_notes((f"this scan cannot be run: {exc}",))
+
+    def _show_before_notes(self, notes: tuple[str, ...]) -> None:
+        """The scan check's notes, until a run shows its own."""
+        self.before_notes = notes
+        if self.busy:
+            return  # the run's notes will replace them
+        if notes:
+            self.notes_label.setText(
+                "Before you run:\n" + "\n".join(f"\u2022 {note}" for note in notes)
+            )
+            self.notes_label.show()
+        else:
+            self.notes_label.hide()
+
+    def _doubt_the_gate(self) -> None:
+        """A gate that finds the scan in distribution is not shown green while the scan
+        check already disagrees with the model's card (another contrast, say)."""
+        report = self.trust_report
+        doubts = [n for n in self.before_notes if not n.startswith("no brain mask chosen")]
+        if report is None or not report.in_distribution or not doubts:
+            return
+        from napari_medood._napari._widgets.trust import BAD
+
+        self.trust_view.verdict.setText(
+            f"{report.verdict()}, but the scan check disagrees: {doubts[0]}"
+        )
+        self.trust_view.verdict.setStyleSheet(f"color: {BAD}; font-weight: bold;")
+
+
+def preflight_job(job: dict, progress=None, cancelled=None) -> dict:
+    """Off the GUI thread: the notes a run of ``job["model"]`` would start with on the scan
+    (``detectors.base.scan_preamble``), and one when no brain mask is chosen."""
+    from napari_medood._napari._widgets._runs import job_volume
+    from napari_medood.detectors.base import MASK_FOREGROUND, scan_preamble
+    from napari_medood.models.checkpoint import read_card, resolve_model
+    from napari_medood.registry import NAMED_DETECTORS
+
+    volume, mask = job_volume(job)
+    card = None
+    if job["model"] not in NAMED_DETECTORS:
+        card = read_card(resolve_model(job["model"]))
+    _, kind, notes = scan_preamble(volume, mask, card)
+    if mask is None and kind == MASK_FOREGROUND:
+        notes.insert(0, NO_MASK_NOTE)
+    return {"notes": notes, "generation": job["generation"]}
 
 
 #: a detector's extra maps (``extras["maps"]``) as layers: name, role, colormap
@@ -804,6 +1088,20 @@ def detect_job(job: dict, progress=None, cancelled=None) -> DetectionOutcome:
         outcome.flagged = (data > job["threshold"]).astype(np.uint8)
         outcome.flagged_at = job["threshold"]
         outcome.peak = tuple(int(v) for v in np.unravel_index(int(np.argmax(data)), data.shape))
+        from napari_medood._napari._layers import WORLD_TO_RAS, _layer_world_affine
+        from napari_medood._napari._widgets._findings import findings_job
+
+        say("listing the findings")
+        found = findings_job(
+            {
+                "map": data,
+                "affine": WORLD_TO_RAS @ _layer_world_affine(job["state"]),
+                "threshold": job["threshold"],
+                "parcellations": job.get("parcellations") or [],
+            }
+        )
+        outcome.findings = found["findings"]
+        outcome.parcellation, outcome.muse = found["parcellation"], found["muse"]
         outcome.extra_layers = extra_layers(result, job, kwargs)
         if "maps" in result.extras:  # the layers hold them now: do not keep them twice
             from dataclasses import replace

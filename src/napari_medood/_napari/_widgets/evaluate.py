@@ -8,12 +8,14 @@ semantics, with a progress bar and a Cancel button that keeps the numbers shown 
 shows AP and AUROC, the precision-recall curve, and Dice, precision and recall at the
 threshold of the slider. Moving the slider updates an orange Labels layer of the voxels at or
 above the threshold, over the map (ground truth shows in green). When one of its layers is
-removed the panel clears its numbers and its threshold layer.
+removed, or another map, ground truth or mask is chosen, the panel clears its numbers and
+its threshold layer (they belonged to the layers counted) and asks for Compute again. The
+curve is drawn in the viewer's theme colours and follows a change of theme.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
@@ -36,7 +38,7 @@ from napari_medood._napari._roles import (
     with_role,
 )
 from napari_medood._napari._widgets._panel import Panel, wrapping_label
-from napari_medood._napari._widgets._pickers import LayerComboBox
+from napari_medood._napari._widgets._pickers import LayerComboBox, not_a_map
 from napari_medood._napari._widgets._runs import CancellableRun
 from napari_medood._napari._widgets._viewer import show_labels
 from napari_medood._progress import check_cancelled, report
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     import napari
 
 SLIDER_STEPS = 1000
+#: the precision-recall curve: a blue that reads on napari's dark and light themes alike
+CURVE_COLOUR = "#4d9de0"
 #: the slabs (along the first axis) counted between two progress reports and cancel checks
 COUNT_STEPS = 32
 
@@ -72,6 +76,11 @@ def count_voxels(job: dict, progress=None, cancelled=None) -> tuple[CaseCounts, 
     return CaseCounts.from_dense(histogram.pos, histogram.neg), mask
 
 
+def removed_text(layer: Any) -> str:
+    """What the panel says when a layer its numbers came from was removed."""
+    return f"'{layer.name}' was removed; choose the layers and Compute again."
+
+
 class EvaluateWidget(CancellableRun, Panel):
     """Dock widget: voxel metrics of an anomaly map against a label layer, with a live threshold."""
 
@@ -92,7 +101,12 @@ class EvaluateWidget(CancellableRun, Panel):
         self._mask = None
 
         self.map_combo = LayerComboBox(
-            napari_viewer, (Image,), self, none_label="choose the anomaly map", roles=(ANOMALY_MAP,)
+            napari_viewer,
+            (Image,),
+            self,
+            none_label="choose the anomaly map",
+            roles=(ANOMALY_MAP,),
+            refuse=not_a_map,  # the scan itself is listed, greyed, never chosen
         )
         self.truth_combo = LayerComboBox(
             napari_viewer,
@@ -112,15 +126,34 @@ class EvaluateWidget(CancellableRun, Panel):
             exclude=(THRESHOLD, GROUND_TRUTH),
             like=self.map_combo.current_layer,
         )
+        self.map_combo.setToolTip("the anomaly map to evaluate: an Image layer of values in [0, 1]")
+        self.truth_combo.setToolTip(
+            "the ground truth on the map's grid: any label above 0 is abnormal"
+        )
+        self.mask_combo.setToolTip("count only the voxels inside this brain mask (or all voxels)")
         buttons = self.run_controls("Compute")
+        self.run_button.setToolTip(
+            "count the map's voxels against the ground truth (inside the mask): AP, AUROC, "
+            "the precision-recall curve, and Dice at the threshold"
+        )
+        self.cancel_button.setToolTip("stop counting; the numbers shown before stay")
         self.best_button = QPushButton("Best Dice")
         self.best_button.setEnabled(False)
+        self.best_button.setToolTip(
+            "move the threshold to the one with the highest Dice (steps of 0.001); it is "
+            "fitted to this ground truth, so it flatters the map"
+        )
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, SLIDER_STEPS)
         self.slider.setValue(SLIDER_STEPS // 2)
+        self.slider.setToolTip(
+            "the threshold: voxels at or above it are flagged (the orange layer over the map) "
+            "and scored by Dice, precision and recall"
+        )
         self.threshold_spin = QDoubleSpinBox(
             minimum=0.0, maximum=1.0, value=0.5, singleStep=0.01, decimals=3
         )
+        self.threshold_spin.setToolTip("the threshold, typed (the slider moves with it)")
         self.metrics_label = wrapping_label("Choose a map and its ground truth, then Compute.")
 
         form = QFormLayout()
@@ -139,6 +172,7 @@ class EvaluateWidget(CancellableRun, Panel):
         layout.addWidget(self.status)
         layout.addWidget(self.metrics_label)
         self.canvas, self.axes = self._make_plot()
+        self._draw_curve()
         layout.addWidget(self.canvas)
         layout.addStretch(1)
 
@@ -150,12 +184,42 @@ class EvaluateWidget(CancellableRun, Panel):
         self.slider.valueChanged.connect(lambda v: self.threshold_spin.setValue(v / SLIDER_STEPS))
         self.threshold_spin.valueChanged.connect(self._threshold_changed)
         self.map_combo.currentIndexChanged.connect(self._map_changed)
+        self.truth_combo.currentIndexChanged.connect(
+            lambda *_: self._choice_changed("ground truth")
+        )
+        self.mask_combo.currentIndexChanged.connect(lambda *_: self._choice_changed("brain mask"))
         napari_viewer.layers.events.removed.connect(self._layer_removed)
+        napari_viewer.events.theme.connect(self._theme_changed)
         self._layers_used: tuple = ()
+        #: the map, ground truth and mask the numbers shown were counted on
+        self._chosen: tuple = (None, None, None)
 
     def _map_changed(self, *args) -> None:
-        self.truth_combo.choose_default()
-        self.mask_combo.choose_default()
+        # cleared first, so that the message names the map, not the pickers that follow it
+        self._choice_changed("map")
+        # what pairs with the new map by place: listed again, greyed where it does not
+        self.truth_combo.follow_pairing()
+        self.mask_combo.follow_pairing()
+
+    def chosen_layers(self) -> tuple:
+        """The layers chosen now: the map, the ground truth and the mask (None for none)."""
+        return (
+            self.map_combo.current_layer(),
+            self.truth_combo.current_layer(),
+            self.mask_combo.current_layer(),
+        )
+
+    def _choice_changed(self, what: str) -> None:
+        """Another layer was chosen: the numbers shown were not counted on it."""
+        now = self.chosen_layers()
+        if self.counts is None or all(a is b for a, b in zip(now, self._chosen, strict=True)):
+            return
+        # a picker also moves when the layer it showed is removed: say that, not a choice
+        gone = [layer for layer in self._layers_used if layer not in self.viewer.layers]
+        if gone:
+            self.clear(removed_text(gone[0]))
+        else:
+            self.clear(f"{what} changed: press Compute")
 
     def _layer_removed(self, event) -> None:
         """A layer the numbers came from is gone: clear them and the threshold layer."""
@@ -165,7 +229,7 @@ class EvaluateWidget(CancellableRun, Panel):
             return
         if self.counts is None or not any(layer is used for used in self._layers_used):
             return
-        self.clear(f"'{layer.name}' was removed; choose the layers and Compute again.")
+        self.clear(removed_text(layer))
 
     def clear(self, message: str = "Choose a map and its ground truth, then Compute.") -> None:
         """Forget the computed numbers and remove the panel's threshold layer."""
@@ -173,6 +237,7 @@ class EvaluateWidget(CancellableRun, Panel):
         self._map_layer = None
         self._mask = None
         self._layers_used = ()
+        self._chosen = (None, None, None)
         self.best_button.setEnabled(False)
         if self._threshold_layer is not None and self._threshold_layer in self.viewer.layers:
             self.viewer.layers.remove(self._threshold_layer)
@@ -189,16 +254,43 @@ class EvaluateWidget(CancellableRun, Panel):
         canvas = FigureCanvasQTAgg(figure)
         canvas.setMinimumHeight(220)
         axes = figure.add_subplot()
-        axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
         return canvas, axes
+
+    def theme_colours(self) -> dict[str, str]:
+        """The viewer's theme as the plot uses it: its background, text and lines (napari's
+        own, so that the plot is no white box on a dark window)."""
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(self.viewer.theme)
+        return {
+            "background": theme.background.as_hex(),
+            "text": theme.text.as_hex(),
+            "lines": theme.highlight.as_hex(),
+        }
+
+    def _style_plot(self, colours: dict[str, str]) -> None:
+        self.canvas.figure.set_facecolor(colours["background"])
+        axes = self.axes
+        axes.set_facecolor(colours["background"])
+        axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        for side in axes.spines.values():
+            side.set_color(colours["lines"])
+        axes.tick_params(colors=colours["text"], labelsize=8)
+        axes.xaxis.label.set_color(colours["text"])
+        axes.yaxis.label.set_color(colours["text"])
+        axes.title.set_color(colours["text"])
+
+    def _theme_changed(self, event: Any = None) -> None:
+        self._draw_curve()
 
     def _draw_curve(self) -> None:
         self.axes.clear()
-        self.axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        colours = self.theme_colours()
+        self._style_plot(colours)
         counts = self.counts
         if counts is not None and counts.n_pos:
             precision, recall, _ = counts.precision_recall()
-            self.axes.plot(recall, precision, lw=1.4)
+            self.axes.plot(recall, precision, lw=1.4, color=CURVE_COLOUR)
             tp, fp, fn = (int(v[0]) for v in counts.counts_at([self.threshold]))
             if tp + fp:
                 self.axes.plot(
@@ -208,8 +300,15 @@ class EvaluateWidget(CancellableRun, Panel):
                     color="#ff7f0e",
                     label=f"t = {self.threshold:.3f}",
                 )
-                self.axes.legend(loc="lower left", fontsize=8)
-            self.axes.set_title(f"AP {counts.average_precision():.3f}", fontsize=9)
+                legend = self.axes.legend(
+                    loc="lower left", fontsize=8, facecolor=colours["background"]
+                )
+                legend.get_frame().set_edgecolor(colours["lines"])
+                for text in legend.get_texts():
+                    text.set_color(colours["text"])
+            self.axes.set_title(
+                f"AP {counts.average_precision():.3f}", fontsize=9, color=colours["text"]
+            )
         self.canvas.draw_idle()
 
     # ------------------------------------------------------------------------- compute
@@ -251,19 +350,26 @@ class EvaluateWidget(CancellableRun, Panel):
             "truth": truth_layer.data,
             "mask": None if mask_layer is None else mask_layer.data,
         }
-        used = tuple(x for x in (map_layer, truth_layer, mask_layer) if x is not None)
+        chosen = (map_layer, truth_layer, mask_layer)
         self.status.setText("computing...")
-        self.start_run(count_voxels, job, lambda outcome: self._computed(outcome, used))
+        self.start_run(count_voxels, job, lambda outcome: self._computed(outcome, chosen))
 
-    def _computed(self, outcome: tuple[CaseCounts, np.ndarray | None], used: tuple) -> None:
+    def _computed(self, outcome: tuple[CaseCounts, np.ndarray | None], chosen: tuple) -> None:
+        used = tuple(layer for layer in chosen if layer is not None)
         gone = [layer.name for layer in used if layer not in self.viewer.layers]
         if gone:  # the numbers would belong to no layer in the viewer
             self._reset_progress()
             self.status.setText(f"'{gone[0]}' was removed during the count; Compute again.")
             return
+        if any(a is not b for a, b in zip(chosen, self.chosen_layers(), strict=True)):
+            # the numbers would not be those of the layers chosen now
+            self._reset_progress()
+            self.status.setText("Other layers were chosen during the count: press Compute.")
+            return
         counts, mask = outcome
         self.counts = counts
         self._map_layer, self._mask, self._layers_used = used[0], mask, used
+        self._chosen = chosen
         self.last_error = None
         self.progress_bar.setValue(self.progress_bar.maximum())
         self.status.setText(

@@ -81,6 +81,7 @@ class AnomalyInspector(Panel):
         layout = QVBoxLayout(self.body)
         picker = QFormLayout()
         self.layer_combo = LayerComboBox(napari_viewer, (Image, Labels), self, roles=(SCAN,))
+        self.layer_combo.setToolTip("the layer whose file, grid and intensities are shown below")
         picker.addRow("Scan", self.layer_combo)
         layout.addLayout(picker)
         self.scan_form = QFormLayout()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +40,14 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medood._napari._layers import DISPLAY_AXCODES, METADATA_KEY, _layer_world_affine
+from napari_medood._napari._roles import _TRUTH_NAME as _LESION_NAME
 from napari_medood._napari._roles import (
-    BRAIN_MASK,
     GROUND_TRUTH,
+    ROLE_KEY,
     SCAN,
     THRESHOLD,
     label_colormap,
+    role_of,
     with_role,
 )
 from napari_medood._napari._widgets._panel import Panel
@@ -64,6 +67,13 @@ SHAPE_LABELS = {
     "brush": "random brush",
     "lesion": "real lesion shape",
 }
+#: each shape's default size (mm), chosen so that the default anomaly is a few millilitres,
+#: plainly visible and within what the shipped detectors find, on the 2 mm sample: a sphere
+#: of 20 mm is 528 voxels (4.2 ml). A real lesion's size is its longest side, and lesions
+#: are long and thin: at 20 mm the median of 60 draws is 17 labelled voxels (0.1 ml, a
+#: tenth under 1 voxel), at 50 mm 573 (4.6 ml; a tenth under 78); a random brush at 20 mm
+#: is 11 voxels, at 50 mm 363 (2.9 ml)
+DEFAULT_SIZE_MM = {"sphere": 20.0, "cuboid": 20.0, "brush": 50.0, "lesion": 50.0}
 EDGE_LABELS = {1: "hard", 3: "soft (3 voxels)", 5: "softer (5 voxels)", 7: "softest (7 voxels)"}
 PENDING_LABEL = 99  # label value of an anomaly shown but not committed
 #: the tissue groups of a random contrast: DLMUSE's structures, or one per label (SynthSeg)
@@ -93,34 +103,96 @@ LESION_TEXTS = {
 }
 
 
+#: the fewest distinct labels (besides 0) a label map needs to count as a parcellation when
+#: its name does not say so: a brain mask has one, a lesion mask one (or a few lesion
+#: classes), a DLMUSE parcellation some 150
+MIN_PARCELLATION_LABELS = 4
+#: the most voxels read to count a layer's labels (a strided sample: a parcellation's
+#: labels are large structures, and counting must not stall the GUI on a large volume)
+LABEL_COUNT_VOXELS = 1_000_000
+#: the parcellation picker's choice of none
+NO_PARCELLATION = "none: open a parcellation (DLMUSE, aseg, ...)"
+
+
+def distinct_labels(data: Any) -> int:
+    """How many distinct non-zero labels a label array holds, counted on a strided sample
+    of at most :data:`LABEL_COUNT_VOXELS` voxels (0 for what is not a 3D integer array)."""
+    shape = np.shape(data)
+    if len(shape) != 3 or not shape[0]:
+        return 0
+    step = max(1, int(np.ceil((np.prod(shape, dtype=float) / LABEL_COUNT_VOXELS) ** (1 / 3))))
+    try:
+        sample = np.asarray(data[::step, ::step, ::step])
+    except (TypeError, ValueError, IndexError):  # multiscale or otherwise not an array
+        return 0
+    if sample.dtype.kind not in "biu":
+        return 0
+    values = np.unique(sample)
+    return int(np.count_nonzero(values))
+
+
+def is_parcellation(layer: Any, label_count: Callable[[Any], int] | None = None) -> bool:
+    """Whether a Labels layer can be a parcellation of a scan: its name says so (DLMUSE,
+    aparc, aseg, SynthSeg, an atlas), or else it holds at least
+    :data:`MIN_PARCELLATION_LABELS` labels (``label_count(layer)``, by default
+    :func:`distinct_labels` of its data) and is no lesion mask (ground truth by its recorded
+    role or its lesion words). A brain mask, a lesion mask, a threshold and this panel's own
+    layers are not."""
+    metadata = layer.metadata or {}
+    if PLAYGROUND_KEY in metadata or CONTRAST_KEY in metadata or role_of(layer) == THRESHOLD:
+        return False
+    if _PARCELLATION_NAME.search(layer.name):
+        return True
+    # "seg" or "labels" alone make napari's guess ground truth; only a recorded role or
+    # lesion words in the name mark a lesion mask, which may hold several lesion labels
+    if metadata.get(ROLE_KEY) == GROUND_TRUTH or _LESION_NAME.search(layer.name):
+        return False
+    count = label_count(layer) if label_count is not None else distinct_labels(layer.data)
+    return count >= MIN_PARCELLATION_LABELS
+
+
 class ParcellationComboBox(LayerComboBox):
-    """The viewer's Labels layers that can be a parcellation of the scan: never a threshold
-    or a layer this panel made; by default the newest on the scan's shape whose name says
-    parcellation (DLMUSE, aparc, aseg, ...), else the newest brain mask."""
+    """The viewer's Labels layers that are parcellations (:func:`is_parcellation`); by
+    default the newest on the scan's grid whose name says parcellation, else the newest
+    on it, else none (a brain mask or an MS patient's lesion mask is never a parcellation)."""
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget, like: Any):
         from napari.layers import Labels
 
         super().__init__(
-            viewer, (Labels,), parent, roles=(BRAIN_MASK,), exclude=(THRESHOLD,), like=like
+            viewer,
+            (Labels,),
+            parent,
+            none_label=NO_PARCELLATION,
+            exclude=(THRESHOLD,),
+            like=like,
         )
 
+    #: layer id -> (its array, how many labels it holds): an array's labels are counted
+    #: once, not on every layer event the picker refreshes on
+    _label_counts: dict[int, tuple[Any, int]] | None = None
+
+    def _label_count(self, layer: Any) -> int:
+        if self._label_counts is None:
+            self._label_counts = {}
+        known = self._label_counts.get(id(layer))
+        if known is not None and known[0] is layer.data:
+            return known[1]
+        count = distinct_labels(layer.data)
+        self._label_counts[id(layer)] = (layer.data, count)
+        return count
+
     def layers(self) -> list[Any]:
-        return [
-            layer
-            for layer in super().layers()
-            if PLAYGROUND_KEY not in layer.metadata and CONTRAST_KEY not in layer.metadata
-        ]
+        layers = super().layers()
+        if self._label_counts:  # forget the layers that left the viewer
+            alive = {id(layer) for layer in layers}
+            self._label_counts = {k: v for k, v in self._label_counts.items() if k in alive}
+        return [layer for layer in layers if is_parcellation(layer, self._label_count)]
 
     def default_layer(self) -> Any | None:
-        like = self._like() if self._like is not None else None
-        named = [
-            layer
-            for layer in self.layers()
-            if _PARCELLATION_NAME.search(layer.name)
-            and (like is None or np.shape(layer.data) == np.shape(like.data))
-        ]
-        return named[-1] if named else super().default_layer()
+        fits = [layer for layer in self.layers() if self.problem_of(layer) is None]
+        named = [layer for layer in fits if _PARCELLATION_NAME.search(layer.name)]
+        return (named or fits or [None])[-1]
 
 
 def world_matrix(layer: Any) -> np.ndarray:
@@ -275,17 +347,51 @@ class PlaygroundWidget(CancellableRun, Panel):
         self.source_combo, self.mask_combo = scan_and_mask_pickers(
             napari_viewer, self, "voxels > 0"
         )
+        self.source_combo.setToolTip("the healthy scan the anomalies are drawn into (a copy)")
+        self.mask_combo.setToolTip(
+            "the brain mask: anomalies are cut to it and random places are drawn inside it"
+        )
         self.shape_combo = self._combo(SHAPE_LABELS)
-        self.size_spin = QDoubleSpinBox(minimum=1.0, maximum=500.0, value=20.0, suffix=" mm")
+        self.shape_combo.setToolTip(
+            "the anomaly's shape: a sphere, a rotated cuboid, a random brush stroke, or a real "
+            "lesion's shape from the lesion bank"
+        )
+        first_shape = self.shape_combo.currentData()
+        self.size_spin = QDoubleSpinBox(
+            minimum=1.0, maximum=500.0, value=DEFAULT_SIZE_MM[first_shape], suffix=" mm"
+        )
+        self.size_spin.setToolTip(
+            "the diameter of a sphere, the side of a cuboid, or the longest side of a brush "
+            "or real lesion (which are long and thin, so they start larger)"
+        )
         self.alpha_spin = QDoubleSpinBox(minimum=0.05, maximum=1.0, value=0.8, singleStep=0.05)
+        self.alpha_spin.setToolTip(
+            "how much of the new texture replaces the scan inside the anomaly (1: all of it)"
+        )
         self.edge_combo = self._combo(EDGE_LABELS)
         self.edge_combo.setCurrentIndex(1)
+        self.edge_combo.setToolTip("how gradually the anomaly blends into the tissue at its edge")
         self.texture_combo = self._combo(TEXTURE_LABELS)
+        self.texture_combo.setToolTip(
+            "what fills the anomaly: this scan from elsewhere, another scan, or noise"
+        )
         self.other_combo = LayerComboBox(napari_viewer, (Image,), self)
+        self.other_combo.setToolTip(
+            "the scan whose tissue fills the anomaly when Texture is 'another scan' (its "
+            "shape must be the healthy scan's)"
+        )
         self.lesion_button = QPushButton("built-in bank (600 real lesions)")
         self.lesion_button.setToolTip("Load your own lesion mask files for 'real lesion shape'")
         self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
+        self.seed_spin.setToolTip(
+            "the random seed of the next anomaly or random contrast: the same seed and "
+            "settings give the same result"
+        )
         self.new_seed_check = QCheckBox("new seed after each anomaly", checked=True)
+        self.new_seed_check.setToolTip(
+            "add 1 to the seed after each committed anomaly or random contrast, so the next "
+            "one differs"
+        )
         form.addRow("Healthy scan", self.source_combo)
         form.addRow("Brain mask", self.mask_combo)
         form.addRow("Shape", self.shape_combo)
@@ -306,6 +412,24 @@ class PlaygroundWidget(CancellableRun, Panel):
         self.clear_button = QPushButton("Clear")
         self.save_button = QPushButton("Save...")
         self.cancel_controls()
+        for button, tip in (
+            (
+                self.click_button,
+                "while on, a click in the view previews an anomaly at that point of the scan",
+            ),
+            (self.random_button, "preview an anomaly at a random place inside the brain mask"),
+            (self.commit_button, "keep the previewed anomaly (its label becomes permanent)"),
+            (self.discard_button, "drop the previewed anomaly; the scan is as it was before it"),
+            (self.undo_button, "drop the preview, or else take back the last committed anomaly"),
+            (self.clear_button, "take back every anomaly: the copy is the healthy scan again"),
+            (
+                self.save_button,
+                "write the corrupted scan and its labels (NIfTI, the scan's geometry) and a "
+                "JSON list of the anomalies into a folder",
+            ),
+            (self.cancel_button, "stop the computation under way; nothing is added"),
+        ):
+            button.setToolTip(tip)
         buttons = QGridLayout()
         for index, button in enumerate(
             (
@@ -321,6 +445,7 @@ class PlaygroundWidget(CancellableRun, Panel):
         ):
             buttons.addWidget(button, index // 2, index % 2)
         self.go_check = QCheckBox("go to each new anomaly", checked=True)
+        self.go_check.setToolTip("move the view's slices to each new anomaly or lesion")
 
         # what the contrast-agnostic detector trains on, drawn from a parcellation
         contrast_box = QGroupBox("Random contrast")
@@ -332,8 +457,10 @@ class PlaygroundWidget(CancellableRun, Panel):
         self.parcellation_combo = ParcellationComboBox(
             napari_viewer, self, self.source_combo.current_layer
         )
+        self.parcellation_combo.follow(self.source_combo)
         self.parcellation_combo.setToolTip(
-            "A label map of the healthy scan (DLMUSE, say), on the scan's grid"
+            "A parcellation of the healthy scan (DLMUSE, say), on the scan's grid: a label map "
+            "whose name says so or with several labels; a brain or lesion mask is none"
         )
         self.groups_combo = self._combo(GROUP_LABELS)
         self.groups_combo.setToolTip(
@@ -347,6 +474,10 @@ class PlaygroundWidget(CancellableRun, Panel):
             "tumour-like lesion, a core inside a milder halo (brain-any-seg)"
         )
         self.contrast_button = QPushButton("Draw a random contrast")
+        self.contrast_button.setToolTip(
+            "draw a training image of random contrast from the parcellation (with the Seed); "
+            "it appears over the healthy scan, its lesions as ground truth"
+        )
         contrast_form = QFormLayout()
         contrast_form.addRow("Parcellation", self.parcellation_combo)
         contrast_form.addRow("Tissue groups", self.groups_combo)
@@ -374,6 +505,8 @@ class PlaygroundWidget(CancellableRun, Panel):
         self.lesion_button.clicked.connect(self._ask_lesion_masks)
         self.contrast_button.clicked.connect(self.draw_contrast)
         self.texture_combo.currentIndexChanged.connect(self._update_enabled)
+        self._shape = first_shape
+        self.shape_combo.currentIndexChanged.connect(self._shape_changed)
         self.source_combo.currentIndexChanged.connect(self._source_changed)
         self.mask_combo.currentIndexChanged.connect(self._source_changed)
         self._pick_matching_mask()
@@ -397,6 +530,13 @@ class PlaygroundWidget(CancellableRun, Panel):
             texture=self.texture_combo.currentData(),
             seed=self.seed_spin.value(),
         )
+
+    def _shape_changed(self, *args: Any) -> None:
+        """A new shape starts at its own default size, unless the user set the size."""
+        shape = self.shape_combo.currentData()
+        if self.size_spin.value() == DEFAULT_SIZE_MM[self._shape]:
+            self.size_spin.setValue(DEFAULT_SIZE_MM[shape])
+        self._shape = shape
 
     def _pick_matching_mask(self) -> None:
         self.mask_combo.choose_default()

@@ -41,12 +41,15 @@ class TrustNotice(str):
 
     report: Any = None
     picture: np.ndarray | None = None
+    #: what the model read instead of a brain mask when none was given (None: one was)
+    mask_note: str | None = None
 
     @classmethod
-    def of(cls, report) -> TrustNotice:
+    def of(cls, report, mask_note: str | None = None) -> TrustNotice:
         notice = cls(f"trust gate: {report.verdict()}")
         notice.report = report
         notice.picture = render_report(report)
+        notice.mask_note = mask_note
         return notice
 
 
@@ -136,6 +139,77 @@ class TrustView(QWidget):
         self.show()
 
 
+def gate_of_model(name: str) -> str | None:
+    """The trust gate a map model's card names: its own ``gate``, else (a fused model) the
+    first of its members' gates; None when no card names one or the card cannot be read."""
+    from napari_medood.detectors.base import gate_path
+    from napari_medood.errors import MedoodError
+    from napari_medood.models.checkpoint import read_card, resolve_model
+
+    try:
+        folder = resolve_model(name)
+        card = read_card(folder)
+    except (MedoodError, OSError, ValueError):  # a baseline, or a card that cannot be read
+        return None
+    if card.get("gate"):
+        return gate_path(str(card["gate"]), folder)
+    for member in (card.get("members") or {}).values():
+        model = member.get("model") if isinstance(member, dict) else None
+        if not model:
+            continue
+        # a member is a shipped model's name or a folder relative to the fused card's own
+        beside = folder / str(model)
+        gate = gate_of_model(str(beside) if beside.is_dir() else str(model))
+        if gate:
+            return gate
+    return None
+
+
+def default_trust_model(models: list[str]) -> str | None:
+    """The model the Trust panel starts at: the gate of the default detector (the check a
+    Detect run makes first), else a feature-OOD model of brains (the shipped detectors are
+    brain models: a 64^3 adrenal model is not what a brain scan should be checked with),
+    else the first."""
+    from napari_medood.detectors import default_model
+    from napari_medood.models.checkpoint import read_card, resolve_model
+
+    if not models:
+        return None
+    gate = gate_of_model(default_model())
+    if gate in models:
+        return gate
+
+    def about_brains(name: str) -> bool:
+        try:
+            description = str(read_card(resolve_model(name)).get("description", ""))
+        except Exception:  # noqa: BLE001 - an unreadable card is simply not preferred
+            description = ""
+        return "brain" in f"{name} {description}".lower()
+
+    return next((name for name in models if about_brains(name)), models[0])
+
+
+def mask_note_of(detector, mask_kind: str | None) -> str | None:
+    """What a check made without a brain mask read instead, when the model reads one (a
+    model-space input: the brain, zero outside); None when a mask was given or the model
+    reads the whole scan anyway (a resized input)."""
+    from napari_medood.detectors.base import MASK_GIVEN, MASK_SKULL_STRIPPED
+
+    recipe = ((getattr(detector, "card", None) or {}).get("input") or {}).get("kind")
+    if mask_kind in (None, MASK_GIVEN) or recipe != "model-space":
+        return None
+    if mask_kind == MASK_SKULL_STRIPPED:
+        return (
+            "no brain mask was given: the check read the scan's own brain (it looks "
+            "skull-stripped, so its non-background voxels were taken as the brain)"
+        )
+    return (
+        "no brain mask was given: the check read an Otsu head mask, and a whole head is not "
+        "what the reference brains were (they were read inside their brain masks), so a "
+        "healthy scan can rank far below them. Choose the scan's brain mask and Check again."
+    )
+
+
 def feature_ood_models(extra: tuple[str, ...] = ()) -> list[str]:
     """Shipped models that answer "is this scan in distribution?" (score-only feature-OOD
     models), then ``extra`` checkpoint folders."""
@@ -168,9 +242,17 @@ class TrustWidget(CancellableRun, Panel):
         self.image_combo, self.mask_combo = scan_and_mask_pickers(napari_viewer, self)
         models = feature_ood_models()
         self.model_choice = ComboBox(
-            label="Model", choices=models, value=models[0] if models else None
+            label="Model", choices=models, value=default_trust_model(models)
+        )
+        self.model_choice.tooltip = (
+            "the feature-OOD model that judges the scan; it starts at the trust gate of the "
+            "default detector, the check Detect makes before its map"
         )
         self.checkpoint_edit = FileEdit(label="Checkpoint", mode="d")
+        self.checkpoint_edit.tooltip = "a feature-OOD checkpoint folder of your own"
+        self.checkpoint_edit.choose_btn.tooltip = (
+            "choose a feature-OOD checkpoint folder (card.json + weights) to check with"
+        )
         self.head_choice = ComboBox(label="Score", choices=[])
         self.head_choice.tooltip = (
             "flow: MedOODFlow's log-likelihood; the others are the classic baselines"
@@ -181,7 +263,20 @@ class TrustWidget(CancellableRun, Panel):
         self.threshold_spin.tooltip = "a scan whose confidence falls below this percentile of the reference scans is called out of distribution"
         self.description = wrapping_label()
         buttons = self.run_controls("Check")
+        self.run_button.setToolTip(
+            "run the model on the scan (in its brain mask) and rank its confidence among the "
+            "reference scans'"
+        )
+        self.cancel_button.setToolTip("stop the check; nothing is shown")
+        self.image_combo.setToolTip("the scan to check")
+        self.mask_combo.setToolTip(
+            "the scan's brain mask: the reference scans were read inside theirs"
+        )
         self.view = TrustView()
+        #: says what was read instead of a brain mask when none was given
+        self.mask_note = wrapping_label()
+        self.mask_note.setStyleSheet(f"color: {BAD};")
+        self.mask_note.hide()
 
         form = QFormLayout()
         form.addRow("Scan", self.image_combo)
@@ -203,6 +298,7 @@ class TrustWidget(CancellableRun, Panel):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addWidget(self.view)
+        layout.addWidget(self.mask_note)
         layout.addStretch(1)
 
         self.model_choice.changed.connect(self._model_changed)
@@ -260,6 +356,7 @@ class TrustWidget(CancellableRun, Panel):
             "threshold": float(self.threshold_spin.value),
         }
         self.status.setText(f"{job['model']}: starting...")
+        self.mask_note.hide()  # the note belongs to the result it came with
         self.start_run(trust_job, job, self._show)
 
     def _show(self, notice) -> None:
@@ -274,6 +371,8 @@ class TrustWidget(CancellableRun, Panel):
             f"Score {report.score:.3f} (1 - percentile/100; higher = more out of distribution)"
         )
         self.view.show_report(report, notice.picture)
+        self.mask_note.setText(notice.mask_note or "")
+        self.mask_note.setVisible(bool(notice.mask_note))
 
 
 def trust_job(job: dict, progress=None, cancelled=None):
@@ -292,4 +391,7 @@ def trust_job(job: dict, progress=None, cancelled=None):
         from napari_medood.errors import MedoodError
 
         raise MedoodError(f"{job['model']} gives a score but no in-distribution report")
-    return TrustNotice.of(replace(report, threshold=job["threshold"]))
+    return TrustNotice.of(
+        replace(report, threshold=job["threshold"]),
+        mask_note_of(detector, result.extras.get("mask")),
+    )
