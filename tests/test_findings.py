@@ -100,6 +100,37 @@ def test_medood_predict_writes_the_findings_beside_the_map(tmp_path, capsys):
     assert (out / ".medood" / f"{table.name}.written.json").is_file()
 
 
+def test_a_dlmuse_mask_names_each_findings_structure_and_a_brain_mask_does_not(
+    tmp_path, ixi_parcellation
+):
+    """Given the subject's DLMUSE parcellation as its --mask, each row of the CSV says the
+    label at the finding and its MUSE name; with a plain brain mask the columns stay empty."""
+    from napari_medood.detectors.findings import structure_name
+
+    scan = SAMPLE / "ixi048_t1_2mm.nii.gz"
+    labels = np.asarray(nib.load(ixi_parcellation).dataobj)
+    tables = {}
+    for name, mask in (
+        ("dlmuse", ixi_parcellation),
+        ("brain", SAMPLE / "ixi048_brainmask_2mm.nii.gz"),
+    ):
+        out = tmp_path / name
+        args = ["--model", "intensity", "--mask", str(mask), "--findings"]
+        assert predict_main([*args, "--findings-threshold", "0.9", str(scan), str(out)]) == 0
+        tables[name] = list(csv.DictReader((out / f"{scan.name}.findings.csv").open()))
+    named = tables["dlmuse"]
+    assert named and all(r["structure"] and r["structure_name"] for r in named)
+    for row in named:
+        peak = tuple(int(row[k]) for k in ("peak_i", "peak_j", "peak_k"))
+        label = int(row["structure"])
+        assert label == labels[peak] or labels[peak] == 0
+        assert row["structure_name"] == structure_name(label)
+    assert any(r["structure_name"].startswith(("left ", "right ")) for r in named)
+    plain = tables["brain"]
+    assert [r["voxels"] for r in plain] == [r["voxels"] for r in named]  # the same map
+    assert all(r["structure"] == "" and r["structure_name"] == "" for r in plain)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -20,7 +20,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
 from napari_medood.distributed import Shard
@@ -262,6 +265,18 @@ def read_case(case: Case, masks: str | os.PathLike | None = None):
     return volume, mask
 
 
+def case_labels(case: Case, masks: str | os.PathLike | None, result) -> np.ndarray | None:
+    """The case's mask file read again as labels on its map's grid (a parcellation given as
+    the mask names the findings' structures); None without a mask or a map."""
+    from napari_medood.io.cohort import find_mask
+    from napari_medood.preprocessing.masks import load_labels
+
+    mask_path = case.mask or (find_mask(masks, case.image) if masks else None)
+    if mask_path is None or result.anomaly_map is None:
+        return None
+    return load_labels(mask_path, result.anomaly_map.grid)
+
+
 def predict_case(case: Case, detector, masks: str | os.PathLike | None = None, cancelled=None):
     """Read a case's scan (and its mask) and run ``detector`` on it."""
     volume, mask = read_case(case, masks)
@@ -358,6 +373,7 @@ def write_case(
     record: dict | None,
     findings: bool = False,
     findings_threshold: float | None = None,
+    findings_parcellation: np.ndarray | None = None,
 ) -> list[Path]:
     """:func:`write_result` for one task, each file recorded as this run's (``record``:
     what wrote it), so a later run may redo it and never a file of the user's. With
@@ -365,23 +381,40 @@ def write_case(
     else the model's calibrated threshold, else 0.5)."""
     written = write_result(result, out_dir, image, (task,))
     if findings and written and task == "pixel":
-        written.append(write_findings(result, out_dir, image, findings_threshold))
+        written.append(
+            write_findings(result, out_dir, image, findings_threshold, findings_parcellation)
+        )
     for path in written:
         record_written(path, record or {})
     return written
 
 
-def write_findings(result, out_dir: Path, image, threshold: float | None = None) -> Path:
+def write_findings(
+    result, out_dir: Path, image, threshold: float | None = None, labels: np.ndarray | None = None
+) -> Path:
     """The table of findings of ``result``'s map as ``OUT/<name>.findings.csv``, atomically
-    (each row says the threshold and where it came from)."""
-    from napari_medood.detectors.findings import find_findings, findings_csv, table_threshold
+    (each row says the threshold and where it came from). ``labels``: the case's mask as
+    read (on the map's grid); when it is a parcellation, each row gives the structure it
+    lies in, named when the labels are DLMUSE's."""
+    from napari_medood.detectors.findings import (
+        find_findings,
+        findings_csv,
+        parcellation_kind,
+        table_threshold,
+    )
     from napari_medood.io.atomic import write_text_atomic
     from napari_medood.io.mood import findings_path
 
     at, source = table_threshold(result.extras, threshold)
     anomaly_map = result.anomaly_map
-    table = find_findings(anomaly_map.data, anomaly_map.affine, at)
-    return write_text_atomic(findings_path(out_dir, image), findings_csv(table, at, source))
+    is_parcellation, muse = (False, False) if labels is None else parcellation_kind(labels)
+    table = find_findings(
+        anomaly_map.data,
+        anomaly_map.affine,
+        at,
+        parcellation=labels if is_parcellation else None,
+    )
+    return write_text_atomic(findings_path(out_dir, image), findings_csv(table, at, source, muse))
 
 
 def predict_cases(
@@ -426,6 +459,7 @@ def predict_cases(
                     volume, mask = reader.take(index, cancelled)
                     result = detector.predict(volume, mask, cancelled=cancelled)
                     del volume, mask  # a read-ahead holds the next case: keep one in memory
+                    labels = case_labels(case, masks, result) if findings else None
                     notes = tuple(result.notes)
                     written = write_case(
                         result,
@@ -435,7 +469,9 @@ def predict_cases(
                         record,
                         findings,
                         findings_threshold,
+                        labels,
                     )
+                    del labels
                     if not written:
                         raise MedoodError(f"the {detector.name} detector returned no {NEEDS[task]}")
                     summary.written.append(case.name)

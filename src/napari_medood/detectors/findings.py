@@ -61,8 +61,9 @@ class Finding:
     centre_mm: tuple[float, float, float]
     structure: int | None = None
 
-    def row(self) -> dict:
-        """The finding as one CSV row (``COLUMNS``)."""
+    def row(self, muse: bool = False) -> dict:
+        """The finding as one CSV row (``COLUMNS``); ``muse``: its structure label is
+        DLMUSE's, so the row names it (another parcellation's numbers are not named)."""
         values = asdict(self)
         row = {key: values[key] for key in ("finding", "voxels")}
         row.update(volume_ml=f"{self.volume_ml:.4f}", peak=f"{self.peak:.4f}")
@@ -73,7 +74,9 @@ class Finding:
                 {f"{prefix}_{axis}_mm": f"{v:.1f}" for axis, v in zip("xyz", point, strict=True)}
             )
         row["structure"] = "" if self.structure is None else self.structure
-        row["structure_name"] = "" if self.structure is None else structure_name(self.structure)
+        row["structure_name"] = (
+            structure_name(self.structure) if muse and self.structure is not None else ""
+        )
         return row
 
 
@@ -164,15 +167,22 @@ def table_threshold(extras: dict, given: float | None = None) -> tuple[float, st
     return DEFAULT_THRESHOLD, "default"
 
 
-def findings_csv(findings: list[Finding], threshold: float, threshold_from: str) -> str:
+def findings_csv(
+    findings: list[Finding], threshold: float, threshold_from: str, muse: bool = False
+) -> str:
     """The table as CSV text with a header (``COLUMNS``), one row per finding; each row
-    also says the threshold and where it came from (given, calibrated, default)."""
+    also says the threshold and where it came from (given, calibrated, default), and, with
+    ``muse`` (a DLMUSE parcellation), the name of its structure."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for finding in findings:
         writer.writerow(
-            {**finding.row(), "threshold": f"{threshold:.4g}", "threshold_from": threshold_from}
+            {
+                **finding.row(muse),
+                "threshold": f"{threshold:.4g}",
+                "threshold_from": threshold_from,
+            }
         )
     return out.getvalue()
 
@@ -289,3 +299,26 @@ def structure_name(label: int) -> str:
     if label == 0:
         return "outside every structure"
     return MUSE_NAMES.get(label, f"label {label}")
+
+
+#: a parcellation has at least this many structures (a brain mask has one)
+MIN_PARCELLATION_LABELS = 4
+
+
+def parcellation_kind(labels: np.ndarray) -> tuple[bool, bool]:
+    """Is ``labels`` a parcellation (several structures, not a mask), and are its labels
+    DLMUSE's (ten or more, nearly all in the MUSE list: DLMUSE files also hold a label or
+    two outside it)? A FreeSurfer aseg, say, is a parcellation whose numbers mean other
+    structures: it is not named."""
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iub" or array.size == 0:
+        return False, False
+    top = int(array.max())
+    if top < MIN_PARCELLATION_LABELS or top > 65535 or int(array.min()) < 0:
+        return False, False
+    present = np.flatnonzero(np.bincount(array.ravel().astype(np.int64, copy=False)))
+    present = present[present > 0]
+    if present.size < MIN_PARCELLATION_LABELS:
+        return False, False
+    known = float(np.isin(present, list(MUSE_NAMES)).mean())
+    return True, bool(present.size >= 10 and known >= 0.9)

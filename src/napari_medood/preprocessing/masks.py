@@ -148,6 +148,16 @@ def align_to_grid(volume: Volume, grid: Grid, atol: float = 1e-3) -> Volume:
     return moved
 
 
+def load_labels(path: str | os.PathLike, grid: Grid) -> np.ndarray:
+    """Read a label file (a parcellation given as the mask, say) as integers on ``grid``."""
+    from napari_medood.io.readers import read_volume
+
+    aligned = align_to_grid(read_volume(path), grid)
+    check_mask(aligned.data, grid, path)
+    data = np.asarray(aligned.data)
+    return data if data.dtype.kind in "iub" else np.rint(data).astype(np.int32)
+
+
 def load_mask(path: str | os.PathLike, grid: Grid) -> np.ndarray:
     """Read a mask file (non-zero = inside) and return it as bool on ``grid``."""
     from napari_medood.io.readers import read_volume

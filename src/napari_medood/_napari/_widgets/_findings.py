@@ -37,8 +37,6 @@ ORDER_TEXTS = {"size": "largest first", "peak": "highest peak first"}
 HEADERS = ("#", "ml", "peak", "mean", "peak at (mm)", "structure")
 #: rows shown before the table scrolls
 VISIBLE_ROWS = 6
-#: a parcellation has at least this many structures (a brain mask has one)
-MIN_PARCELLATION_LABELS = 4
 
 
 def ras_text(point: Sequence[float]) -> str:
@@ -53,22 +51,12 @@ def ras_text(point: Sequence[float]) -> str:
 def parcellation_of(candidates: Sequence[Any]) -> tuple[np.ndarray | None, bool]:
     """The first of ``candidates`` (label arrays on the map's grid) that is a parcellation
     (several structures, not a brain mask), and whether its labels are DLMUSE's."""
-    from napari_medood.detectors.findings import MUSE_NAMES
+    from napari_medood.detectors.findings import parcellation_kind
 
     for data in candidates:
         array = np.asarray(data)
-        if array.dtype.kind not in "iub" or array.size == 0:
-            continue
-        top = int(array.max())
-        if top < MIN_PARCELLATION_LABELS or top > 65535:
-            continue
-        present = np.flatnonzero(np.bincount(array.ravel().astype(np.int64, copy=False)))
-        present = present[present > 0]
-        if present.size >= MIN_PARCELLATION_LABELS:
-            # DLMUSE's labels by their numbers: nearly all known (its files also hold a
-            # label or two outside the MUSE list)
-            known = float(np.isin(present, list(MUSE_NAMES)).mean())
-            muse = present.size >= 10 and known >= 0.9
+        is_parcellation, muse = parcellation_kind(array)
+        if is_parcellation:
             return array, muse
     return None, False
 
