@@ -612,11 +612,12 @@ def test_every_control_of_the_compare_panel_says_what_it_does(compare):
 
 @pytest.mark.gui
 def test_every_control_in_the_dock_says_what_it_does(make_napari_viewer):
-    """The Scan, Compare, Trust, Playground and Evaluate tabs of the MedOOD dock."""
+    """Every tab of the MedOOD dock: Scan, Detect, Compare, Trust, Playground, Evaluate."""
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "ixi_brain_t1")
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "MedOOD (all panels)")
-    for panel in (dock.inspector, dock.compare, dock.trust, dock.playground, dock.evaluate):
+    panels = (dock.inspector, dock.detect, dock.compare, dock.trust, dock.playground)
+    for panel in (*panels, dock.evaluate):
         assert controls_without_a_tooltip(panel) == [], panel.objectName()
 
 

@@ -174,6 +174,13 @@ class DetectWidget(CancellableRun, Panel):
         self.model_choice = ComboBox(label="Model", choices=self._model_choices())
         self.checkpoint_edit = FileEdit(label="Checkpoint", mode="d")
         self.checkpoint_edit.tooltip = "add a checkpoint folder (card.json + model.safetensors)"
+        self.checkpoint_edit.choose_btn.tooltip = (
+            "choose a checkpoint folder (card.json + model.safetensors) to add to the models"
+        )
+        self.image_combo.setToolTip("the scan to read (never an anomaly map)")
+        self.mask_combo.setToolTip(
+            "the scan's brain mask: only layers that lie on the scan in the world are offered"
+        )
         self.device_choice = ComboBox(label="Device", choices=self._device_choices())
         self.precision_choice = ComboBox(label="Precision", choices=PRECISIONS, value="auto")
         self.precision_choice.tooltip = (
