@@ -190,7 +190,7 @@ def test_widget_reports_bad_input_without_changing_anything(
     widget.size_spin.setValue(20.0)
     widget.random_button.click()
     wait_idle(qtbot, widget)
-    assert "the mask 'other mask' has shape (10, 10, 10)" in widget.last_error
+    assert "the brain mask 'other mask' cannot be read over" in widget.last_error
     # an unreadable lesion mask file is named, and the built-in shapes stay in use
     broken = tmp_path / "lesion.nii.gz"
     broken.write_bytes(b"not a mask")
@@ -396,7 +396,7 @@ def test_random_contrast_refuses_a_parcellation_on_another_grid(contrast_widget,
         parcellation.data.copy(), name="shifted labels", scale=scan.scale, translate=shifted
     )
     for layer, message in (
-        (small, "the parcellation 'small labels' has shape (10, 10, 10) but the scan"),
+        (small, "the parcellation 'small labels' is not on the grid of the scan"),
         (moved, "the parcellation 'shifted labels' is not on the grid of the scan"),
     ):
         widget.parcellation_combo.setCurrentIndex(widget.parcellation_combo.findData(layer))

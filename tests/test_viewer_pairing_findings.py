@@ -220,8 +220,8 @@ def test_warnings_are_shown_before_run(make_napari_viewer, qtbot, ms_t1):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Detect anomalies")
     widget.model_choice.value = "brain-t1-unet"
     qtbot.waitUntil(lambda: not widget.preflight_busy, timeout=60_000)
-    qtbot.waitUntil(lambda: widget.notes_label.isVisibleTo(widget), timeout=5_000)
-    text = widget.notes_label.text()
+    qtbot.waitUntil(lambda: widget.before_label.isVisibleTo(widget), timeout=5_000)
+    text = widget.before_label.text()
     assert text.startswith("Before you run:")
     assert "says FLAIR; brain-t1-unet was trained on T1w scans" in text
     assert "looks skull-stripped" in text  # no mask: its own brain is taken
@@ -229,8 +229,8 @@ def test_warnings_are_shown_before_run(make_napari_viewer, qtbot, ms_t1):
     # a whole head, no mask: the note says what the model will read instead
     [head] = viewer.open(SAMPLES / "ixi048_t1_2mm.nii.gz", plugin=PLUGIN)
     widget.image_combo.setCurrentIndex(widget.image_combo.findData(head))
-    qtbot.waitUntil(lambda: "no brain mask chosen" in widget.notes_label.text(), timeout=60_000)
-    assert "FLAIR" not in widget.notes_label.text()
+    qtbot.waitUntil(lambda: "no brain mask chosen" in widget.before_label.text(), timeout=60_000)
+    assert "FLAIR" not in widget.before_label.text()
 
 
 def clipped_children(panel) -> list[str]:
@@ -318,3 +318,38 @@ def test_no_number_is_clipped_in_the_all_panels_dock_at_two_screen_sizes(
             qtbot.wait(150)
             panel = dock.widget(index)
             assert clipped_children(panel) == [], (size, dock.tabText(index))
+
+
+def test_a_chosen_none_stays_chosen_as_layers_come_and_go(make_napari_viewer, qtbot):
+    """ "No mask" chosen by the user is a choice like a layer: a new layer (Evaluate's own
+    threshold layer, say) does not swap the brain mask in, nor clear the numbers."""
+    from napari.layers import Image
+
+    viewer = make_napari_viewer()
+    scan, mask = viewer.open_sample(PLUGIN, "ixi_brain_t1")
+    _, detect = viewer.window.add_plugin_dock_widget(PLUGIN, "Detect anomalies")
+    assert detect.mask_combo.current_layer() is mask
+    detect.mask_combo.setCurrentIndex(0)  # the user: no mask
+    viewer.add_labels(np.zeros(scan.data.shape, np.uint8), name="drawn", **_placement(scan))
+    assert detect.mask_combo.currentIndex() == 0 and detect.mask_combo.current_layer() is None
+    # Evaluate over all voxels keeps its numbers when its threshold layer is added
+    values = (np.asarray(scan.data, dtype=np.float32) / float(np.max(scan.data))).clip(0, 1)
+    made = Image(values, name="made-up anomaly map", **_placement(scan))
+    viewer.add_layer(made)
+    truth = viewer.add_labels(
+        (values > 0.6).astype(np.uint8), name="lesion truth", **_placement(scan)
+    )
+    _, evaluate = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate")
+    evaluate.map_combo.setCurrentIndex(evaluate.map_combo.findData(made))
+    assert evaluate.truth_combo.current_layer() is truth
+    evaluate.mask_combo.setCurrentIndex(0)  # all voxels
+    evaluate.run_button.click()
+    qtbot.waitUntil(lambda: evaluate.counts is not None, timeout=60_000)
+    evaluate.slider.setValue(evaluate.slider.value() + 10)  # its threshold layer is added
+    qtbot.waitUntil(lambda: evaluate._threshold_layer is not None, timeout=10_000)
+    assert evaluate.mask_combo.currentIndex() == 0
+    assert evaluate.counts is not None, evaluate.metrics_label.text()
+
+
+def _placement(layer) -> dict:
+    return {"scale": layer.scale, "translate": layer.translate}

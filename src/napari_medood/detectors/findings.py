@@ -112,12 +112,15 @@ def find_findings(
     peak_positions = ndimage.maximum_position(values, regions, keep)
     centres = ndimage.center_of_mass(above, regions, keep)
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    structures = (
+        None
+        if parcellation is None
+        else _structures_of(np.asarray(parcellation), regions, keep, peak_positions)
+    )
     found = []
     for n, label in enumerate(keep):
         peak_ijk = tuple(int(v) for v in peak_positions[n])
-        structure = None
-        if parcellation is not None:
-            structure = _structure_of(np.asarray(parcellation), regions, int(label), peak_ijk)
+        structure = None if structures is None else int(structures[n])
         found.append(
             Finding(
                 0,
@@ -138,17 +141,27 @@ def find_findings(
     return [replace(finding, finding=n + 1) for n, finding in enumerate(found)]
 
 
-def _structure_of(
-    parcellation: np.ndarray, regions: np.ndarray, label: int, peak_ijk: tuple[int, int, int]
-) -> int:
-    """The parcellation label at the region's peak, else the one most of its voxels carry
-    (0: the region lies outside every structure)."""
-    at_peak = int(parcellation[peak_ijk])
-    if at_peak:
-        return at_peak
-    labels = parcellation[regions == label].astype(np.int64).ravel()
-    labels = labels[labels > 0]
-    return int(np.bincount(labels).argmax()) if labels.size else 0
+def _structures_of(
+    parcellation: np.ndarray, regions: np.ndarray, keep: np.ndarray, peaks: list
+) -> np.ndarray:
+    """Each kept region's structure: the parcellation label at its peak, else the label
+    most of its voxels carry (0: outside every structure). One pass over the volume for
+    all regions, however many there are."""
+    at_peak = np.array([int(parcellation[tuple(peak)]) for peak in peaks], dtype=np.int64)
+    missing = keep[at_peak == 0]
+    if missing.size:
+        inside = (regions > 0) & (parcellation > 0)
+        pairs = regions[inside].astype(np.int64) * (int(parcellation.max()) + 1)
+        pairs += parcellation[inside].astype(np.int64)
+        values, counts = np.unique(pairs, return_counts=True)
+        region_of, label_of = np.divmod(values, int(parcellation.max()) + 1)
+        most: dict[int, tuple[int, int]] = {}
+        for region, label, count in zip(region_of, label_of, counts, strict=True):
+            if int(count) > most.get(int(region), (0, 0))[0]:
+                most[int(region)] = (int(count), int(label))
+        for n in np.flatnonzero(at_peak == 0):
+            at_peak[n] = most.get(int(keep[n]), (0, 0))[1]
+    return at_peak
 
 
 def _to_mm(affine: np.ndarray, ijk) -> tuple[float, float, float]:

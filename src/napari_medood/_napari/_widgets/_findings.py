@@ -38,6 +38,9 @@ ORDER_TEXTS = {"size": "largest first", "peak": "highest peak first"}
 HEADERS = ("#", "ml", "peak", "mean", "peak at (mm)", "structure")
 #: rows shown before the table scrolls
 VISIBLE_ROWS = 6
+#: the most rows the table holds (a noisy map at a low threshold has tens of thousands of
+#: specks: Qt would stall filling them; the summary counts them all)
+MAX_ROWS = 200
 
 
 def ras_text(point: Sequence[float]) -> str:
@@ -147,16 +150,17 @@ class FindingsTable(QWidget):
         """List ``findings`` (found above ``threshold``)."""
         from napari_medood.detectors.findings import structure_name
 
-        self.findings = list(findings)
+        total = sum(f.volume_ml for f in findings)
+        count = len(findings)
+        self.findings = list(findings[:MAX_ROWS])
         self.muse = muse
-        total = sum(f.volume_ml for f in self.findings)
-        count = len(self.findings)
         self.summary.setText(
             f"{count} finding{'s' if count != 1 else ''} above {threshold:.3f}: {total:.1f} ml"
+            + (f" (the first {MAX_ROWS} listed)" if count > MAX_ROWS else "")
             if count
             else f"Nothing above {threshold:.3f}."
         )
-        self.table.setRowCount(count)
+        self.table.setRowCount(len(self.findings))
         with_structure = any(f.structure is not None for f in self.findings)
         self.table.setColumnHidden(len(HEADERS) - 1, not with_structure)
         for row, finding in enumerate(self.findings):

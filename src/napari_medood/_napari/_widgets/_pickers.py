@@ -52,7 +52,7 @@ def pairing_problem(layer: Any, other: Any) -> str | None:
     """Why ``layer``'s voxels do not lie on ``other``'s in the world (None: they do)."""
     shape, other_shape = np.shape(layer.data), np.shape(other.data)
     if shape != other_shape:
-        return f"its shape {shape} is not the {other_shape} of '{other.name}'"
+        return f"it has shape {shape}, '{other.name}' has {other_shape}"
     if layer is other or _is_unplaced(layer) or _is_unplaced(other):
         return None
     ndim = len(shape)
@@ -84,7 +84,7 @@ def _corners(ndim: int) -> list[tuple[int, ...]]:
     return [tuple((n >> axis) & 1 for axis in range(ndim)) for n in range(2**ndim)]
 
 
-class PairingError(MedoodError):
+class PairingError(MedoodError, ValueError):
     """A layer chosen for another it does not lie on (a mask of another subject)."""
 
 
@@ -168,10 +168,21 @@ class LayerComboBox(QComboBox):
         other.currentIndexChanged.connect(self.follow_pairing)
 
     def follow_pairing(self, *args: Any) -> None:
-        """The layer to pair with changed: grey what no longer pairs, choose the default."""
-        self._chosen_by_user = False
+        """The layer to pair with changed: grey what no longer pairs, and choose the default
+        unless the user's own choice (none, or a layer that still pairs) still holds."""
+        current = self.current_layer()
+        holds = self._chosen_by_user and (
+            self._none_chosen() or (current is not None and self.problem_of(current) is None)
+        )
+        if not holds:
+            self._chosen_by_user = False
         self.refresh()
-        self.choose_default()
+        if not holds:
+            self.choose_default()
+
+    def _none_chosen(self) -> bool:
+        """The "no layer" item is the current choice."""
+        return self._none_label is not None and self.currentIndex() == 0
 
     def problem_of(self, layer: Any) -> str | None:
         """Why ``layer`` cannot be chosen here (None: it can)."""
@@ -205,10 +216,13 @@ class LayerComboBox(QComboBox):
         if not self._choosing:
             self._chosen_by_user = True
 
-    def default_layer(self) -> Any | None:
-        """The layer this picker would choose: the newest with the best role that fits."""
+    def default_layer(self, problems: dict[int, str | None] | None = None) -> Any | None:
+        """The layer this picker would choose: the newest with the best role that fits
+        (``problems``: each layer's :meth:`problem_of` by ``id``, when already known)."""
         layers = self.layers()
-        fits = [layer for layer in layers if self.problem_of(layer) is None]
+        if problems is None:
+            problems = {id(layer): self.problem_of(layer) for layer in layers}
+        fits = [layer for layer in layers if problems.get(id(layer)) is None]
         for role in self._roles:
             matching = [layer for layer in fits if role_of(layer) == role]
             if matching:
@@ -236,14 +250,17 @@ class LayerComboBox(QComboBox):
     def refresh(self, event: Any = None) -> None:
         current = self.current_layer()
         layers = self.layers()
+        # the user's "no layer" is kept like a layer they chose
+        keep_none = self._chosen_by_user and self._none_chosen() and current is None
         self.blockSignals(True)
         previous = self.currentData()
         self.clear()
         if self._none_label is not None:
             self.addItem(self._none_label, None)
+        problems: dict[int, str | None] = {}
         unpaired = set()
         for layer in layers:
-            problem = self.problem_of(layer)
+            problem = problems[id(layer)] = self.problem_of(layer)
             index = self.count()
             if problem is None:
                 self.addItem(layer.name, layer)
@@ -258,10 +275,11 @@ class LayerComboBox(QComboBox):
             # napari's event emitters hold bound methods weakly: no leak either way
             layer.events.name.connect(self.refresh)
         usable = current in layers and id(current) not in unpaired
-        keep = usable and (self._chosen_by_user or current is self.default_layer())
-        if not usable:
+        default = self.default_layer(problems)
+        keep = usable and (self._chosen_by_user or current is default)
+        if not usable and not keep_none:
             self._chosen_by_user = False
-        target = current if keep else self.default_layer()
+        target = None if keep_none else (current if keep else default)
         index = self.findData(target) if target is not None else (0 if self._none_label else -1)
         self.setCurrentIndex(index)
         self.blockSignals(False)

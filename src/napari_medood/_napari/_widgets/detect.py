@@ -20,6 +20,7 @@ says whose map it is), and removing the map clears its volume, score, colour bar
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,9 +210,13 @@ class DetectWidget(CancellableRun, Panel):
             self.overlap_spin,
         )
         self.card_label = wrapping_label()
-        self.notes_label = wrapping_label()
+        self.notes_label = wrapping_label()  # the shown result's notes
         self.notes_label.setStyleSheet("color: #ffb347;")
         self.notes_label.hide()
+        # what the scan check says of the scan, mask and model chosen now, before Run
+        self.before_label = wrapping_label()
+        self.before_label.setStyleSheet("color: #ffb347;")
+        self.before_label.hide()
         self.replace_check = QCheckBox("replace this scan's result from this model", checked=True)
         self.gate_check = QCheckBox(
             "trust gate first: is the scan like the training data?", checked=True
@@ -281,6 +286,7 @@ class DetectWidget(CancellableRun, Panel):
         layout.addLayout(form)
         layout.addWidget(self.card_label)
         layout.addWidget(self.gate_check)
+        layout.addWidget(self.before_label)
         layout.addWidget(self.replace_check)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
@@ -450,12 +456,13 @@ class DetectWidget(CancellableRun, Panel):
             "name": f"{source.name} anomaly ({self.model_choice.value})",
             "source_layer": source.name,
             "source_id": str(source.unique_id),
-            "threshold": self.threshold,
+            "threshold": self._run_threshold(),
             # the findings are named from a parcellation on the scan, when there is one
             "parcellations": [layer.data for layer in self._parcellation_layers(source)],
         }
         self._source = source
         self._model = job["model"]
+        self._run_key = self._choice_key()
         self.notes = ()
         self.trust_view.hide()
         self.trust_report = None
@@ -491,6 +498,8 @@ class DetectWidget(CancellableRun, Panel):
         trust = result.extras.get("trust")
         # the gate's verdict has its own place above; the list holds the other notes
         listed = [n for n in self.notes if trust is None or n != trust.verdict()]
+        if getattr(self, "_before_key", None) == getattr(self, "_run_key", ()):
+            self.before_label.hide()  # the result's notes below say it again
         if listed:
             self.notes_label.setText(
                 "Before you read this result:\n" + "\n".join(f"\u2022 {n}" for n in listed)
@@ -499,14 +508,15 @@ class DetectWidget(CancellableRun, Panel):
         else:
             self.notes_label.hide()
         if self.notes:
-            show_warning(f"Detect anomalies ({outcome.detector_name}): " + " ".join(self.notes))
+            show_warning(f"Detect anomalies ({outcome.detector_name}): " + "; ".join(self.notes))
         source = self._source
         self.status.setText(outcome.score_text)
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)
         if outcome.map_layer is None or source not in self.viewer.layers:
             if self.replace_check.isChecked():
-                self.remove_results(source, self._model)
+                with self._replacing():
+                    self.remove_results(source, self._model)
             self.map_layer = None
             self.slider.setEnabled(False)
             self.findings_table.clear(f"{outcome.detector_name} gives no map: no findings.")
@@ -539,7 +549,8 @@ class DetectWidget(CancellableRun, Panel):
             self.threshold_layer = threshold[0] if threshold else None
         else:
             if previous is not None:
-                self.viewer.layers.remove(previous)
+                with self._replacing():
+                    self.viewer.layers.remove(previous)
             self.viewer.layers.append(layer)
             self.map_layer = layer
             self.threshold_layer = None
@@ -548,10 +559,16 @@ class DetectWidget(CancellableRun, Panel):
         self._parcellation = (outcome.parcellation, outcome.muse)
         calibration = self.map_layer.metadata.get(DETECTION_KEY, {}).get("calibration") or {}
         if calibration.get("voxel_threshold") is not None and not self._slider_by_user:
-            # a new map is read at its own calibration (unless the user set a threshold)
-            self._set_slider(float(calibration["voxel_threshold"]))
-        else:
-            self.threshold_label.setText(self._threshold_text(self._shown_ml()))
+            # a new map is read at its own calibration (unless the user set a threshold);
+            # the flagged voxels and findings come next, from the worker when they were
+            # computed at this threshold (the run asked for it), so no signal here
+            self.slider.blockSignals(True)
+            try:
+                self._set_slider(float(calibration["voxel_threshold"]))
+            finally:
+                self.slider.blockSignals(False)
+            self.colour_bar.set_marker(self.threshold)
+        self.threshold_label.setText(self._threshold_text(self._shown_ml()))
 
     def _place_extras(self, outcome: DetectionOutcome, source: Any) -> None:
         """The detector's other maps (a diffusion model's reconstructions, their mean and
@@ -608,9 +625,11 @@ class DetectWidget(CancellableRun, Panel):
         if role_of(layer) == ANOMALY_MAP:
             remove_derived(self.viewer, layer)
         if layer is self.map_layer:
-            # its numbers go with it: nothing on the panel may describe a map not shown
             self.map_layer = None
             self.threshold_layer = None
+            if getattr(self, "_replacing_now", False):
+                return  # a new result takes its place: the panel shows that one
+            # its numbers go with it: nothing on the panel may describe a map not shown
             self._flagged_ml = None
             self._findings_generation += 1  # a table being computed is dropped
             self.slider.setEnabled(False)
@@ -635,6 +654,23 @@ class DetectWidget(CancellableRun, Panel):
         go_to_voxel(self.viewer, self.map_layer, finding.peak_ijk)
         self.map_layer.visible = True
 
+    @contextlib.contextmanager
+    def _replacing(self):
+        """The panel removes its own earlier result to show a new one."""
+        self._replacing_now = True
+        try:
+            yield
+        finally:
+            self._replacing_now = False
+
+    def _run_threshold(self) -> float:
+        """The threshold a run reads its map at: the slider's when the user set it, else
+        the chosen model's calibrated one (where the slider goes when the map arrives)."""
+        calibration = self.calibrated or {}
+        if not self._slider_by_user and calibration.get("voxel_threshold") is not None:
+            return round(float(calibration["voxel_threshold"]) * SLIDER_STEPS) / SLIDER_STEPS
+        return self.threshold
+
     def _shown_map(self) -> Any | None:
         layer = self.map_layer
         return layer if layer is not None and layer in self.viewer.layers else None
@@ -656,7 +692,7 @@ class DetectWidget(CancellableRun, Panel):
         threshold); the worker keeps the first with several structures."""
         from napari.layers import Labels
 
-        from napari_medood._napari._roles import BRAIN_MASK
+        from napari_medood._napari._roles import BRAIN_MASK, GROUND_TRUTH, ROLE_KEY
 
         chosen = self.mask_combo.current_layer()
         others = [
@@ -664,10 +700,16 @@ class DetectWidget(CancellableRun, Panel):
             for layer in self.viewer.layers
             if isinstance(layer, Labels)
             and layer is not chosen
-            and role_of(layer) == BRAIN_MASK
+            # a recorded ground truth or a threshold is not an atlas; a layer whose name
+            # only suggests ground truth (a "_seg" file) may be one: the worker decides
+            and layer.metadata.get(ROLE_KEY) != GROUND_TRUTH
+            and role_of(layer) not in (THRESHOLD, BY_PRODUCT)
             and pairing_problem(layer, source) is None
         ]
-        return ([chosen] if chosen is not None else []) + others[::-1]
+        # newest first, brain-mask layers (a DLMUSE) before the others
+        others.reverse()
+        others.sort(key=lambda layer: role_of(layer) != BRAIN_MASK)  # a stable sort
+        return ([chosen] if chosen is not None else []) + others
 
     # ----------------------------------------------------------------------- threshold
     @property
@@ -720,7 +762,11 @@ class DetectWidget(CancellableRun, Panel):
 
     @staticmethod
     def _millilitres(flagged: np.ndarray, layer: Any) -> float:
-        return float(np.count_nonzero(flagged)) * float(np.prod(np.abs(layer.scale))) / 1000
+        from napari_medood._napari._widgets._pickers import world_matrix
+
+        # the whole placement: a sheared scan is placed by its affine with a scale of 1
+        voxel = abs(float(np.linalg.det(world_matrix(layer)[:3, :3])))
+        return float(np.count_nonzero(flagged)) * voxel / 1000
 
     def _threshold_changed(self, value: int) -> None:
         """Moving the slider makes (or updates) the Labels layer of the flagged voxels, and
@@ -783,11 +829,12 @@ class DetectWidget(CancellableRun, Panel):
             "generation": self._findings_generation,
             "layer": layer,
         }
+        generation = self._findings_generation
         self._findings_worker = quiet_worker(
             findings_job,
             job,
             self._findings_ready,
-            self._findings_failed,
+            lambda exc: self._findings_failed(exc, generation),
             self._findings_done,
             parent=self,
         )
@@ -800,8 +847,9 @@ class DetectWidget(CancellableRun, Panel):
             return  # the slider, the order or the map changed since: a newer table follows
         self.findings_table.show_findings(found["findings"], found["threshold"], found["muse"])
 
-    def _findings_failed(self, exc: BaseException) -> None:
-        self.findings_table.clear(f"Could not list the findings: {exc}")
+    def _findings_failed(self, exc: BaseException, generation: int) -> None:
+        if generation == self._findings_generation and self._shown_map() is not None:
+            self.findings_table.clear(f"Could not list the findings: {exc}")
 
     # ----------------------------------------------------------------- before the run
     def _schedule_preflight(self) -> None:
@@ -821,16 +869,18 @@ class DetectWidget(CancellableRun, Panel):
         if self._preflight_worker is not None:
             self._preflight_timer.start()
             return
+        generation, key = self._preflight_generation, self._choice_key()
         job = {
             **scan_job(source, self.mask_combo.current_layer()),
             "model": self.model_choice.value,
-            "generation": self._preflight_generation,
+            "generation": generation,
+            "key": key,
         }
         self._preflight_worker = quiet_worker(
             preflight_job,
             job,
             self._preflight_ready,
-            self._preflight_failed,
+            lambda exc: self._preflight_failed(exc, generation, key),
             self._preflight_done,
             parent=self,
         )
@@ -844,28 +894,41 @@ class DetectWidget(CancellableRun, Panel):
 
     def _preflight_ready(self, checked: dict) -> None:
         if checked["generation"] == self._preflight_generation:
-            self._show_before_notes(tuple(checked["notes"]))
+            self._show_before_notes(tuple(checked["notes"]), checked.get("key"))
 
-    def _preflight_failed(self, exc: BaseException) -> None:
-        self._show_before_notes((f"this scan cannot be run: {exc}",))
+    def _preflight_failed(self, exc: BaseException, generation: int, key: tuple) -> None:
+        if generation == self._preflight_generation:  # not a check of earlier choices
+            self._show_before_notes((f"this scan cannot be run: {exc}",), key)
 
-    def _show_before_notes(self, notes: tuple[str, ...]) -> None:
-        """The scan check's notes, until a run shows its own."""
+    def _show_before_notes(self, notes: tuple[str, ...], key: tuple | None = None) -> None:
+        """The scan check's notes on the scan, mask and model chosen now (``key``), above
+        Run; the shown result keeps its own notes below."""
         self.before_notes = notes
-        if self.busy:
-            return  # the run's notes will replace them
+        self._before_key = key
         if notes:
-            self.notes_label.setText(
+            self.before_label.setText(
                 "Before you run:\n" + "\n".join(f"\u2022 {note}" for note in notes)
             )
-            self.notes_label.show()
+            self.before_label.show()
         else:
-            self.notes_label.hide()
+            self.before_label.hide()
+
+    def _choice_key(self) -> tuple:
+        """What a scan check or a run is made for: the scan, the mask and the model."""
+        source = self.image_combo.current_layer()
+        mask = self.mask_combo.current_layer()
+        return (
+            None if source is None else str(source.unique_id),
+            None if mask is None else str(mask.unique_id),
+            self.model_choice.value,
+        )
 
     def _doubt_the_gate(self) -> None:
         """A gate that finds the scan in distribution is not shown green while the scan
         check already disagrees with the model's card (another contrast, say)."""
         report = self.trust_report
+        if getattr(self, "_before_key", None) != getattr(self, "_run_key", ()):
+            return  # the notes were made for another scan, mask or model
         doubts = [n for n in self.before_notes if not n.startswith("no brain mask chosen")]
         if report is None or not report.in_distribution or not doubts:
             return
@@ -892,7 +955,7 @@ def preflight_job(job: dict, progress=None, cancelled=None) -> dict:
     _, kind, notes = scan_preamble(volume, mask, card)
     if mask is None and kind == MASK_FOREGROUND:
         notes.insert(0, NO_MASK_NOTE)
-    return {"notes": notes, "generation": job["generation"]}
+    return {"notes": notes, "generation": job["generation"], "key": job.get("key")}
 
 
 #: a detector's extra maps (``extras["maps"]``) as layers: name, role, colormap

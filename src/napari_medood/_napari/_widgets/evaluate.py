@@ -38,7 +38,7 @@ from napari_medood._napari._roles import (
     with_role,
 )
 from napari_medood._napari._widgets._panel import Panel, wrapping_label
-from napari_medood._napari._widgets._pickers import LayerComboBox, not_a_map
+from napari_medood._napari._widgets._pickers import LayerComboBox, check_pairing, not_a_map
 from napari_medood._napari._widgets._runs import CancellableRun
 from napari_medood._napari._widgets._viewer import show_labels
 from napari_medood._progress import check_cancelled, report
@@ -329,18 +329,10 @@ class EvaluateWidget(CancellableRun, Panel):
                 raise ValueError(
                     "choose an anomaly map (Image layer) and its ground truth (Labels layer)"
                 )
-            shape, truth_shape = np.shape(map_layer.data), np.shape(truth_layer.data)
-            if shape != truth_shape:
-                raise ValueError(
-                    f"the map '{map_layer.name}' has shape {shape} but "
-                    f"the ground truth '{truth_layer.name}' has {truth_shape}"
-                )
+            # by place, not shape alone: a pairing forced past the greyed item is refused
+            check_pairing(truth_layer, map_layer, "ground truth")
             mask_layer = self.mask_combo.current_layer()
-            mask_shape = None if mask_layer is None else np.shape(mask_layer.data)
-            if mask_shape is not None and mask_shape != shape:
-                raise ValueError(
-                    f"the mask '{mask_layer.name}' has shape {mask_shape}, the map {shape}"
-                )
+            check_pairing(mask_layer, map_layer, "brain mask")
         except ValueError as exc:
             self._fail(exc)
             return

@@ -51,7 +51,13 @@ from napari_medood._napari._roles import (
     with_role,
 )
 from napari_medood._napari._widgets._panel import Panel
-from napari_medood._napari._widgets._pickers import LayerComboBox, scan_and_mask_pickers
+from napari_medood._napari._widgets._pickers import (
+    LayerComboBox,
+    check_pairing,
+    pairing_problem,
+    scan_and_mask_pickers,
+    world_matrix,
+)
 from napari_medood._napari._widgets._runs import CancellableRun
 from napari_medood._napari._widgets._viewer import go_to_voxel, placement_of, unwrap
 from napari_medood._progress import check_cancelled, report
@@ -189,34 +195,25 @@ class ParcellationComboBox(LayerComboBox):
             self._label_counts = {k: v for k, v in self._label_counts.items() if k in alive}
         return [layer for layer in layers if is_parcellation(layer, self._label_count)]
 
-    def default_layer(self) -> Any | None:
-        fits = [layer for layer in self.layers() if self.problem_of(layer) is None]
+    def default_layer(self, problems: dict[int, str | None] | None = None) -> Any | None:
+        layers = self.layers()
+        if problems is None:
+            problems = {id(layer): self.problem_of(layer) for layer in layers}
+        fits = [layer for layer in layers if problems.get(id(layer)) is None]
         named = [layer for layer in fits if _PARCELLATION_NAME.search(layer.name)]
         return (named or fits or [None])[-1]
 
 
-def world_matrix(layer: Any) -> np.ndarray:
-    """The 4x4 data-to-world matrix napari draws ``layer`` with."""
-    return _layer_world_affine(placement_of(layer), ndim=3)
-
-
 def check_same_grid(parcellation: Any, source: Any) -> None:
-    """Raise ValueError unless ``parcellation`` lies voxel for voxel on ``source``'s grid."""
-    shape, wanted = np.shape(parcellation.data), np.shape(source.data)
-    if shape != wanted:
-        raise ValueError(
-            f"the parcellation '{parcellation.name}' has shape {shape} but the scan "
-            f"'{source.name}' has {wanted}: pick the parcellation made for this scan"
-        )
+    """Raise ValueError unless ``parcellation`` lies voxel for voxel on ``source``'s grid
+    (the pickers' rule, :func:`pairing_problem`)."""
     if parcellation.ndim != 3:
         raise ValueError(f"the parcellation '{parcellation.name}' is not 3D")
-    spacing = np.abs(np.asarray(source.scale, dtype=float))
-    tolerance = 0.01 * float(spacing.min()) if spacing.size else 1e-3  # 1% of a voxel
-    if not np.allclose(world_matrix(parcellation), world_matrix(source), rtol=0, atol=tolerance):
+    problem = pairing_problem(parcellation, source)
+    if problem is not None:
         raise ValueError(
             f"the parcellation '{parcellation.name}' is not on the grid of the scan "
-            f"'{source.name}' (same shape, but its voxels lie elsewhere in the world): pick "
-            "the parcellation made for this scan"
+            f"'{source.name}' ({problem}): pick the parcellation made for this scan"
         )
 
 
@@ -585,13 +582,8 @@ class PlaygroundWidget(CancellableRun, Panel):
             return self.session
         mask = None
         if mask_layer is not None:
+            check_pairing(mask_layer, source, "brain mask")  # by place, not shape alone
             mask = np.asarray(mask_layer.data)
-            if mask.shape != source.data.shape:
-                raise ValueError(
-                    f"the mask '{mask_layer.name}' has shape {mask.shape} but the "
-                    f"scan '{source.name}' has {source.data.shape}: pick the mask "
-                    "made for this scan"
-                )
         from_reader = (
             METADATA_KEY in source.metadata
             and source.rotate is not None
