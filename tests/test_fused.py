@@ -226,7 +226,8 @@ def test_the_compare_panel_sets_brain_any_against_a_baseline(make_napari_viewer,
     widget.run_button.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=180_000)
     assert widget.last_error is None, widget.last_error
-    [shown] = [layer for layer in viewer.layers if layer.name == "brain-any map"]
+    # its layers name the scan first
+    [shown] = [layer for layer in viewer.layers if layer.name == f"{scan.name} brain-any map"]
     # the fused model's own map of the scan, as napari shows the scan
     from napari_medood.io import read_volume
     from napari_medood.preprocessing.masks import load_mask

@@ -213,8 +213,8 @@ def test_switching_the_model_leaves_the_map_its_own_threshold(make_napari_viewer
 
 def test_warnings_are_shown_before_run(make_napari_viewer, qtbot, ms_t1):
     """A FLAIR scan for a T1 model, and a whole head without a mask, are named as soon as
-    they are chosen: before Run."""
-    viewer = make_napari_viewer()
+    they are chosen: before Run (the check runs while the panel is shown)."""
+    viewer = make_napari_viewer(show=True)
     flair_path = ms_t1.parent / ms_t1.name.replace("T1_", "FLAIR_")
     [flair] = viewer.open(flair_path, plugin=PLUGIN)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Detect anomalies")

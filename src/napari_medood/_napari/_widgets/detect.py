@@ -853,9 +853,17 @@ class DetectWidget(CancellableRun, Panel):
 
     # ----------------------------------------------------------------- before the run
     def _schedule_preflight(self) -> None:
+        """Check the choices again once they rest, while the panel is shown (a hidden tab
+        is checked when it is shown: :meth:`showEvent`)."""
         if hasattr(self, "_preflight_timer"):
-            self._preflight_generation += 1
-            self._preflight_timer.start()
+            self._preflight_generation += 1  # a check under way is of earlier choices
+            if self.isVisible():
+                self._preflight_timer.start()
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if getattr(self, "_before_key", None) != self._choice_key():
+            self._schedule_preflight()
 
     def _preflight(self) -> None:
         """Check the chosen scan and mask against the chosen model's card, off the GUI
