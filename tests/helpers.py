@@ -121,3 +121,24 @@ def medood_train_under_torchrun(method: str, settings: list[str], processes: int
         timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def controls_without_a_tooltip(panel) -> list[str]:
+    """Every button, slider, spin box, check box and combo box under ``panel`` that has no
+    tooltip, by its text or class."""
+    from qtpy.QtWidgets import (
+        QAbstractButton,
+        QAbstractSlider,
+        QAbstractSpinBox,
+        QComboBox,
+        QScrollBar,
+    )
+
+    kinds = (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox)
+    return [
+        getattr(control, "text", lambda: "")() or type(control).__name__
+        for kind in kinds
+        for control in panel.findChildren(kind)
+        # the panel's own scroll bars are Qt's, not actions of the panel
+        if not isinstance(control, QScrollBar) and not control.toolTip().strip()
+    ]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import sha256
+from helpers import controls_without_a_tooltip
 from napari_medood.errors import Cancelled, MedoodError
 from napari_medood.evaluation.compare import (
     A_ONLY,
@@ -581,27 +582,6 @@ def test_the_dock_has_a_compare_tab(make_napari_viewer):
     tabs = [dock.tabText(i) for i in range(dock.count())]
     assert "Compare" in tabs
     assert isinstance(dock.widget(tabs.index("Compare")), CompareWidget)
-
-
-def controls_without_a_tooltip(panel) -> list[str]:
-    """Every button, slider, spin box, check box and combo box under ``panel`` that has no
-    tooltip, by its text or class."""
-    from qtpy.QtWidgets import (
-        QAbstractButton,
-        QAbstractSlider,
-        QAbstractSpinBox,
-        QComboBox,
-        QScrollBar,
-    )
-
-    kinds = (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox)
-    return [
-        getattr(control, "text", lambda: "")() or type(control).__name__
-        for kind in kinds
-        for control in panel.findChildren(kind)
-        # the panel's own scroll bars are Qt's, not actions of the panel
-        if not isinstance(control, QScrollBar) and not control.toolTip().strip()
-    ]
 
 
 @pytest.mark.gui

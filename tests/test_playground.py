@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from helpers import controls_without_a_tooltip
 from napari_medood.errors import GridMismatchError, PreprocessingError
 from napari_medood.io import read_volume
 from napari_medood.synth.playground import AnomalySettings, Playground
@@ -450,25 +451,6 @@ def test_random_contrast_shows_the_segmenters_implanted_lesions(contrast_widget,
 
 
 # ------------------------------------------------------- what the panel offers and starts at
-def controls_without_a_tooltip(panel) -> list[str]:
-    """Every button, slider, spin box, check box and combo box under ``panel`` that has no
-    tooltip, by its text or class."""
-    from qtpy.QtWidgets import (
-        QAbstractButton,
-        QAbstractSlider,
-        QAbstractSpinBox,
-        QComboBox,
-        QScrollBar,
-    )
-
-    kinds = (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox)
-    return [
-        getattr(control, "text", lambda: "")() or type(control).__name__
-        for kind in kinds
-        for control in panel.findChildren(kind)
-        # the panel's own scroll bars are Qt's, not actions of the panel
-        if not isinstance(control, QScrollBar) and not control.toolTip().strip()
-    ]
 
 
 @pytest.mark.gui

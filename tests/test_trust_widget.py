@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import shared
+from helpers import controls_without_a_tooltip
 
 pytestmark = pytest.mark.gui
 PLUGIN = "napari-medood"
@@ -115,27 +116,6 @@ def test_the_trust_panel_checks_any_layer_and_moves_its_threshold(make_napari_vi
     widget.run_button.click()
     wait(qtbot, widget)
     assert widget.last_report.head == "mds"
-
-
-def controls_without_a_tooltip(panel) -> list[str]:
-    """Every button, slider, spin box, check box and combo box under ``panel`` that has no
-    tooltip, by its text or class."""
-    from qtpy.QtWidgets import (
-        QAbstractButton,
-        QAbstractSlider,
-        QAbstractSpinBox,
-        QComboBox,
-        QScrollBar,
-    )
-
-    kinds = (QAbstractButton, QAbstractSlider, QAbstractSpinBox, QComboBox)
-    return [
-        getattr(control, "text", lambda: "")() or type(control).__name__
-        for kind in kinds
-        for control in panel.findChildren(kind)
-        # the panel's own scroll bars are Qt's, not actions of the panel
-        if not isinstance(control, QScrollBar) and not control.toolTip().strip()
-    ]
 
 
 def test_the_trust_panel_starts_at_the_default_detectors_gate(make_napari_viewer):

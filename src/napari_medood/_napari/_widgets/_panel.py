@@ -83,3 +83,12 @@ def wrapping_label(text: str = "") -> QLabel:
     label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
+
+
+def show_notes(label: QLabel, title: str, notes) -> None:
+    """``title`` over ``notes`` as bullets, one per line (so that notes never run together)
+    in ``label``; the label is hidden when there are none."""
+    notes = list(notes)
+    if notes:
+        label.setText(title + "\n" + "\n".join(f"\u2022 {note}" for note in notes))
+    label.setVisible(bool(notes))

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medood._napari._roles import ANOMALY_MAP, BY_PRODUCT, THRESHOLD, with_role
-from napari_medood._napari._widgets._panel import Panel, wrapping_label
+from napari_medood._napari._widgets._panel import Panel, show_notes, wrapping_label
 from napari_medood._napari._widgets._pickers import scan_and_mask_pickers
 from napari_medood._napari._widgets._runs import CancellableRun, job_volume, scan_job
 
@@ -308,10 +308,7 @@ class CompareWidget(CancellableRun, Panel):
         )
         self.legend.show()
         if self.notes:
-            self.notes_label.setText(
-                "Before you read this result:\n" + "\n".join(f"\u2022 {n}" for n in self.notes)
-            )
-            self.notes_label.show()
+            show_notes(self.notes_label, "Before you read this result:", self.notes)
         source = self._source
         if source not in self.viewer.layers:  # the scan went away during the run
             return

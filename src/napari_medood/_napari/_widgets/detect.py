@@ -46,7 +46,7 @@ from napari_medood._napari._roles import (
     with_role,
 )
 from napari_medood._napari._widgets._findings import FindingsTable
-from napari_medood._napari._widgets._panel import Panel, wrapping_label
+from napari_medood._napari._widgets._panel import Panel, show_notes, wrapping_label
 from napari_medood._napari._widgets._pickers import pairing_problem, scan_and_mask_pickers
 from napari_medood._napari._widgets._runs import (
     CancellableRun,
@@ -500,13 +500,7 @@ class DetectWidget(CancellableRun, Panel):
         listed = [n for n in self.notes if trust is None or n != trust.verdict()]
         if getattr(self, "_before_key", None) == getattr(self, "_run_key", ()):
             self.before_label.hide()  # the result's notes below say it again
-        if listed:
-            self.notes_label.setText(
-                "Before you read this result:\n" + "\n".join(f"\u2022 {n}" for n in listed)
-            )
-            self.notes_label.show()
-        else:
-            self.notes_label.hide()
+        show_notes(self.notes_label, "Before you read this result:", listed)
         if self.notes:
             show_warning(f"Detect anomalies ({outcome.detector_name}): " + "; ".join(self.notes))
         source = self._source
@@ -913,13 +907,7 @@ class DetectWidget(CancellableRun, Panel):
         Run; the shown result keeps its own notes below."""
         self.before_notes = notes
         self._before_key = key
-        if notes:
-            self.before_label.setText(
-                "Before you run:\n" + "\n".join(f"\u2022 {note}" for note in notes)
-            )
-            self.before_label.show()
-        else:
-            self.before_label.hide()
+        show_notes(self.before_label, "Before you run:", notes)
 
     def _choice_key(self) -> tuple:
         """What a scan check or a run is made for: the scan, the mask and the model."""
