@@ -30,9 +30,22 @@ from napari_medood.errors import MedoodError, look_up_option
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
+#: ``0`` or ``1``: what ``precision=auto`` takes this CPU to compute, whatever it does (float32
+#: or bfloat16); for proving results on the other kind of CPU, and for a CPU whose bfloat16
+#: kernels misbehave
+BFLOAT16_OVERRIDE = "MEDOOD_CPU_BFLOAT16"
+
+
 def cpu_has_bfloat16() -> bool:
-    """True when this CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
+    """True when this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), or when
+    ``MEDOOD_CPU_BFLOAT16=1`` says to take it so (``0``: never)."""
     import torch
+
+    forced = os.environ.get(BFLOAT16_OVERRIDE, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise MedoodError(f"{BFLOAT16_OVERRIDE} must be 0 or 1, not {forced!r}")
 
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     if probe is not None:

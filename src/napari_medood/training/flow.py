@@ -371,6 +371,7 @@ def train_flow(
         weight_decay=config.weight_decay,
         grad_clip=config.grad_clip,
         seed=config.seed,
+        clock=run.budget.clock,
     )
     crossfit = config.reference is None and config.reference_folds >= 2
     subjects = len(np.unique(train.subject_of(np.arange(len(train)))))
