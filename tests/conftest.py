@@ -1,6 +1,18 @@
-"""Shared fixtures: paths into ../shared/data (real public scans) and small helpers.
+"""Shared fixtures: paths into ../shared/data (real public scans), the test tiers and small
+helpers.
 
 Tests that need the shared data skip with a reason when it is absent; CI always has it.
+
+Two tiers. ``pytest`` runs the fast tier: every test not marked ``slow`` (a test that trains
+a network for real, runs a full-size shipped model or waits out a real time budget is
+``slow``). ``pytest -m slow`` runs the slow tier; CI runs both. A test named on the command
+line by its node id (``tests/test_zoo.py::test_x``) runs whatever its tier. Each test has a
+time limit (pytest-timeout): ``FAST_LIMIT_S`` in the fast tier, so that heavy work cannot creep
+back into it unnoticed, ``SLOW_LIMIT_S`` in the slow one; a ``timeout`` mark of its own, or
+``--timeout`` on the command line, wins.
+
+``MEDOOD_CPU_BFLOAT16=0`` (or ``1``) makes ``precision=auto`` take float32 (or bfloat16)
+whatever this CPU computes: run both tiers both ways to prove a test holds on every CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +37,32 @@ IXI_SUBJECT = "IXI048-HH-1326"
 _NAPARI_CONFIG_DIR = tempfile.mkdtemp(prefix="medood-test-napari-config-")
 atexit.register(shutil.rmtree, _NAPARI_CONFIG_DIR, ignore_errors=True)
 os.environ["NAPARI_CONFIG"] = os.path.join(_NAPARI_CONFIG_DIR, "settings.yaml")
+
+
+#: seconds a fast-tier test may take on the 2-core machine (under load), and a slow one
+FAST_LIMIT_S = 60
+SLOW_LIMIT_S = 900
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier by default: slow tests are deselected unless ``-m`` chooses the tiers or
+    the test is named by its node id; every test gets its tier's time limit."""
+    named = {arg.split("[")[0] for arg in config.args if "::" in arg}
+    if not config.option.markexpr:
+        kept, dropped = [], []
+        for item in items:
+            slow = item.get_closest_marker("slow") is not None
+            by_name = any(item.nodeid.split("[")[0].endswith(n.split("tests/")[-1]) for n in named)
+            (dropped if slow and not by_name else kept).append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+    if config.getoption("timeout", None) is not None:  # --timeout on the command line wins
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            slow = item.get_closest_marker("slow") is not None
+            item.add_marker(pytest.mark.timeout(SLOW_LIMIT_S if slow else FAST_LIMIT_S))
 
 
 def shared(*parts: str) -> Path:
@@ -139,4 +177,68 @@ def diffusion_checkpoint(diffusion_scans):
         None, tiny_diffusion_settings(diffusion_scans, out, "steps=4"), DiffusionTrainConfig
     )
     result = train_diffusion(config)
+    return result.best
+
+
+@pytest.fixture(scope="session")
+def tiny_unet(tmp_path_factory) -> Path:
+    """A tiny calibrated U-Net checkpoint folder, built once per session, for PLUMBING tests:
+    CLI options, files and records written, reports, ensembles, TTA wiring, precision.
+
+    It is a real checkpoint made by the real code, so it goes wherever a shipped U-Net goes
+    (``--model PATH``, ``get_detector(str(path))``): ``train_unet`` runs a handful of steps of
+    a [4, 8, 16] U-Net on 32-voxel patches at 4 mm of two IXI T1 scans with their DLMUSE
+    masks, then ``calibrate_on_healthy`` + ``write_calibration`` (as ``medood-eval
+    --calibrate`` does) store a voxel threshold and the calibrated sample score in its card
+    from one held-out healthy IXI scan, as the shipped brain U-Nets have. Its card is named
+    ``tiny-unet``, expects T1w MR and has no trust gate.
+
+    Its weights have barely left their initialisation: NEVER use it for a quality figure (AP,
+    Dice, what it flags on a FLAIR or a blurred brain); such a test runs a shipped model and
+    is marked ``slow``. Treat the folder as read-only; copy it to change it.
+    """
+    from napari_medood.detectors import get_detector
+    from napari_medood.evaluation.calibration import calibrate_on_healthy, write_calibration
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.training.config import load_config
+    from napari_medood.training.unet import train_unet
+
+    t1, dlmuse = shared("ixi-t1-2mm", "t1"), shared("ixi-t1-2mm", "dlmuse")
+    root = tmp_path_factory.mktemp("tiny-unet")
+    scans = sorted(t1.glob("*.nii.gz"))
+    # train on the first two scans; calibrate on IXI039, held out of training as the shipped
+    # brain U-Nets hold it out; IXI048 (the bundled sample, ``ixi_t1``) is in neither
+    held_out = next(scan for scan in scans if scan.name.startswith("IXI039"))
+    for folder, chosen in (("train", scans[:2]), ("healthy", [held_out])):
+        (root / folder).mkdir()
+        for scan in chosen:
+            shutil.copy(scan, root / folder / scan.name)
+    settings = [
+        f"train={root / 'train'}",
+        f"masks={dlmuse}",
+        f"out={root / 'run'}",
+        "name=tiny-unet",
+        "description=tiny U-Net for plumbing tests (a few steps; no quality to speak of)",
+        "features=[4,8,16]",
+        "patch=[32,32,32]",
+        "spacing=[4,4,4]",
+        "fp_size=16",
+        "batch_size=2",
+        "workers=0",
+        "steps=6",
+        # float32, not auto: the same weights on a CPU with bfloat16 and on one without
+        "precision=float32",
+    ]
+    result = train_unet(load_config(None, settings))
+    # calibrated as medood-eval --calibrate does it: the detector without its gate, default
+    # precision, each healthy scan read in its DLMUSE brain mask
+    detector = get_detector(str(result.best), device="cpu", gate=False)
+    entry = calibrate_on_healthy(detector, discover_cases(root / "healthy", masks=dlmuse), 0.01)
+    assert not entry["failed"] and entry.get("sample_score"), entry
+    write_calibration(
+        Checkpoint.open(result.best),
+        entry,
+        f"tests/conftest.py tiny_unet: calibrate_on_healthy on {held_out.name}, fpr 0.01",
+    )
     return result.best

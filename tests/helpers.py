@@ -85,6 +85,19 @@ def nifti_like(path: Path, data: np.ndarray, reference: nib.Nifti1Image) -> Path
     return path
 
 
+class TickingClock:
+    """A training budget's clock (``training.spine.budget_clock``) that moves on ``tick``
+    seconds each time it is read, whatever the wall clock does: a run reads it a few times a
+    step, so a 15 s budget lasts some tens of steps however fast or slow this machine is."""
+
+    def __init__(self, tick: float = 0.25):
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
 def after_steps(out: Path, steps: int):
     """A ``cancelled`` predicate for a training run in ``out``: true once its log holds
     ``steps`` rows (the run stops during the step after)."""

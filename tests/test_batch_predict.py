@@ -17,8 +17,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
-
 
 def tool(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
@@ -60,6 +58,7 @@ def scans(ixi_t1, tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_torchrun_shards_write_each_case_once_and_report_the_corrupt_one(scans, tmp_path):
     out = tmp_path / "maps"
     run = torchrun("--verbose", str(scans), str(out))
@@ -81,6 +80,7 @@ def test_torchrun_shards_write_each_case_once_and_report_the_corrupt_one(scans, 
     assert not list(out.glob(".*part*")), "no temporary file is left behind"
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped(ms_t1, tmp_path):
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -116,6 +116,7 @@ def test_a_killed_run_resumes_where_it_stopped(ms_t1, tmp_path):
         assert nib.load(out / f"ms{k}.nii.gz").get_fdata().shape == (182, 218, 182)
 
 
+@pytest.mark.slow
 def test_scheduler_array_parts_cover_every_case_once(scans, tmp_path, capsys):
     from napari_medood.cli import predict_main
 

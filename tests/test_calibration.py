@@ -213,6 +213,7 @@ def test_calibrating_needs_masks_for_all_healthy_scans_or_none(tmp_path):
         calibrate_on_healthy(get_detector("intensity"), cases)
 
 
+@pytest.mark.slow  # brain-t1-unet's map of a 1 mm MS scan
 def test_a_map_far_wider_than_on_healthy_scans_carries_a_note():
     """brain-t1-unet, calibrated on 2 mm whole-head IXI T1, on a 1 mm skull-stripped MNI T1 of
     an MS patient: most of the brain lies above its threshold, and the result says why that
@@ -286,10 +287,17 @@ def test_a_skull_stripped_brain_is_found_only_in_skull_stripped_scans(tmp_path):
         assert skull_stripped_brain(other.data, voxel_ml(other.affine)) is None, name
 
 
+@pytest.mark.slow
 def test_a_skull_stripped_scan_without_a_mask_reads_as_the_original_with_its_mask(tmp_path):
     """The default model's calibration serves a skull-stripped scan given without a mask
     file: the same millilitres flagged (within 5 %) and the same calibrated sample score as
-    the whole-head original read with its brain mask, from the API and from medood-predict."""
+    the whole-head original read with its brain mask, from the API and from medood-predict.
+
+    In float32: what is compared is the brain the model reads (zeros or a skull around it),
+    not the CPU's arithmetic. Under bfloat16 the U-Net member's map moves by rounding at the
+    calibrated threshold, more on the whole head than on the brain alone (on an AVX-512 BF16
+    CPU: 13.8 against 12.1 ml flagged by that member on the head, 11.8 against 12.7 ml for
+    the fused map, beyond the 5 %; in float32 11.5 against 11.8 ml)."""
     import nibabel as nib
 
     from napari_medood.cli import predict_main
@@ -298,7 +306,7 @@ def test_a_skull_stripped_scan_without_a_mask_reads_as_the_original_with_its_mas
     from napari_medood.preprocessing.masks import load_mask
 
     original, mask_file, stripped, _ = skull_stripped_copy("IXI048", tmp_path / "stripped")
-    detector = get_detector(default_model(), device="cpu", gate=False)
+    detector = get_detector(default_model(), device="cpu", gate=False, precision="float32")
     volume = read_volume(original)
     with_mask = detector.predict(volume, load_mask(mask_file, volume.grid))
     without = detector.predict(read_volume(stripped))
@@ -319,7 +327,8 @@ def test_a_skull_stripped_scan_without_a_mask_reads_as_the_original_with_its_mas
     ):
         out = tmp_path / label
         for task in ("pixel", "sample"):
-            code = predict_main(["--device", "cpu", "--task", task, *arguments, str(out)])
+            command = ["--device", "cpu", "--precision", "float32", "--task", task]
+            code = predict_main([*command, *arguments, str(out)])
             assert code == 0
         written = nib.load(next(out.glob("*.nii.gz")))
         above = np.count_nonzero(np.asarray(written.dataobj) > threshold) * 8 / 1000

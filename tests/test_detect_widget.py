@@ -243,8 +243,9 @@ def test_a_score_only_family_shows_its_score_and_no_map(detect, qtbot, tmp_path)
         toy_family.unregister()
 
 
-def test_a_flair_scan_and_its_lesions(make_napari_viewer, qtbot, ms_t1, ms_lesions):
-    """The MS lesion layer is never the brain mask; a T1 model on a FLAIR scan says so."""
+def test_a_flair_scan_and_its_lesions(make_napari_viewer, qtbot, ms_t1, ms_lesions, tiny_unet):
+    """The MS lesion layer is never the brain mask; a T1 model on a FLAIR scan says so (the
+    tiny shared U-Net, whose card expects T1w scans as the shipped T1 models' do)."""
     viewer = make_napari_viewer()
     flair_path = ms_t1.parent / ms_t1.name.replace("T1_", "FLAIR_")
     [flair] = viewer.open(flair_path, plugin=PLUGIN)
@@ -254,11 +255,11 @@ def test_a_flair_scan_and_its_lesions(make_napari_viewer, qtbot, ms_t1, ms_lesio
     assert widget.image_combo.current_layer() is flair
     assert widget.mask_combo.current_layer() is None  # its own brain, not the lesions
     assert widget.mask_combo.findData(lesions) == -1  # not even offered
-    widget.model_choice.value = "brain-t1-unet"
+    widget.add_checkpoint(str(tiny_unet))
     widget.run_button.click()
     wait(qtbot, widget)
     assert widget.last_error is None, widget.last_error
-    assert any("says FLAIR; brain-t1-unet was trained on T1w scans" in n for n in widget.notes)
+    assert any("says FLAIR; tiny-unet was trained on T1w scans" in n for n in widget.notes)
     assert widget.notes_label.isVisibleTo(widget) and "FLAIR" in widget.notes_label.text()
     # Evaluate starts from the map and the lesions, and never offers thresholds as truth
     widget.slider.setValue(450)

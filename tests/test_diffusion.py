@@ -131,6 +131,7 @@ def test_simplex_noise_is_smooth_standardised_and_seeded():
         noise_fields("pink", 1, (8, 8), torch.Generator())
 
 
+@pytest.mark.slow
 def test_reconstructions_differ_under_different_seeds_and_repeat_under_the_same(
     diffusion_checkpoint, ixi_t1
 ):
@@ -601,6 +602,7 @@ def test_the_reference_settings_are_the_defaults():
         DiffusionProcess.from_card({"schedule": "cosin"})
 
 
+@pytest.mark.slow
 def test_the_shipped_model_maps_the_sample_on_the_command_line(tmp_path, capsys):
     import nibabel as nib
 

@@ -349,15 +349,17 @@ def test_a_folder_of_scans_is_not_taken_for_labels(valset, tmp_path, capsys):
     assert len(cases) == 10
 
 
-def test_eval_scores_a_chosen_sample_score_of_a_calibrated_model(valset, tmp_path, capsys):
-    """--sample-score uncalibrated: brain-t1-unet's own top-100 mean, not its calibrated
-    flagged-volume score (which its written score files keep)."""
+def test_eval_scores_a_chosen_sample_score_of_a_calibrated_model(
+    valset, tmp_path, capsys, tiny_unet
+):
+    """--sample-score uncalibrated: a calibrated U-Net's (the tiny one's) own top-100 mean,
+    not its calibrated flagged-volume score (which its written score files keep)."""
     from napari_medood.detectors import topk_mean
     from napari_medood.io import read_volume
     from napari_medood.io.mood import output_path, read_score
 
     report = tmp_path / "report"
-    args = ["--model", "brain-t1-unet", "--device", "cpu", "--bootstrap", "0"]
+    args = ["--model", str(tiny_unet), "--device", "cpu", "--bootstrap", "0"]
     code = eval_main([*args, "--sample-score", "uncalibrated", str(valset), "-o", str(report)])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((report / "metrics.json").read_text())

@@ -286,6 +286,7 @@ def test_the_shipped_detectors_name_their_gate_and_it_runs_before_the_map(ct_sca
     assert "trust" not in plain.extras
 
 
+@pytest.mark.slow  # the shipped gate's ranking
 def test_the_gate_ranks_other_contrasts_below_the_t1_of_the_same_patient():
     from napari_medood.detectors import get_detector
     from napari_medood.io import read_volume
@@ -323,6 +324,7 @@ def test_a_missing_gate_warns_and_the_map_still_runs(tmp_path):
     assert any("no-such-gate" in str(w.message) for w in caught)
 
 
+@pytest.mark.slow
 def test_medood_predict_writes_the_gate_verdict_beside_the_map(tmp_path, ct_scan):
     out = tmp_path / "out"
     medood_predict = str(Path(sys.executable).with_name("medood-predict"))
@@ -346,6 +348,7 @@ def test_medood_predict_writes_the_gate_verdict_beside_the_map(tmp_path, ct_scan
     assert run.returncode == 0 and not (tmp_path / "plain" / f"{name}.trust.json").exists()
 
 
+@pytest.mark.slow
 def test_ddp_with_two_gloo_processes_fits_the_same_heads_as_one_process(tiny_classifier, tmp_path):
     """Each process computes a share of the features; gathered, every process fits the same
     heads, and rank 0 writes the checkpoint: the reference confidences equal one process's."""

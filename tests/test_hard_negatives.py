@@ -15,8 +15,6 @@ from napari_medood.errors import MedoodError
 from napari_medood.models.checkpoint import load_checkpoint
 from napari_medood.training.config import load_config
 
-pytestmark = pytest.mark.slow
-
 MS = ("open-ms-lesjak-mni",)
 MS_T1 = "T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
 MS_LABEL = "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz"
@@ -269,6 +267,7 @@ def tiny_seg(root: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_the_segmenter_trains_with_anomaly_free_samples_from_the_cli(ms_cohort, tmp_path):
     from napari_medood.cli import predict_main, train_main
     from napari_medood.io.readers import read_volume
@@ -334,6 +333,7 @@ def test_segmenter_data_and_errors(ms_cohort, tmp_path):
         load_config(None, [f"train={ms_cohort / 'train.csv'}", "ood_removal=erase"], SegTrainConfig)
 
 
+@pytest.mark.slow
 def test_the_segmenter_with_ood_supervision_trains_under_torchrun(ms_cohort, tmp_path):
     from helpers import medood_train_under_torchrun
 
@@ -372,6 +372,7 @@ def test_a_new_segmenter_starts_at_the_lesion_prior():
     assert float(probability.mean()) < 0.1
 
 
+@pytest.mark.slow
 def test_the_shipped_segmenter_finds_an_ms_patients_lesions_better_than_the_unet():
     """brain-t1-seg learnt from real MS lesion shapes implanted into healthy IXI brains (not
     this patient's); on a real MS patient's T1 its map ranks the consensus lesions well above

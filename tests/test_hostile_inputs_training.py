@@ -104,7 +104,6 @@ DIVERGED = re.compile(
 )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("val_interval", [1000, 2], ids=["loss", "weights"])
 def test_a_diverged_run_stops_with_one_line_and_saves_no_nonfinite_weights(
     val_interval, one_scan, tmp_path, capsys
@@ -135,7 +134,6 @@ def test_a_diverged_run_stops_with_one_line_and_saves_no_nonfinite_weights(
     assert md5_of([train, masks]) == before
 
 
-@pytest.mark.slow
 def test_a_finished_run_s_card_states_its_last_finite_loss(one_scan, tmp_path, capsys):
     train, masks = one_scan
     out = tmp_path / "run"
@@ -399,7 +397,6 @@ def test_synth_refuses_a_scan_too_small_as_predict_does(tiny_scan, tmp_path, cap
     assert md5_of([tiny_scan]) == before
 
 
-@pytest.mark.slow
 def test_synth_reports_a_too_small_scan_among_good_ones_and_writes_the_others(
     one_scan, tiny_scan, tmp_path, capsys
 ):

@@ -15,8 +15,6 @@ from napari_medood.models.checkpoint import load_checkpoint
 from napari_medood.training.config import load_config
 from napari_medood.training.unet import train_unet
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -1,6 +1,9 @@
 """The training spine: every family's trainer under a time budget (stops on time with its
 schedule finished, resumes, refuses a changed recipe), the schedule against torch's, the
-shipped recipes' first steps against those recorded before the spine, DDP once for all."""
+shipped recipes' first steps against those recorded before the spine, DDP once for all.
+
+The budgets are measured on a clock that runs ahead of the wall's (``helpers.TickingClock``), so a
+family's budget mechanics take seconds; one run keeps the real clock."""
 
 from __future__ import annotations
 
@@ -14,11 +17,19 @@ import pytest
 from conftest import shared, small_cohort, tiny_diffusion_settings
 from napari_medood.errors import MedoodError
 
-pytestmark = pytest.mark.slow
-
 sys.path.insert(0, str(Path(__file__).parent))
 #: seconds each budgeted run is given, and what it may overrun by (its last steps, the save)
 BUDGET, SLACK = 15.0, 12.0
+
+
+@pytest.fixture
+def ticking_clock(monkeypatch):
+    from helpers import TickingClock
+    from napari_medood.training import spine
+
+    clock = TickingClock()
+    monkeypatch.setattr(spine, "budget_clock", clock)
+    return clock
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +103,7 @@ def toy_registered():
 
 @pytest.mark.parametrize("method", ["unet", "seg", "diffusion", "classifier", "flow", "toy"])
 def test_a_budgeted_run_stops_on_time_annealed_resumes_and_refuses_another_recipe(
-    method, data, tmp_path, toy_registered
+    method, data, tmp_path, toy_registered, ticking_clock
 ):
     out = tmp_path / method
     settings = [*family_settings(method, data), f"out={out}"]
@@ -144,6 +155,14 @@ def test_a_budgeted_run_stops_on_time_annealed_resumes_and_refuses_another_recip
         train(method, [*settings, "seed=1"])
 
 
+def test_a_budget_is_kept_on_the_wall_clock(data, tmp_path, toy_registered):
+    """The one run on the real clock: 2 s of the toy family stop within 2 s and the slack."""
+    out = tmp_path / "real"
+    result = train("toy", [*family_settings("toy", data), f"out={out}", "budget_s=2"])
+    assert result.seconds <= 2 + SLACK
+    assert 3 <= result.last_step == result.scheduled_steps < 100000
+
+
 @pytest.mark.parametrize("total", [2, 7, 100, 1234])
 def test_the_one_cycle_schedule_is_torch_s_step_for_step(total):
     import torch
@@ -177,6 +196,7 @@ def test_the_polynomial_schedule_is_torch_s():
         torch_schedule.step()
 
 
+@pytest.mark.slow
 def test_the_shipped_recipes_draw_and_learn_their_first_steps_as_before_the_spine(tmp_path):
     """Recorded by ``python tests/first_steps.py`` on the commit before the spine."""
     from first_steps import GOLDEN, RECIPES, first_steps
@@ -199,6 +219,7 @@ def test_the_shipped_recipes_draw_and_learn_their_first_steps_as_before_the_spin
     )
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_stop_at_the_same_step_under_a_budget(data, tmp_path):
     """DDP through the spine, once for every family: both processes train, measure the
     budget from the first, stop together, and one checkpoint is written."""

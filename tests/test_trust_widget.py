@@ -63,6 +63,7 @@ def test_detect_warns_on_a_ct_before_its_map(make_napari_viewer, qtbot):
     assert widget.map_layer is not None  # the map is still there to read, under the warning
 
 
+@pytest.mark.slow  # the shipped gate's ranking of a FLAIR
 def test_the_verdict_on_an_ms_flair_comes_before_the_map_and_ranks_below_the_sample(
     make_napari_viewer, qtbot
 ):

@@ -202,28 +202,29 @@ def test_the_card_preprocessing_is_the_model_space_training_applies(sample):
     assert ModelSpace.from_card(shipped.card["preprocessing"]) == ModelSpace((2.0, 2.0, 2.0))
 
 
-def test_an_ensemble_of_two_identical_checkpoints_equals_one(sample, tmp_path):
+def test_an_ensemble_of_two_identical_checkpoints_equals_one(sample, tmp_path, tiny_unet):
     image, brain = sample
-    random_checkpoint(tmp_path / "a", seed=3)
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    # two copies of the tiny calibrated U-Net: the averaging and the card are what is tested
+    shutil.copytree(tiny_unet, tmp_path / "a")
+    shutil.copytree(tiny_unet, tmp_path / "b")
     single = get_detector(str(tmp_path / "a"), device="cpu").predict(image, brain)
     pair = get_detector(f"{tmp_path / 'a'},{tmp_path / 'b'}", device="cpu")
-    assert pair.name == "ensemble(tiny,tiny)"
+    assert pair.name == "ensemble(tiny-unet,tiny-unet)"
     both = pair.predict(image, brain)
     np.testing.assert_allclose(both.anomaly_map.data, single.anomaly_map.data, atol=1e-6)
-    # a member's calibration does not carry over to the ensemble's averaged map
-    assert "calibration" in get_detector("brain-t1-unet", device="cpu", gate=False).card
-    ensemble = get_detector("brain-t1-unet,brain-any-unet-cpu", device="cpu", gate=False)
-    assert "calibration" not in ensemble.card
-    assert ensemble.describe_score() is ensemble.score_info
+    # a member's calibration does not carry over to the ensemble's averaged map, not even
+    # when every member carries the same one
+    assert "calibration" in get_detector(str(tmp_path / "a"), device="cpu", gate=False).card
+    assert "calibration" not in pair.card
+    assert pair.describe_score() is pair.score_info
 
 
 @pytest.mark.parametrize("tta", [False, True])
-def test_cuda_out_of_memory_falls_back_to_the_cpu(sample, tmp_path, tta):
+def test_cuda_out_of_memory_falls_back_to_the_cpu(sample, tiny_unet, tta):
     image, brain = sample
-    random_checkpoint(tmp_path / "ckpt")
-    expected = UNetDetector([tmp_path / "ckpt"], device="cpu", tta=tta).predict(image, brain)
-    detector = UNetDetector([tmp_path / "ckpt"], device="cpu", tta=tta)
+    # the tiny U-Net works at 4 mm: a few windows a run where a 2 mm checkpoint runs hundreds
+    expected = UNetDetector([tiny_unet], device="cpu", tta=tta).predict(image, brain)
+    detector = UNetDetector([tiny_unet], device="cpu", tta=tta)
     original = detector.models[0].predict
     calls = {"n": 0}
 
@@ -258,6 +259,7 @@ def test_cancel_stops_within_one_window(sample, tmp_path):
     assert calls["n"] == 1
 
 
+@pytest.mark.slow  # runs the default shipped model (brain-any: two full-size networks + gate)
 def test_predict_cli_with_a_checkpoint_path_and_the_shipped_model(sample, tmp_path):
     import nibabel as nib
 
@@ -353,22 +355,29 @@ def test_flip_tta_of_a_mirror_symmetric_model_changes_nothing(sample):
     assert not UNetDetector.from_models([OneConvolution(True)], [shipped_card()]).tta
 
 
-def test_flip_tta_of_the_shipped_model_averages_the_map_of_the_mirrored_scan(sample):
-    """brain-t1-unet is not mirror-symmetric: with --tta its map is the mean of its plain map
-    and of its map of the scan mirrored left-right (the stored axis whose code is L or R),
-    mirrored back. At the model's 2 mm the scan is only reoriented, the 90 voxels across are
-    one window padded by 3 on each side, so the mirrored scan's windows are exactly the
-    mirrored windows."""
+def test_flip_tta_of_a_trained_model_averages_the_map_of_the_mirrored_scan(sample, tiny_unet):
+    """A trained U-Net (the tiny one) is not mirror-symmetric: with --tta its map is the mean
+    of its plain map and of its map of the scan mirrored left-right (the stored axis whose
+    code is L or R), mirrored back. The model works at 4 mm, every other 2 mm voxel centre:
+    the scan, zero-padded from 90 to 91 voxels across, has its 4 mm voxels at the even 2 mm
+    ones, which mirroring maps onto each other, and its 46 voxels across are two windows of
+    32 at 0 and 14, each the other's mirror image, so the mirrored scan's windows are exactly
+    the mirrored windows."""
     import nibabel as nib
+
+    from napari_medood.io.volume import Volume
 
     image, brain = sample
     across = [code in "LR" for code in nib.aff2axcodes(image.affine)].index(True)
+    widths = [(0, 0)] * 3
+    widths[across] = (0, 1)  # one empty voxel after the last: voxel 0 and the affine stay
+    image, brain = Volume(np.pad(image.data, widths), image.affine), np.pad(brain, widths)
     mirrored = image.with_data(np.flip(image.data, across).copy())
     mirrored_brain = np.flip(brain, across).copy()
 
     def run(volume, mask, tta):
         detector = get_detector(
-            "brain-t1-unet", device="cpu", precision="float32", gate=False, tta=tta
+            str(tiny_unet), device="cpu", precision="float32", gate=False, tta=tta
         )
         assert detector.tta is tta
         return detector.predict(volume, mask)
@@ -394,21 +403,21 @@ def test_tta_is_off_by_default_and_families_without_it_ignore_it(sample):
     np.testing.assert_array_equal(maps[1].anomaly_map.data, maps[0].anomaly_map.data)
 
 
-def test_predict_cli_tta_is_recorded_in_the_map_header_and_console(tmp_path, capsys):
+def test_predict_cli_tta_is_recorded_in_the_map_header_and_console(tmp_path, capsys, tiny_unet):
     import nibabel as nib
 
     from napari_medood.cli import predict_main
 
     scan = f"{SAMPLE}/ixi048_t1_2mm.nii.gz"
     mask = f"{SAMPLE}/ixi048_brainmask_2mm.nii.gz"
-    default = "brain-any-unet-gpu"
-    args = ["--model", default, "--device", "cpu", "--precision", "float32", "--no-gate"]
+    name = "tiny-unet"  # the name in the checkpoint's card, which the records use
+    args = ["--model", str(tiny_unet), "--device", "cpu", "--precision", "float32", "--no-gate"]
     args += ["--mask", mask, scan]
     assert predict_main(["--tta", *args, str(tmp_path / "tta")]) == 0
     err = capsys.readouterr().err
-    assert f"{default} on cpu at float32 with left-right flip test-time augmentation" in err
+    assert f"{name} on cpu at float32 with left-right flip test-time augmentation" in err
     header = nib.load(tmp_path / "tta" / "ixi048_t1_2mm.nii.gz").header
-    assert bytes(header["descrip"]).startswith(f"napari-medood {default} (cpu, float32".encode())
+    assert bytes(header["descrip"]).startswith(f"napari-medood {name} (cpu, float32".encode())
     assert bytes(header["descrip"]).rstrip(b"\0").endswith(b", flip TTA)")
     # without --tta: another map, and neither the header nor the console mention TTA
     assert predict_main([*args, str(tmp_path / "plain")]) == 0
@@ -422,7 +431,7 @@ def test_predict_cli_tta_is_recorded_in_the_map_header_and_console(tmp_path, cap
     assert "twice the time" in " ".join(build_parser().format_help().split())
 
 
-def test_eval_cli_passes_tta_to_the_detector(tmp_path, monkeypatch, capsys):
+def test_eval_cli_passes_tta_to_the_detector(tmp_path, monkeypatch, capsys, tiny_unet):
     import napari_medood.detectors as detectors
     from napari_medood.cli import eval_main
     from napari_medood.errors import MedoodError
@@ -449,11 +458,12 @@ def test_eval_cli_passes_tta_to_the_detector(tmp_path, monkeypatch, capsys):
     from napari_medood.batch import run_record
 
     monkeypatch.undo()
-    record = run_record(get_detector("brain-t1-unet", device="cpu", gate=False, tta=True), "x")
+    record = run_record(get_detector(str(tiny_unet), device="cpu", gate=False, tta=True), "x")
     assert record["tta"] == "left-right flip"
     assert run_record(get_detector("intensity", tta=True), "x")["tta"] is None
 
 
+@pytest.mark.slow  # a figure of the shipped models' trained weights, on a full-size scan
 def test_the_contrast_randomised_model_does_not_light_up_a_flair():
     """brain-t1-unet paints nearly the whole brain of an MS FLAIR; brain-any-unet-cpu,
     fine-tuned with contrast randomisation, expects any contrast and flags a few percent."""
@@ -480,6 +490,7 @@ def test_the_contrast_randomised_model_does_not_light_up_a_flair():
     assert lit["brain-t1-unet"] > 0.5 and lit["brain-any-unet-cpu"] < 0.1
 
 
+@pytest.mark.slow  # a figure of the shipped models' trained weights
 def test_the_ood_supervised_model_flags_less_of_a_smoother_healthy_brain(sample):
     """brain-t1-unet takes a smoother healthy brain for an abnormal one; brain-t1-unet-ood,
     fine-tuned on the clean patches it fired on (Med-OoD), flags far less of it, each at
@@ -530,6 +541,7 @@ def test_the_gpu_trained_model_ships_calibrated_with_a_gate_pinned_to_its_encode
     assert not detector.trust(ct).in_distribution
 
 
+@pytest.mark.slow  # figures of the shipped models' trained weights, on full-size scans
 def test_the_gpu_trained_model_reads_a_flair_and_a_smoother_brain_calmly(sample):
     """On an MS FLAIR brain-t1-unet paints nearly everything above 0.5, brain-any-unet-gpu a
     few percent at most and without a contrast warning; on the held-out brain blurred as a

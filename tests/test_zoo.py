@@ -29,6 +29,18 @@ SMALL_NETWORKS = [
     "unet.batch_size=2",
 ]
 STAGES = ("unet", "seg", "diffusion", "gate")
+#: networks so small that the whole suite's mechanics run in seconds (not what is measured)
+TINY_NETWORKS = [
+    *SMALL_NETWORKS,
+    "unet.features=[4,8,16]",
+    "unet.patch=[32,32,32]",
+    "unet.spacing=[4,4,4]",
+    "unet.fp_size=16",
+    "seg.preset=tiny",
+    "seg.patch=[32,32,32]",
+    "seg.spacing=[4,4,4]",
+    "gate.spacing=[8,8,8]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +50,13 @@ def cohort(tmp_path_factory):
     return small_cohort(tmp_path_factory.mktemp("zoo-cohort"), "patient19")
 
 
-def zoo(cohort: Path, out: Path, budget: int, *extra: str) -> int:
+def zoo(cohort: Path, out: Path, budget: int, *extra: str, networks=SMALL_NETWORKS) -> int:
     from napari_medood.cli import train_main
 
     arguments = ["zoo", "--mask", str(shared("ixi-t1-2mm", "dlmuse"))]
     arguments += ["--lesions", str(cohort / "ms.csv"), "--budget", str(budget)]
     arguments += ["--device", "cpu", "--set", "valset.kinds=[shift]"]
-    for item in SMALL_NETWORKS:
+    for item in networks:
         arguments += ["--set", item]
     return train_main([*arguments, *extra, str(cohort / "ixi"), str(out)])
 
@@ -54,6 +66,44 @@ def logged_steps(path: Path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(handle)]
 
 
+def test_the_suites_stages_share_a_budget_and_are_calibrated_and_evaluated(
+    cohort, tmp_path, monkeypatch
+):
+    """The zoo's mechanics with tiny networks trained from scratch, on a budget clock that
+    runs ahead of the wall's: each stage trains on its share of the budget, each map model is
+    calibrated on the held-out scan and evaluated on every labelled set, and the summary says
+    so. (The full-size suite on the real clock, packed, predicted with and resumed, is the
+    slow test below; each family's resume under a budget is in test_training_spine.)"""
+    from helpers import TickingClock
+    from napari_medood.training import spine
+
+    monkeypatch.setattr(spine, "budget_clock", TickingClock(tick=3.0))
+    out = tmp_path / "zoo"
+    assert zoo(cohort, out, 60, "--from-scratch", networks=TINY_NETWORKS) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["stage"] for m in summary["models"]] == list(STAGES)
+    assert summary["cohort"]["masks"] == "parcellations"
+    shares = [m["budget_s"] for m in summary["models"]]
+    assert all(share > 0 for share in shares) and sum(shares) <= 60
+    assert shares[0] == max(shares)  # the U-Net, the default's member, has the largest share
+    table = (out / "summary.md").read_text()
+    for model in summary["models"]:
+        assert f"`{model['name']}`" in table
+        card = json.loads((out / model["stage"] / "best" / "card.json").read_text())
+        assert card["training"]["budget_s"] == model["budget_s"]
+        done = card["training"].get("steps_done", card["training"].get("epochs_done"))
+        assert done == model["steps"] >= 1
+        if model["stage"] == "gate":
+            continue
+        assert card["calibration"]["healthy_scans"] == summary["cohort"]["held_out"]
+        assert card["gate"] == "../../gate/best"
+        sets = model["evaluation"]["sets"]
+        assert set(sets) == {"synthetic outliers", "implanted lesions", "lesion cohort"}
+        for figures in sets.values():
+            assert figures["failed"] == 0 and 0 < figures["pixel_ap"] <= 1
+
+
+@pytest.mark.slow
 def test_the_whole_suite_in_one_budget_packs_predicts_and_resumes(cohort, tmp_path, capsys):
     from napari_medood.cli import predict_main
 
