@@ -4,8 +4,9 @@ helpers.
 Tests that need the shared data skip with a reason when it is absent; CI always has it.
 
 Two tiers. ``pytest`` runs the fast tier: every test not marked ``slow`` (a test that trains
-a network for real, runs a full-size shipped model or waits out a real time budget is
-``slow``). ``pytest -m slow`` runs the slow tier; CI runs both. A test named on the command
+a network for real, measures a full-size shipped model, waits out a real time budget of more
+than a few seconds or starts torchrun is ``slow``; docs/how-to/develop.md says where a new
+test goes). ``pytest -m slow`` runs the slow tier; CI runs both. A test named on the command
 line by its node id (``tests/test_zoo.py::test_x``) runs whatever its tier. Each test has a
 time limit (pytest-timeout): ``FAST_LIMIT_S`` in the fast tier, so that heavy work cannot creep
 back into it unnoticed, ``SLOW_LIMIT_S`` in the slow one; a ``timeout`` mark of its own, or
@@ -45,10 +46,11 @@ SLOW_LIMIT_S = 900
 
 
 def pytest_collection_modifyitems(config, items):
-    """The fast tier by default: slow tests are deselected unless ``-m`` chooses the tiers or
-    the test is named by its node id; every test gets its tier's time limit."""
+    """The fast tier by default: slow tests are deselected unless a ``-m`` expression names
+    the tier (``-m slow``, ``-m "slow or not slow"``) or the test is named by its node id
+    (``-m gui`` alone stays in the fast tier); every test gets its tier's time limit."""
     named = {arg.split("[")[0] for arg in config.args if "::" in arg}
-    if not config.option.markexpr:
+    if "slow" not in (config.option.markexpr or ""):
         kept, dropped = [], []
         for item in items:
             slow = item.get_closest_marker("slow") is not None
@@ -57,12 +59,27 @@ def pytest_collection_modifyitems(config, items):
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = kept
+    if not config.pluginmanager.hasplugin("timeout"):  # an environment made before it
+        return
     if config.getoption("timeout", None) is not None:  # --timeout on the command line wins
         return
     for item in items:
         if item.get_closest_marker("timeout") is None:
             slow = item.get_closest_marker("slow") is not None
             item.add_marker(pytest.mark.timeout(SLOW_LIMIT_S if slow else FAST_LIMIT_S))
+
+
+#: a U-Net small enough to take a training step in a fraction of a second on a CPU, for tests
+#: of training and of plumbing (never a model to measure)
+TINY_UNET = [
+    "features=[4,8,16]",
+    "patch=[32,32,32]",
+    "spacing=[4,4,4]",
+    "fp_size=16",
+    "batch_size=2",
+    "workers=0",
+    "log_interval=1",
+]
 
 
 def shared(*parts: str) -> Path:
@@ -220,20 +237,17 @@ def tiny_unet(tmp_path_factory) -> Path:
         f"out={root / 'run'}",
         "name=tiny-unet",
         "description=tiny U-Net for plumbing tests (a few steps; no quality to speak of)",
-        "features=[4,8,16]",
-        "patch=[32,32,32]",
-        "spacing=[4,4,4]",
-        "fp_size=16",
-        "batch_size=2",
-        "workers=0",
+        *TINY_UNET,
         "steps=6",
+        "device=cpu",
         # float32, not auto: the same weights on a CPU with bfloat16 and on one without
         "precision=float32",
     ]
     result = train_unet(load_config(None, settings))
-    # calibrated as medood-eval --calibrate does it: the detector without its gate, default
-    # precision, each healthy scan read in its DLMUSE brain mask
-    detector = get_detector(str(result.best), device="cpu", gate=False)
+    # calibrated as medood-eval --calibrate does it: the detector without its gate, each
+    # healthy scan read in its DLMUSE brain mask; in float32, so that the threshold is the
+    # same on every CPU
+    detector = get_detector(str(result.best), device="cpu", gate=False, precision="float32")
     entry = calibrate_on_healthy(detector, discover_cases(root / "healthy", masks=dlmuse), 0.01)
     assert not entry["failed"] and entry.get("sample_score"), entry
     write_calibration(

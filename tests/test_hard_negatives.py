@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared
+from conftest import TINY_UNET, shared
 from napari_medood.errors import MedoodError
 from napari_medood.models.checkpoint import load_checkpoint
 from napari_medood.training.config import load_config
@@ -31,22 +31,16 @@ def ixi(tmp_path_factory):
     for scan in sorted(t1.glob("*.nii.gz"))[:2]:
         shutil.copy(scan, root / "train" / scan.name)
     baseline = root / "baseline"
-    train_unet(load_config(None, tiny_unet(root, dlmuse, baseline, "steps=2")))
+    train_unet(load_config(None, tiny_unet_settings(root, dlmuse, baseline, "steps=2")))
     return root, dlmuse, baseline / "best"
 
 
-def tiny_unet(root: Path, dlmuse: Path, out: Path, *extra: str) -> list[str]:
+def tiny_unet_settings(root: Path, dlmuse: Path, out: Path, *extra: str) -> list[str]:
     return [
         f"train={root / 'train'}",
         f"masks={dlmuse}",
         f"out={out}",
-        "features=[4,8,16]",
-        "patch=[32,32,32]",
-        "spacing=[4,4,4]",
-        "fp_size=16",
-        "batch_size=2",
-        "workers=0",
-        "log_interval=1",
+        *TINY_UNET,
         *extra,
     ]
 
@@ -174,7 +168,7 @@ def test_unet_training_with_ood_supervision_records_its_mix(ixi, tmp_path):
     result = train_unet(
         load_config(
             None,
-            tiny_unet(
+            tiny_unet_settings(
                 root,
                 dlmuse,
                 out,
@@ -204,20 +198,22 @@ def test_unet_training_with_ood_supervision_records_its_mix(ixi, tmp_path):
     # YAML's 5e-2 is a string: still a share
     assert (
         load_config(
-            None, tiny_unet(root, dlmuse, out, "ood_supervision=5e-2", f"init={baseline}")
+            None, tiny_unet_settings(root, dlmuse, out, "ood_supervision=5e-2", f"init={baseline}")
         ).ood_supervision
         == 0.05
     )
     # a share by hand; no baseline, an unknown share: clear errors
     with pytest.raises(MedoodError, match="ood_baseline"):
-        load_config(None, tiny_unet(root, dlmuse, out, "ood_supervision=0.3"))
+        load_config(None, tiny_unet_settings(root, dlmuse, out, "ood_supervision=0.3"))
     with pytest.raises(MedoodError, match="'auto'"):
-        load_config(None, tiny_unet(root, dlmuse, out, "ood_supervision=lots"))
+        load_config(None, tiny_unet_settings(root, dlmuse, out, "ood_supervision=lots"))
     with pytest.raises(MedoodError, match="spacing"):
         train_unet(
             load_config(
                 None,
-                tiny_unet(root, dlmuse, tmp_path / "other", "steps=1", "ood_supervision=0.3")
+                tiny_unet_settings(
+                    root, dlmuse, tmp_path / "other", "steps=1", "ood_supervision=0.3"
+                )
                 + [f"ood_baseline={baseline}", "spacing=[8,8,8]"],
             )
         )

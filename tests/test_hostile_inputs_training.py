@@ -21,21 +21,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import conftest
 from conftest import shared
 from napari_medood.cli.synth import main as synth_main
 from napari_medood.cli.train import main as train_main
 
 #: a U-Net small enough to take a step in a fraction of a second on a CPU
-TINY_UNET = [
-    "features=[4,8,16]",
-    "patch=[32,32,32]",
-    "spacing=[4,4,4]",
-    "fp_size=16",
-    "batch_size=2",
-    "workers=0",
-    "log_interval=1",
-    "device=cpu",
-]
+TINY_UNET = [*conftest.TINY_UNET, "device=cpu"]
 
 
 def md5_of(paths) -> dict[str, str]:

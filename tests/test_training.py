@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared
+from conftest import TINY_UNET, shared
 from helpers import after_steps
 from napari_medood.errors import Cancelled, MedoodError
 from napari_medood.models.checkpoint import load_checkpoint
@@ -50,13 +50,7 @@ def tiny(root: Path, dlmuse: Path, out: Path, *extra: str) -> list[str]:
         f"train={root / 'train'}",
         f"masks={dlmuse}",
         f"out={out}",
-        "features=[4,8,16]",
-        "patch=[32,32,32]",
-        "spacing=[4,4,4]",
-        "fp_size=16",
-        "batch_size=2",
-        "workers=0",
-        "log_interval=1",
+        *TINY_UNET,
         *extra,
     ]
 

@@ -62,8 +62,25 @@ GENERATED_NOTE = (
 
 def on_config(config: Any) -> Any:
     _import_package()
+    _check_every_command_has_a_page()
     config["nav"] = _expand_model_nav(config.get("nav"))
     return config
+
+
+def _check_every_command_has_a_page() -> None:
+    """A console script added to pyproject.toml without an entry in ``COMMANDS`` would get
+    no reference page and nothing would say so: fail the build instead."""
+    import tomllib
+
+    from mkdocs.exceptions import PluginError
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    missing = sorted(set(scripts) - {command for command, _, _ in COMMANDS})
+    if missing:
+        raise PluginError(
+            f"docs/hooks/reference.py: no reference page for {', '.join(missing)}; add it "
+            "to COMMANDS (and to the nav in mkdocs.yml)"
+        )
 
 
 def on_files(files: Files, config: Any) -> Files:
@@ -147,7 +164,9 @@ def text_block(text: str) -> list[str]:
 
 
 def json_value(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    # default=str: a configuration default JSON cannot spell (a Path, an Enum) is shown as
+    # its text rather than failing the build
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 # --------------------------------------------------------------------------------------
