@@ -66,6 +66,32 @@ def logged_steps(path: Path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(handle)]
 
 
+def check_every_model_trained_calibrated_and_evaluated(out: Path, summary: dict) -> None:
+    """Each model of a zoo run: in summary.md, its card recording its share of the budget and
+    the steps it ran; the gate's percentiles of the held-out scan and the lesion patient;
+    each map model calibrated on the held-out scan and scored on every labelled set."""
+    table = (out / "summary.md").read_text()
+    for model in summary["models"]:
+        assert f"`{model['name']}`" in table
+        card = json.loads((out / model["stage"] / "best" / "card.json").read_text())
+        assert card["training"]["budget_s"] == model["budget_s"] > 0
+        done = card["training"].get("steps_done", card["training"].get("epochs_done"))
+        assert done == model["steps"] >= 1
+        if model["stage"] == "gate":
+            percentiles = model["evaluation"]["held_out"] | model["evaluation"]["lesion_cohort"]
+            assert set(percentiles) == {*summary["cohort"]["held_out"], "patient19"}
+            assert all(0 <= p <= 100 for p in percentiles.values())
+            continue
+        assert card["calibration"]["healthy_scans"] == summary["cohort"]["held_out"]
+        assert card["gate"] == "../../gate/best"
+        sets = model["evaluation"]["sets"]
+        assert set(sets) == {"synthetic outliers", "implanted lesions", "lesion cohort"}
+        for figures in sets.values():
+            assert figures["failed"] == 0
+            assert 0 < figures["pixel_ap"] <= 1
+            assert 0 <= figures["dice_at_threshold"] <= 1
+
+
 def test_the_suites_stages_share_a_budget_and_are_calibrated_and_evaluated(
     cohort, tmp_path, monkeypatch
 ):
@@ -86,21 +112,7 @@ def test_the_suites_stages_share_a_budget_and_are_calibrated_and_evaluated(
     shares = [m["budget_s"] for m in summary["models"]]
     assert all(share > 0 for share in shares) and sum(shares) <= 60
     assert shares[0] == max(shares)  # the U-Net, the default's member, has the largest share
-    table = (out / "summary.md").read_text()
-    for model in summary["models"]:
-        assert f"`{model['name']}`" in table
-        card = json.loads((out / model["stage"] / "best" / "card.json").read_text())
-        assert card["training"]["budget_s"] == model["budget_s"]
-        done = card["training"].get("steps_done", card["training"].get("epochs_done"))
-        assert done == model["steps"] >= 1
-        if model["stage"] == "gate":
-            continue
-        assert card["calibration"]["healthy_scans"] == summary["cohort"]["held_out"]
-        assert card["gate"] == "../../gate/best"
-        sets = model["evaluation"]["sets"]
-        assert set(sets) == {"synthetic outliers", "implanted lesions", "lesion cohort"}
-        for figures in sets.values():
-            assert figures["failed"] == 0 and 0 < figures["pixel_ap"] <= 1
+    check_every_model_trained_calibrated_and_evaluated(out, summary)
 
 
 @pytest.mark.slow
@@ -110,31 +122,10 @@ def test_the_whole_suite_in_one_budget_packs_predicts_and_resumes(cohort, tmp_pa
     out = tmp_path / "zoo"
     assert zoo(cohort, out, 90, "--pack") == 0
     summary = json.loads((out / "summary.json").read_text())
-    table = (out / "summary.md").read_text()
     assert [m["stage"] for m in summary["models"]] == list(STAGES)
     assert summary["cohort"]["masks"] == "parcellations"
     assert len(summary["cohort"]["train"]) == len(summary["cohort"]["held_out"]) == 1
-    for model in summary["models"]:
-        assert f"`{model['name']}`" in table
-        card = json.loads((out / model["stage"] / "best" / "card.json").read_text())
-        # each card records its budget (its share of the 90 s) and the steps it ran
-        assert card["training"]["budget_s"] == model["budget_s"] > 0
-        done = card["training"].get("steps_done", card["training"].get("epochs_done"))
-        assert done == model["steps"] >= 1
-        if model["stage"] == "gate":
-            percentiles = model["evaluation"]["held_out"] | model["evaluation"]["lesion_cohort"]
-            assert set(percentiles) == {*summary["cohort"]["held_out"], "patient19"}
-            assert all(0 <= p <= 100 for p in percentiles.values())
-            continue
-        # calibrated on the held-out scan, and scored on every labelled set
-        assert card["calibration"]["healthy_scans"] == summary["cohort"]["held_out"]
-        assert card["gate"] == "../../gate/best"
-        sets = model["evaluation"]["sets"]
-        assert set(sets) == {"synthetic outliers", "implanted lesions", "lesion cohort"}
-        for figures in sets.values():
-            assert figures["failed"] == 0
-            assert 0 < figures["pixel_ap"] <= 1
-            assert 0 <= figures["dice_at_threshold"] <= 1
+    check_every_model_trained_calibrated_and_evaluated(out, summary)
     # the synthetic lesions set: every lesioned copy of the held-out scan has a lesion
     with open(out / "data" / "valset-lesions" / "cases.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
