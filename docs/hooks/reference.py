@@ -390,14 +390,19 @@ def _docstring(cls: type) -> str:
 def model_names() -> list[str]:
     """The shipped models, in the order of bundled_models/README.md's table, then any other
     model folder by name."""
-    folders = sorted(p.parent.name for p in MODELS.glob("*/card.json"))
+    from napari_medood.models.checkpoint import bundled_models
+
+    folders = sorted(bundled_models())
     listed = re.findall(r"^\| `([^`]+)` \|", (MODELS / "README.md").read_text(), re.M)
     ordered = [name for name in listed if name in folders]
     return ordered + [name for name in folders if name not in ordered]
 
 
 def read_card(name: str) -> dict[str, Any]:
-    return json.loads((MODELS / name / "card.json").read_text())
+    """The shipped model's card as the package reads it (``models.checkpoint.read_card``)."""
+    from napari_medood.models import checkpoint
+
+    return checkpoint.read_card(checkpoint.bundled_models()[name])
 
 
 def _resolve_link(target: str, folder_name: str | None) -> Path | None:
