@@ -30,6 +30,16 @@ times that the workers feed.
 
 ``--train-steps`` times the U-Net's optimiser steps at each of ``--precisions`` instead
 (the first the baseline), as before.
+
+``--recipes unet,seg`` times whole training runs instead: each recipe as shipped
+(``configs/brain-any-unet.yaml``, ``configs/brain-any-seg.yaml`` of each tree, with its
+workers, precision and initial weights), on the six IXI training subjects, ``--steps``
+optimiser steps without validation, in a child process per tree and recipe (the
+baseline's ``src`` and ``configs`` from ``git archive``). The figure is samples per second
+of the steps after the first ``--warmup`` (loader start-up and kernel choice excluded), read
+from the run's own ``train_log.csv``; both trees' final losses are printed beside it, and
+``--loss-steps`` more steps with a fixed seed compare the loss curves' shape. One
+validation of the recipe's validation set is timed separately (``--validation``).
 """
 
 from __future__ import annotations
@@ -174,6 +184,99 @@ def measure(family: str, samples: int) -> dict:
     raise SystemExit(f"unknown family {family!r}")
 
 
+RECIPES = {"unet": "brain-any-unet.yaml", "seg": "brain-any-seg.yaml"}
+
+
+def measure_recipe(recipe: str, configs: Path, steps: int, warmup: int) -> dict:
+    """Samples per second of ``steps`` optimiser steps of ``recipe`` as ``configs`` ships it
+    (this process's napari_medood), after ``warmup`` steps; the per-step losses."""
+    import csv as csv_module
+
+    from napari_medood.io.cohort import discover_cases
+    from napari_medood.training.config import load_config
+
+    ixi = shared_dir() / "ixi-t1-2mm"
+    cases = [
+        c
+        for c in discover_cases(ixi / "t1", masks=ixi / "dlmuse")
+        if not c.name.startswith(("IXI039", "IXI048"))
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-recipe-") as scratch:
+        table = Path(scratch) / "train.csv"
+        with open(table, "w", newline="") as handle:
+            writer = csv_module.writer(handle)
+            writer.writerow(["Path", "Mask"])
+            for case in cases:
+                writer.writerow([case.image, case.mask])
+        overrides = [
+            f"train={table}",
+            f"out={Path(scratch) / 'run'}",
+            f"steps={steps}",
+            "log_interval=1",
+            f"val_interval={steps + 1}",
+        ]
+        if recipe == "unet":
+            from napari_medood.training.unet import UNetTrainConfig as config_class
+            from napari_medood.training.unet import train_unet as train
+        else:
+            from napari_medood.training.segmenter import SegTrainConfig as config_class
+            from napari_medood.training.segmenter import train_segmenter as train
+        config = load_config(configs / RECIPES[recipe], overrides, config_class)
+        started = time.perf_counter()
+        train(config)
+        wall = time.perf_counter() - started
+        with open(Path(scratch) / "run" / "train_log.csv") as handle:
+            rows = list(csv_module.DictReader(handle))
+    seconds = [float(r["seconds"]) for r in rows]
+    timed = seconds[-1] - seconds[warmup - 1]
+    return {
+        "rate": (len(rows) - warmup) * config.batch_size / timed,
+        "losses": [float(r["loss"]) for r in rows],
+        "workers": config.workers,
+        "wall": wall,
+    }
+
+
+def run_recipe_in(tree: Path, recipe: str, steps: int, warmup: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    command = [
+        sys.executable, __file__, "--measure-recipe", recipe, "--configs", str(tree / "configs"),
+        "--steps", str(steps), "--warmup", str(warmup),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        return {"rate": None, "note": (done.stderr.strip().splitlines() or ["?"])[-1][:160]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare_recipes(args: argparse.Namespace) -> None:
+    before_tree = baseline_tree(args.baseline, ("src", "configs")).parent
+    print(
+        f"training recipes as shipped, {args.steps} steps each ({args.warmup} of warm-up "
+        f"untimed), no validation; before = {args.baseline}, after = this checkout; "
+        f"torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}",
+        flush=True,
+    )
+    for recipe in args.recipes.split(","):
+        before = run_recipe_in(before_tree, recipe, args.steps, args.warmup)
+        after = run_recipe_in(REPO, recipe, args.steps, args.warmup)
+        ratio = after["rate"] / before["rate"] if before.get("rate") and after.get("rate") else None
+        for what, record in (("before", before), ("after", after)):
+            if record.get("rate") is None:
+                print(f"{recipe:<5} {what:<6} failed: {record.get('note')}", flush=True)
+                continue
+            losses = record["losses"]
+            print(
+                f"{recipe:<5} {what:<6} {record['rate']:6.3f} samples/s  workers "
+                f"{record['workers']}  run {record['wall']:.0f} s  loss first/last "
+                f"{losses[0]:.4f}/{losses[-1]:.4f}  mean of last half "
+                f"{sum(losses[len(losses) // 2 :]) / len(losses[len(losses) // 2 :]):.4f}",
+                flush=True,
+            )
+        if ratio:
+            print(f"{recipe:<5} ratio  {ratio:.2f}x", flush=True)
+
+
 def run_in(source: Path, family: str, samples: int) -> dict:
     """``measure`` in a child process importing napari_medood from ``source`` (a src tree)."""
     env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
@@ -184,15 +287,16 @@ def run_in(source: Path, family: str, samples: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def baseline_tree(revision: str) -> Path:
-    """``src`` of ``revision`` in a temporary folder (removed when the process ends)."""
+def baseline_tree(revision: str, paths: tuple[str, ...] = ("src",)) -> Path:
+    """``src`` of ``revision`` (with ``paths``) in a temporary folder (removed when the
+    process ends)."""
     import atexit
     import shutil
 
     folder = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
     atexit.register(shutil.rmtree, folder, True)
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", revision, "src"], capture_output=True, check=True
+        ["git", "-C", str(REPO), "archive", revision, *paths], capture_output=True, check=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder / "src"
@@ -290,6 +394,10 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--train-steps", action="store_true")
+    parser.add_argument("--recipes", help="time whole runs of these recipes (unet,seg)")
+    parser.add_argument("--measure-recipe", help=argparse.SUPPRESS)
+    parser.add_argument("--configs", type=Path, default=REPO / "configs", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=2)
@@ -302,6 +410,12 @@ def main() -> None:
 
         torch.set_num_threads(1)
         print(json.dumps(measure(args.measure, args.samples)))
+        return
+    if args.measure_recipe:
+        print(json.dumps(measure_recipe(args.measure_recipe, args.configs, args.steps, args.warmup)))
+        return
+    if args.recipes:
+        compare_recipes(args)
         return
     if not args.train_steps:
         compare(args)

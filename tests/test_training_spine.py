@@ -239,3 +239,30 @@ def test_two_gloo_processes_stop_at_the_same_step_under_a_budget(data, tmp_path)
     assert logged == list(range(1, training["steps_done"] + 1))  # written by rank 0 only
     assert training["seconds"] <= 30 + SLACK
     assert f"medood-train: {training['steps_done']} steps" in run.stderr
+
+
+@pytest.mark.parametrize("every", [0.0, 1e-9])
+def test_a_run_saves_where_it_is_every_checkpoint_s_between_validations(
+    data, tmp_path, toy_registered, every
+):
+    """``checkpoint_s``: ``OUT/last`` written between validations, so that a run killed
+    without warning loses at most that much; 0 (the default) writes it at validations only."""
+    from napari_medood.training.config import load_config
+    from napari_medood.training.registry import get_trainer
+
+    out = tmp_path / "toy"
+    settings = [*family_settings("toy", data), f"out={out}", "steps=5", "val_interval=1000"]
+    seen = {}
+
+    def progress(done: int, total: int, message: str) -> None:
+        if done == 4:  # reported before step 4's own save
+            card = out / "last" / "card.json"
+            seen["last"] = (
+                json.loads(card.read_text())["training"]["steps_done"] if card.exists() else None
+            )
+
+    trainer = get_trainer("toy")
+    trainer.run(load_config(None, [*settings, f"checkpoint_s={every}"], trainer.config), progress)
+    assert seen["last"] == (3 if every else None)
+    # the run's end saves in either case
+    assert json.loads((out / "last" / "card.json").read_text())["training"]["steps_done"] == 5

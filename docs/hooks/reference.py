@@ -239,7 +239,10 @@ def command_page(command: str, module_name: str) -> str:
     parser = module.build_parser()
     source = f"`build_parser()` in `napari_medood/cli/{module_name}.py`"
     if command == "medood-train":
-        source += ", `napari_medood/cli/zoo.py` and each trainer's configuration class"
+        source += (
+            ", `napari_medood/cli/zoo.py`, `napari_medood/cli/campaign.py` and each trainer's "
+            "configuration class"
+        )
     lines = [f"# {command}", "", GENERATED_NOTE.format(source=source)]
     lines += parser_reference(parser)
     if command == "medood-predict":
@@ -322,6 +325,13 @@ def _training_methods_section() -> list[str]:
             "the brain suite (U-Net, segmenter, diffusion model, trust gate) in one budget",
         ]
     )
+    rows.append(
+        [
+            "[`campaign`](#medood-train-campaign)",
+            " ",
+            "the brain members trained on in the background, session after session",
+        ]
+    )
     lines += table(["method", "family (cards' `detector`)", "what the family is"], rows)
 
     lines += [
@@ -374,6 +384,19 @@ def _training_methods_section() -> list[str]:
         "",
     ]
     lines += parser_reference(zoo_parser(), heading="####")
+
+    from napari_medood.cli.campaign import build_parser as campaign_parser
+
+    lines += [
+        "### medood-train campaign",
+        "",
+        "The brain members (`seg`, `unet`) trained on round after round in the background "
+        "(`napari_medood/cli/campaign.py`, `napari_medood/training/campaign.py`). "
+        "`--set MEMBER.KEY=VALUE` sets one key of one member's recipe (the keys of the methods "
+        "above), or `round_steps`, `max_lr` and `val_interval` of its rounds.",
+        "",
+    ]
+    lines += parser_reference(campaign_parser(), heading="####")
     return lines
 
 

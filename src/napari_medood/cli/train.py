@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         metavar="METHOD",
         help=f"what to train: {', '.join(families)}; or zoo, the whole brain suite in one "
-        "budget (medood-train zoo --help)",
+        "budget (medood-train zoo --help); or campaign, the brain members trained on in the "
+        "background, session after session (medood-train campaign --help)",
     )
     parser.add_argument("--config", metavar="YAML", help="training configuration")
     parser.add_argument(
@@ -153,4 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from napari_medood.cli.zoo import main as zoo_main
 
         return zoo_main(args[1:])
+    if args[:1] == ["campaign"]:
+        from napari_medood.cli.campaign import main as campaign_main
+
+        return campaign_main(args[1:])
     return run_command(PROG, build_parser(), _train, argv)

@@ -69,7 +69,9 @@ class StepRunSettings(RunSettings):
 
     steps: how many (at most, under a budget); amp: false forces float32; workers: data
     loader processes; val_interval, log_interval: steps between validations / log lines;
-    tensorboard: also log there.
+    tensorboard: also log there; checkpoint_s: seconds between saves of ``OUT/last``
+    besides those at validations (0: at validations only), so that a long run stopped
+    without warning loses at most that much.
     """
 
     steps: int = 2000
@@ -78,6 +80,7 @@ class StepRunSettings(RunSettings):
     val_interval: int = 250
     log_interval: int = 10
     tensorboard: bool = False
+    checkpoint_s: float = 0.0
 
 
 def check_ood_supervision(config: Any) -> None:
@@ -121,6 +124,10 @@ def check_run_settings(config: Any, what: str) -> None:
     config.budget_s = float(config.budget_s)
     if getattr(config, "val_interval", 1) < 1 or getattr(config, "log_interval", 1) < 1:
         raise MedoodError("val_interval and log_interval must be >= 1")
+    if not float(getattr(config, "checkpoint_s", 0.0)) >= 0:
+        raise MedoodError(
+            f"checkpoint_s is seconds (0: at validations only), got {config.checkpoint_s!r}"
+        )
     config.device = check_device_name(config.device)
     if config.precision not in PRECISIONS:
         raise MedoodError(f"unknown precision {config.precision!r}; valid: {', '.join(PRECISIONS)}")

@@ -11,7 +11,8 @@ A family brings its network, its data, the loss of one step, its validation and 
 - the step loop (:func:`train_steps`): the optimiser step with a gradient scaler where float16
   needs one, the learning-rate schedule, CSV logs (TensorBoard if asked), validation every
   ``val_interval`` steps keeping ``OUT/best`` by the family's metric, ``OUT/last`` with the
-  optimiser state, cancel and Ctrl-C keeping what was done;
+  optimiser state (also every ``checkpoint_s`` seconds between validations), cancel and
+  Ctrl-C keeping what was done;
 - divergence: a step whose loss is not finite stops the run with :class:`TrainingDiverged`
   (naming the step, the last finite loss and the learning rate), and no checkpoint is ever
   written with non-finite weights, so ``OUT/best`` and ``OUT/last`` keep the last sound
@@ -64,6 +65,7 @@ RESUMABLE_CHANGES = (
     "amp",
     "tensorboard",
     "budget_s",
+    "checkpoint_s",
 )
 #: configuration keys that say where data and outputs are, left out of the card's recipe
 NOT_RECIPE = ("train", "masks", "val", "val_masks", "out", "name", "description")
@@ -570,6 +572,8 @@ def train_steps(
     model.train()
     step = start_step
     window_start, window_samples = time.perf_counter(), 0
+    checkpoint_s = float(getattr(config, "checkpoint_s", 0.0) or 0.0)
+    saved_at = time.perf_counter()
     try:
         for batch in loader:
             if step >= steps.total:
@@ -627,7 +631,12 @@ def train_steps(
                             best = value
                             save(run.best_dir, {"validation": {**metrics, "step": step}}, step)
                     save_last(step)
+                    saved_at = time.perf_counter()
                 barrier(run.world)
+            elif run.is_main and checkpoint_s and time.perf_counter() - saved_at >= checkpoint_s:
+                # only the first process writes: the weights are the same on every one
+                save_last(step)
+                saved_at = time.perf_counter()
     except (KeyboardInterrupt, Cancelled):  # keep what was done: the same command resumes
         if run.is_main:
             save_last(step)
