@@ -129,3 +129,18 @@ def test_the_layers_contract_catches_an_upward_import(tmp_path):
     )
     assert run.returncode != 0
     assert "napari_medood.io.formats -> napari_medood.detectors.base" in run.stdout
+
+
+def test_the_default_model_is_built_and_run_without_importing_monai():
+    """MONAI's package imports every submodule it has (1.6 s on the 2-core machine): the
+    default model's members are built here, so its start-up does without it."""
+    samples = Path(__file__).resolve().parents[1] / "src" / "napari_medood" / "samples"
+    loaded = _modules_loaded_by(
+        "from napari_medood.detectors import get_detector\n"
+        "from napari_medood.io.readers import read_volume\n"
+        f"volume = read_volume({str(samples / 'ixi048_t1_2mm.nii.gz')!r})\n"
+        "detector = get_detector('brain-any', device='cpu')\n"
+        "assert detector.predict(volume).anomaly_map.data.max() > 0\n"
+    )
+    assert "torch" in loaded and "napari_medood.models.segmenter" in loaded
+    assert "monai" not in loaded

@@ -95,6 +95,38 @@ def test_a_training_step_lowers_the_loss_on_a_fixed_batch():
     assert losses[-1] < losses[0] * 0.9, losses
 
 
+@pytest.mark.parametrize(
+    "channels, units", [((16, 32, 64, 128), 2), ((4, 8, 16), 0), ((4, 8, 16, 32), 1)]
+)
+def test_the_segmenter_is_monai_s_unet_layer_for_layer(channels, units):
+    """Built here (MONAI's import is most of the default model's start-up), it is MONAI's
+    network: the same tensors under the same names, drawn the same from a seed, the same
+    outputs; the shipped segmenter's weights load into it."""
+    from monai.networks.nets import UNet
+
+    from napari_medood.models.checkpoint import Checkpoint
+    from napari_medood.models.segmenter import LesionSegmenter
+
+    torch.manual_seed(3)
+    ours = LesionSegmenter(channels, units, prior=0.5).eval()
+    torch.manual_seed(3)
+    theirs = UNet(3, 1, 1, channels, (2,) * (len(channels) - 1), num_res_units=units).eval()
+    mine, monai_state = ours.net.state_dict(), theirs.state_dict()
+    assert list(mine) == list(monai_state)
+    # the prior sets the last convolution's bias: log(0.5 / 0.5) = 0 where MONAI draws one
+    last = [n for n, m in ours.net.named_modules() if isinstance(m, torch.nn.Conv3d)][-1]
+    for key in mine:
+        if key != f"{last}.bias":
+            assert torch.equal(mine[key], monai_state[key]), key
+    theirs.load_state_dict(mine)
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    if channels == (16, 32, 64, 128):
+        shipped = LesionSegmenter(channels, units)
+        shipped.load_state_dict(Checkpoint.open("brain-any-seg").load_state())
+
+
 # --------------------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip_and_tamper_detection(tmp_path):
     card = random_checkpoint(tmp_path / "ckpt")
