@@ -4,6 +4,8 @@ worker, before (a baseline commit) and after (this checkout), in one command.
     python benchmarks/bench_training.py [--baseline 866eba9] [--samples 40]
                                         [--families unet,unet-any,seg,seg-any,diffusion,flow,classifier]
     python benchmarks/bench_training.py --train-steps [--device cpu] [--batch 2] [--patch 96]
+    python benchmarks/bench_training.py --recipes unet,seg [--baseline 1f5a371] [--steps 14]
+                                        [--warmup 4] [--repeats 3]
 
 For each family its training dataset is built as its recipe builds it, from the shared data
 (two IXI T1 scans at 2 mm with their DLMUSE parcellations, MS patient 07 with his lesions,
@@ -38,8 +40,11 @@ optimiser steps without validation, in a child process per tree and recipe (the
 baseline's ``src`` and ``configs`` from ``git archive``). The figure is samples per second
 of the steps after the first ``--warmup`` (loader start-up and kernel choice excluded), read
 from the run's own ``train_log.csv``; both trees' final losses are printed beside it, and
-``--loss-steps`` more steps with a fixed seed compare the loss curves' shape. One
-validation of the recipe's validation set is timed separately (``--validation``).
+both runs are seeded alike, so the losses show whether the curve kept its shape.
+``--repeats`` runs each tree that many times, interleaved, and prints the medians. A
+recipe that compiles its steps (``compile: true``) compiles in the warm-up steps, which
+are not timed (the first compile of the U-Net takes about 35 s on the 2-core CPU; torch
+caches it for later runs).
 """
 
 from __future__ import annotations
@@ -253,13 +258,25 @@ def compare_recipes(args: argparse.Namespace) -> None:
     before_tree = baseline_tree(args.baseline, ("src", "configs")).parent
     print(
         f"training recipes as shipped, {args.steps} steps each ({args.warmup} of warm-up "
-        f"untimed), no validation; before = {args.baseline}, after = this checkout; "
+        f"untimed), no validation, median of {args.repeats} run(s); before = {args.baseline}, after = this checkout; "
         f"torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}",
         flush=True,
     )
+    import statistics
+
     for recipe in args.recipes.split(","):
-        before = run_recipe_in(before_tree, recipe, args.steps, args.warmup)
-        after = run_recipe_in(REPO, recipe, args.steps, args.warmup)
+        runs: dict[str, list[dict]] = {"before": [], "after": []}
+        for _ in range(args.repeats):  # interleaved: a change of load hits both alike
+            runs["before"].append(run_recipe_in(before_tree, recipe, args.steps, args.warmup))
+            runs["after"].append(run_recipe_in(REPO, recipe, args.steps, args.warmup))
+        medians = {}
+        for what, records in runs.items():
+            rates = [r["rate"] for r in records if r.get("rate")]
+            medians[what] = statistics.median(rates) if rates else None
+            if len(rates) > 1:
+                print(f"{recipe:<5} {what:<6} runs: {', '.join(f'{r:.3f}' for r in rates)}")
+        before, after = runs["before"][-1], runs["after"][-1]
+        before["rate"], after["rate"] = medians["before"], medians["after"]
         ratio = after["rate"] / before["rate"] if before.get("rate") and after.get("rate") else None
         for what, record in (("before", before), ("after", after)):
             if record.get("rate") is None:
@@ -398,6 +415,9 @@ def main() -> None:
     parser.add_argument("--measure-recipe", help=argparse.SUPPRESS)
     parser.add_argument("--configs", type=Path, default=REPO / "configs", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="--recipes: runs of each, interleaved (medians)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=2)
@@ -412,7 +432,9 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.samples)))
         return
     if args.measure_recipe:
-        print(json.dumps(measure_recipe(args.measure_recipe, args.configs, args.steps, args.warmup)))
+        print(
+            json.dumps(measure_recipe(args.measure_recipe, args.configs, args.steps, args.warmup))
+        )
         return
     if args.recipes:
         compare_recipes(args)

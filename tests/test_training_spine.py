@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -266,3 +267,69 @@ def test_a_run_saves_where_it_is_every_checkpoint_s_between_validations(
     assert seen["last"] == (3 if every else None)
     # the run's end saves in either case
     assert json.loads((out / "last" / "card.json").read_text())["training"]["steps_done"] == 5
+
+
+def test_a_run_asked_to_compile_trains_on_uncompiled_where_compiling_fails(
+    data, tmp_path, monkeypatch
+):
+    """``compile``: where the compiler fails in the first step (no C++ compiler, say), the
+    step runs again uncompiled, and so does the run, its card saying why."""
+    import torch
+
+    from napari_medood.training.config import load_config
+    from napari_medood.training.registry import get_trainer
+
+    class NoCompiler:
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):  # as torch's compiled module: the model's attributes
+            return getattr(self.model, name)
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", NoCompiler)
+    trainer = get_trainer("unet")
+    settings = [*family_settings("unet", data), f"out={tmp_path / 'asked'}", "steps=3"]
+    result = trainer.run(load_config(None, [*settings, "compile=true"], trainer.config))
+    assert result.last_step == 3
+    card = json.loads((result.best / "card.json").read_text())
+    assert card["training"]["compile"].startswith("not compiled (RuntimeError: InvalidCxx")
+    # the same steps as a run never asked to compile
+    plain_settings = [*family_settings("unet", data), f"out={tmp_path / 'plain'}", "steps=3"]
+    plain = trainer.run(load_config(None, plain_settings, trainer.config))
+    with open(tmp_path / "asked" / "train_log.csv") as a:
+        asked_losses = [row["loss"] for row in csv.DictReader(a)]
+    with open(tmp_path / "plain" / "train_log.csv") as b:
+        assert asked_losses == [row["loss"] for row in csv.DictReader(b)]
+    assert "compile" not in json.loads((plain.best / "card.json").read_text())["training"]
+
+
+def test_a_run_whose_bfloat16_steps_overflow_goes_on_in_float32(data, tmp_path, monkeypatch):
+    """Where a CPU's bfloat16 kernels give non-finite numbers (the classifier's 3D
+    convolution backward did), the step is taken again in float32 and so is the rest of
+    the run, rather than bfloat16 being given up on every CPU."""
+    import torch
+
+    from napari_medood.models import unet
+    from napari_medood.training.config import load_config
+    from napari_medood.training.registry import get_trainer
+
+    plain_loss = unet.deep_supervision_loss
+
+    def overflowing_in_bfloat16(outputs, targets):
+        loss = plain_loss(outputs, targets)
+        return loss * float("inf") if outputs[0].dtype == torch.bfloat16 else loss
+
+    monkeypatch.setattr(unet, "deep_supervision_loss", overflowing_in_bfloat16)
+    trainer = get_trainer("unet")
+    settings = [*family_settings("unet", data), f"out={tmp_path / 'run'}", "steps=3"]
+    result = trainer.run(load_config(None, [*settings, "precision=bfloat16"], trainer.config))
+    assert result.last_step == 3
+    card = json.loads((result.best / "card.json").read_text())
+    assert card["training"]["precision_fallback"].startswith(
+        "bfloat16 gave non-finite numbers at step 1"
+    )
+    with open(tmp_path / "run" / "train_log.csv") as handle:
+        assert all(math.isfinite(float(row["loss"])) for row in csv.DictReader(handle))

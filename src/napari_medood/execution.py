@@ -104,9 +104,13 @@ def configure_threads() -> int:
     return wanted
 
 
-@dataclass(frozen=True)
+@dataclass
 class Execution:
-    """How forward passes run: device, precision (resolved), memory format."""
+    """How forward passes run: device, precision (resolved), memory format.
+
+    Mutable for one reason: a training run whose bfloat16 steps give non-finite numbers
+    goes on in float32 (:meth:`fall_back_to_float32`), and every part of the run that holds
+    this plan (its step's loss, its validation) follows at once."""
 
     device: str
     precision: str
@@ -152,6 +156,10 @@ class Execution:
             return contextlib.nullcontext()
         kind = str(self.device).split(":")[0]
         return torch.autocast(kind, dtype=self.dtype)
+
+    def fall_back_to_float32(self) -> None:
+        """From now on, forward passes run in float32 (no autocast)."""
+        self.precision = "float32"
 
     def describe(self, model=None) -> str:
         """``device, precision[, channels-last]``; the layout only where it applies (3D

@@ -53,13 +53,15 @@ class Member:
     round_steps: int
     max_lr: float
     val_interval: int
+    compile: bool = False
 
 
 MEMBERS: dict[str, Member] = {
     # a step of 4 x 64^3 takes ~0.25 s on 2 cores; the 4-case validation ~10 s
     "seg": Member("seg", "brain-any-seg", "valset-lesions", 4000, 5e-4, 250),
     # a step of 4 x 96^3 takes ~3 s on 2 cores; the 12-case validation ~60 s
-    "unet": Member("unet", "brain-any-unet-gpu", "valset-fpi", 1000, 3e-4, 100),
+    # compiled: 1.3-1.5x the steps per second on the CPU (the segmenter gains nothing)
+    "unet": Member("unet", "brain-any-unet-gpu", "valset-fpi", 1000, 3e-4, 100, compile=True),
 }
 STATE_FILE, LOG_FILE, PID_FILE = "campaign.json", "campaign.log", "campaign.pid"
 
@@ -336,6 +338,7 @@ def member_config(settings: CampaignSettings, state: dict, name: str, entry: dic
         log_interval=25,
         seed=number,
         checkpoint_s=settings.checkpoint_s,
+        compile=member.compile,
         device=settings.device,
         precision=settings.precision,
         # on the CPU the data is drawn in-process: counted in the CPU time, and no loader

@@ -47,8 +47,9 @@ class ClassifierTrainConfig(StepRunSettings):
     weight_decay: float = 0.0
     poly_power: float = 0.9
     augment: bool = True
-    # float32: under bfloat16 autocast the CPU's 3D convolution backward gave non-finite
-    # gradients within 25 steps (layer4), and float32 ran as fast on this small network
+    # float32: float32 ran as fast on this small network; under bfloat16 autocast the CPU's 3D
+    # convolution backward gave non-finite gradients within 25 steps (layer4), which a run
+    # asked for bfloat16 now survives (the spine goes on in float32 from that step)
     precision: str = "float32"
     val_interval: int = 200
     workers: int = 0

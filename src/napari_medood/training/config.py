@@ -71,7 +71,10 @@ class StepRunSettings(RunSettings):
     loader processes; val_interval, log_interval: steps between validations / log lines;
     tensorboard: also log there; checkpoint_s: seconds between saves of ``OUT/last``
     besides those at validations (0: at validations only), so that a long run stopped
-    without warning loses at most that much.
+    without warning loses at most that much. compile: the training forward and backward
+    compiled (``torch.compile``: normalisation, activations and their gradients fused), which
+    costs a minute once and makes the shipped U-Net's CPU steps 1.3x as fast; where it
+    fails (no C++ compiler, say), the run goes on uncompiled and its card says why.
     """
 
     steps: int = 2000
@@ -81,6 +84,7 @@ class StepRunSettings(RunSettings):
     log_interval: int = 10
     tensorboard: bool = False
     checkpoint_s: float = 0.0
+    compile: bool = False
 
 
 def check_ood_supervision(config: Any) -> None:

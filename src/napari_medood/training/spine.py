@@ -66,6 +66,7 @@ RESUMABLE_CHANGES = (
     "tensorboard",
     "budget_s",
     "checkpoint_s",
+    "compile",
 )
 #: configuration keys that say where data and outputs are, left out of the card's recipe
 NOT_RECIPE = ("train", "masks", "val", "val_masks", "out", "name", "description")
@@ -517,6 +518,8 @@ def train_steps(
     plan.schedule.apply(optimiser, start_step, steps.total)
     model = distributed_model(model, device, run.world)
     module = getattr(model, "module", model)
+    # the steps may run compiled; validation and checkpoints use the module itself
+    compiled = Compiled(model, bool(getattr(config, "compile", False)))
     loader = training_loader(plan.dataset, config, run.rank, run.world, start_step, device)
     writer = _tensorboard(run) if getattr(config, "tensorboard", False) else None
 
@@ -544,6 +547,10 @@ def train_steps(
 
     def done(step: int) -> dict:
         entry = {"steps_done": step, "seconds": round(run.budget.elapsed(), 1)}
+        if compiled.record is not None:
+            entry["compile"] = compiled.record
+        if fallback is not None:
+            entry["precision_fallback"] = fallback
         if run.budget.limited:
             entry["scheduled_steps"] = steps.total
         if last_finite is not None:  # the loss of step ``step``: a run stops at a non-finite one
@@ -573,6 +580,7 @@ def train_steps(
     step = start_step
     window_start, window_samples = time.perf_counter(), 0
     checkpoint_s = float(getattr(config, "checkpoint_s", 0.0) or 0.0)
+    fallback: str | None = None
     saved_at = time.perf_counter()
     try:
         for batch in loader:
@@ -580,8 +588,14 @@ def train_steps(
                 break
             check_cancelled(cancelled)
             optimiser.zero_grad(set_to_none=True)
-            loss = plan.step_loss(model, batch, step)
-            scaler.scale(loss).backward()
+            loss = compiled.step(plan, batch, step, scaler)
+            if execution.precision == "bfloat16" and not finite_step(loss, model):
+                # some CPUs' bfloat16 kernels overflow where float32 does not (the 3D
+                # convolution's backward, seen in the classifier): this run goes on in float32
+                execution.fall_back_to_float32()
+                fallback = f"bfloat16 gave non-finite numbers at step {step + 1}; float32 since"
+                optimiser.zero_grad(set_to_none=True)
+                loss = compiled.step(plan, batch, step, scaler)
             if not plan.skip_nonfinite or all(
                 p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
             ):
@@ -658,6 +672,54 @@ def train_steps(
         budget_s=float(config.budget_s or 0.0),
         final_lr=plan.schedule.at(max(step - 1, 0), steps.total)[0] if step else None,
     )
+
+
+def finite_step(loss, model) -> bool:
+    """The step's loss and every gradient are finite numbers."""
+    import torch
+
+    if not bool(torch.isfinite(loss.detach()).all()):
+        return False
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+class Compiled:
+    """The training steps' forward, compiled where asked (``torch.compile``), else the model
+    itself. Compilation happens in the first step; where it fails (no C++ compiler, an
+    operation the compiler does not know), that step runs again uncompiled and so does the
+    rest of the run, and ``record`` says why."""
+
+    def __init__(self, model, wanted: bool):
+        self.model, self.record = model, None
+        self.forward = model
+        if wanted:
+            import torch
+
+            self.forward = torch.compile(model)
+            self.record = "compiled"
+        self.tried = not wanted
+
+    def step(self, plan: StepPlan, batch, step: int, scaler):
+        """The loss of ``plan``'s step on ``batch``, its gradients computed."""
+
+        def run_step(forward):
+            loss = plan.step_loss(forward, batch, step)
+            scaler.scale(loss).backward()
+            return loss
+
+        if self.tried:
+            return run_step(self.forward)
+        try:
+            loss = run_step(self.forward)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: train uncompiled
+            for parameter in self.model.parameters():
+                parameter.grad = None
+            self.forward = self.model
+            reason = " ".join(str(exc).split())[:200]
+            self.record = f"not compiled ({type(exc).__name__}: {reason})"
+            loss = run_step(self.forward)
+        self.tried = True
+        return loss
 
 
 def _tensorboard(run: Run):
