@@ -37,6 +37,17 @@ fi
 
 venv=${MEDOOD_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# what the environment was last set up from: the same files and Python again need no pip
+# (three pip runs that change nothing cost about 5 s; MEDOOD_SETUP_FORCE=1 runs them anyway)
+stamp="$venv/.medood-setup"
+wanted=$(cat pyproject.toml .ci/constraints.txt tools/setup-env.sh | sha256sum | cut -d' ' -f1)
+wanted="$wanted $("$venv/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+if [ "${MEDOOD_SETUP_FORCE:-0}" != 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] \
+    && "$venv/bin/python" -c 'import importlib.util as u, napari_medood; assert u.find_spec("torch")' 2>/dev/null; then
+  echo "setup-env: ready ($venv, unchanged since it was set up)"
+  exit 0
+fi
+rm -f "$stamp"
 export PIP_CONSTRAINT="$PWD/.ci/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
 log=.ci-pip.log
 pip_install() {
@@ -48,4 +59,5 @@ pip_install -U pip
 pip_install "torch==2.13.0"
 pip_install -e ".[testing]"
 "$venv/bin/python" -c 'import torch; print("setup-env: torch", torch.__version__)'
+echo "$wanted" >"$stamp"
 echo "setup-env: ready ($venv)"
