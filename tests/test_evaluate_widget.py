@@ -64,6 +64,18 @@ def test_evaluate_panel_metrics_and_live_threshold(flair_case, qtbot):
     np.testing.assert_allclose(widget._threshold_layer.scale, map_layer.scale)
     np.testing.assert_allclose(widget._threshold_layer.translate, map_layer.translate)
     assert "Dice" in widget.metrics_label.text()
+    # lesions as a reader counts them: the ground truth's components, found by the findings
+    from napari_medood.evaluation.lesions import lesion_components, lesion_counts
+
+    _, lesions = lesion_components(truth_layer.data > 0)
+    at_08 = lesion_counts(np.clip(map_layer.data, 0, 1), truth_layer.data > 0, thresholds=(0.8,))
+    values = widget.metrics()
+    assert values["lesions"] == lesions > 3  # patient 07's MS lesions
+    assert values["lesion_threshold"] == pytest.approx(0.8)
+    assert (values["lesions_found"], values["findings"]) == (at_08.found[0], at_08.findings[0])
+    assert f"{lesions} lesions; at 0.800: {values['lesions_found']} found" in (
+        widget.metrics_label.text()
+    )
     # Best Dice picks the threshold with the highest Dice
     widget.best_button.click()
     best = widget.metrics()["dice"]

@@ -435,6 +435,29 @@ def test_eval_reports_dice_and_healthy_volume_at_a_fixed_threshold(valset, tmp_p
         <= (pixel["fixed"]["at0.3"]["healthy_flagged_ml_mean"])
     )
     assert "At the fixed threshold 0.6" in (report / "report.md").read_text()
+    # the lesion level: each healthy scan's findings at each fixed threshold, counted here
+    # from its own map as a reader counts them
+    from scipy import ndimage
+
+    lesion = json.loads((report / "metrics.json").read_text())["lesion"]
+    # the set's own normal cases are healthy scans too; the two given come last
+    normal = sum(
+        1
+        for c in json.loads((report / "metrics.json").read_text())["cases"]
+        if c["anomalous"] is False
+    )
+    assert lesion["healthy_scans"] == normal > 2 and set(lesion["froc"]) == {"1", "2", "4", "8"}
+    for name, value in (("at0.3", 0.3), ("at0.6", 0.6)):
+        counted = []
+        for scan in sorted(healthy.iterdir()):
+            volume = read_volume(scan)
+            mask = load_mask(next(dlmuse.glob(scan.name.split("_")[0] + "*")), volume.grid)
+            values = np.clip(detector.predict(volume, mask).anomaly_map.data, 0, 1)
+            above = (values.astype(np.float16).astype(np.float32) >= value) & mask
+            counted.append(ndimage.label(above, structure=np.ones((3, 3, 3)))[1])
+        assert lesion["at"][name]["healthy_false_findings"][-2:] == counted
+    assert "## Lesion level" in (report / "report.md").read_text()
+    assert "at 1 false finding per scan" in capsys.readouterr().err
     bad = [*argv[:-3], "--thresholds", "half", str(valset), "-o", str(tmp_path / "bad")]
     assert eval_main(bad) == 2
     assert "--thresholds takes numbers" in capsys.readouterr().err

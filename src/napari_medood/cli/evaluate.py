@@ -226,6 +226,12 @@ def _evaluate(args: argparse.Namespace, out, fixed: tuple[float, ...], fprs) -> 
         parts.append(f"pixel AP {pixel['ap']:.3f}")
     if pixel.get("dice"):
         parts.append(f"best Dice {pixel['dice']['sweep']['dice_mean']:.3f}")
+    froc = result.lesion.get("froc", {}).get("1")
+    if froc is not None:
+        parts.append(
+            f"lesion sensitivity {froc['sensitivity']:.2f} at 1 false finding per scan "
+            f"({result.lesion['lesions']} lesions)"
+        )
     if sample.get("auroc") is not None:
         parts.append(f"sample AUROC {sample['auroc']:.3f}")
     failed = result.settings["failed"]

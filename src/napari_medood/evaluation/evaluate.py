@@ -3,7 +3,9 @@
 Voxel metrics (MOOD pixel AP over all voxels, AUROC, per-volume AUPRC mean, Dice at the best
 threshold by Zimmerer bisection and by sweep, Dice at thresholds calibrated on healthy scans
 for 1 %, 5 % and 10 % voxel false-positive rates) come from float16-bin histograms, so no
-cohort is ever held in memory and no voxel is subsampled. Sample metrics (MOOD sample AP,
+cohort is ever held in memory and no voxel is subsampled. Lesion-level figures (lesions and
+findings as connected components: FROC points, lesion-wise F1, false findings per healthy
+scan) come from each case's findings at a grid of thresholds (``evaluation.lesions``). Sample metrics (MOOD sample AP,
 AUROC, FPR at 95 % TPR, AUPR-In/Out) come with seeded bootstrap intervals. A case that fails
 is recorded with its error and the others go on.
 """
@@ -48,7 +50,9 @@ class EvalOptions:
         use_masks: count only voxels inside each case's brain mask when it has one.
         thresholds: fixed voxel thresholds (a segmenter's 0.5, or one model's calibrated
             threshold applied to another) at which Dice on lesions and the volume flagged
-            in each healthy scan are reported (``pixel["fixed"]``).
+            in each healthy scan are reported (``pixel["fixed"]``), and the lesion-level
+            figures too (``lesion["at"]``).
+        lesions: also count lesions and findings (``evaluation.lesions``).
     """
 
     fprs: Sequence[float] = DEFAULT_FPRS
@@ -58,6 +62,7 @@ class EvalOptions:
     bootstrap: int = 1000
     seed: int = 0
     use_masks: bool = True
+    lesions: bool = True
 
 
 @dataclass
@@ -79,13 +84,15 @@ class CaseResult:
     info: dict[str, Any] = field(default_factory=dict)
     voxel_ml: float | None = None
     counts: CaseCounts | None = field(default=None, repr=False)
+    lesion_counts: Any = field(default=None, repr=False)
+    lesions: int | None = None
 
     def row(self) -> dict[str, Any]:
         """A flat dict for the CSV table."""
         row = {
             key: value
             for key, value in asdict(self).items()
-            if key not in ("counts", "dice", "fpr", "notes", "problems", "info")
+            if key not in ("counts", "dice", "fpr", "notes", "problems", "info", "lesion_counts")
         }
         row.update({f"dice@{k}": v for k, v in self.dice.items()})
         row.update({f"fpr@{k}": v for k, v in self.fpr.items()})
@@ -105,11 +112,13 @@ class EvaluationResult:
     settings: dict[str, Any]
     histogram: VoxelHistogram | None = field(default=None, repr=False)
     sweep_curve: np.ndarray | None = field(default=None, repr=False)
+    lesion: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
             "settings": self.settings,
             "pixel": self.pixel,
+            "lesion": self.lesion,
             "sample": self.sample,
             "calibration": self.calibration,
         }
@@ -208,6 +217,18 @@ def score_cases(
                 if counts.n_pos:
                     result.ap = counts.average_precision()
                     result.auroc = _nan_to_none(counts.auroc())
+                if options.lesions:
+                    from napari_medood.evaluation.lesions import GRID, lesion_counts
+
+                    grid = sorted({*GRID, *(float(t) for t in options.thresholds)})
+                    result.lesion_counts = lesion_counts(
+                        anomaly_map,
+                        label if result.anomalous is not False else None,
+                        mask,
+                        grid,
+                        voxel_ml=result.voxel_ml,
+                    )
+                    result.lesions = result.lesion_counts.lesions
         except MedoodError as exc:
             result.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad case must not sink the evaluation
@@ -328,6 +349,14 @@ def evaluate(
             name: _at_fixed_threshold(name, value, lesion_cases, healthy_rows)
             for name, value in fixed.items()
         }
+    lesion: dict[str, Any] = {}
+    read = [r for r in results + healthy_results if r.lesion_counts is not None]
+    if read:
+        from napari_medood.evaluation.lesions import cohort_lesion_figures
+
+        lesion = cohort_lesion_figures(
+            [r.lesion_counts for r in read], [r.anomalous is False for r in read], thresholds
+        )
     sample = _sample_metrics(results, options)
     settings = {
         "cases": len(cases),
@@ -351,7 +380,14 @@ def evaluate(
     if callable(record):  # a detector run here: which one, and how it ran
         settings["predictions"] = record()
     return EvaluationResult(
-        results + healthy_results, pixel, sample, calibration, settings, histogram, sweep_curve
+        results + healthy_results,
+        pixel,
+        sample,
+        calibration,
+        settings,
+        histogram,
+        sweep_curve,
+        lesion,
     )
 
 

@@ -195,6 +195,57 @@ def write_report(
     return written
 
 
+def lesion_markdown(lesion: dict[str, Any]) -> list[str]:
+    """The lesion-level section: FROC points, F1, false findings per healthy scan."""
+    if not lesion:
+        return []
+    lines = [
+        "## Lesion level",
+        "",
+        f"Lesions and findings are 26-connected components; a finding is true when at least "
+        f"a tenth of it lies in lesions. {lesion['lesions']} lesions in "
+        f"{lesion['lesion_scans']} scans; {lesion['scans']} scans read "
+        f"({lesion['healthy_scans']} healthy).",
+        "",
+    ]
+    if lesion.get("froc"):
+        points = lesion["froc"]
+        lines += [
+            "| false findings per scan | "
+            + " | ".join(f"{k}" for k in points)
+            + " | best lesion F1 |",
+            "|---|" + "---|" * (len(points) + 1),
+            "| lesion sensitivity | "
+            + " | ".join(_fmt(v["sensitivity"]) for v in points.values())
+            + f" | {_fmt(lesion.get('best_f1', {}).get('f1'))} |",
+            "| at threshold | "
+            + " | ".join(_fmt(v["threshold"], 3) for v in points.values())
+            + f" | {_fmt(lesion.get('best_f1', {}).get('threshold'), 3)} |",
+            "",
+        ]
+    at = lesion.get("at", {})
+    if at:
+        lines += [
+            "| threshold | value | false findings per scan | lesion sensitivity | lesion F1 "
+            "| false findings per healthy scan | ml per healthy scan |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, entry in at.items():
+            lines.append(
+                f"| {name} | {_fmt(entry['threshold'], 4)} | "
+                f"{_fmt(entry['false_findings_per_scan'], 2)} | {_fmt(entry['sensitivity'])} | "
+                f"{_fmt(entry['f1'])} | {_fmt(entry.get('healthy_false_findings_mean'), 2)} | "
+                f"{_fmt(entry.get('healthy_flagged_ml_mean'), 2)} |"
+            )
+        lines += [
+            "",
+            "Each threshold is read at the nearest threshold of the grid at or above it "
+            "(`read_at` in metrics.json).",
+            "",
+        ]
+    return lines
+
+
 def markdown(
     result: EvaluationResult, title: str, bias: dict[str, Any], plots: dict[str, Path | None]
 ) -> str:
@@ -267,6 +318,7 @@ def markdown(
             f"{_fmt(entry['healthy_flagged_ml_mean'], 2)} ml on average ({flagged or 'none'}).",
             "",
         ]
+    lines += lesion_markdown(result.lesion)
     lines += ["## Sample level", ""]
     if "auroc" in sample or "ap_mood" in sample:
         ci = sample.get("ci95", {})

@@ -6,7 +6,10 @@ that role (threshold layers are never offered as ground truth, lesion masks neve
 masks). Compute counts the voxels once (off the GUI thread, with the MOOD challenge's
 semantics, with a progress bar and a Cancel button that keeps the numbers shown before) and
 shows AP and AUROC, the precision-recall curve, and Dice, precision and recall at the
-threshold of the slider. Moving the slider updates an orange Labels layer of the voxels at or
+threshold of the slider, and as a reader counts them: the lesions (connected components of
+the ground truth), how many the findings at the threshold find and how many findings are
+false (``evaluation.lesions``; read at the lesion grid's nearest threshold at or above the
+slider's), and the share found at one false finding. Moving the slider updates an orange Labels layer of the voxels at or
 above the threshold, over the map (ground truth shows in green). When one of its layers is
 removed, or another map, ground truth or mask is chosen, the panel clears its numbers and
 its threshold layer (they belonged to the layers counted) and asks for Compute again. The
@@ -42,6 +45,7 @@ from napari_medood._napari._widgets._pickers import LayerComboBox, check_pairing
 from napari_medood._napari._widgets._runs import CancellableRun
 from napari_medood._napari._widgets._viewer import show_labels
 from napari_medood._progress import check_cancelled, report
+from napari_medood.evaluation.lesions import lesion_counts
 from napari_medood.evaluation.metrics import CaseCounts, VoxelHistogram, best_dice_sweep
 
 if TYPE_CHECKING:
@@ -54,12 +58,13 @@ CURVE_COLOUR = "#4d9de0"
 COUNT_STEPS = 32
 
 
-def count_voxels(job: dict, progress=None, cancelled=None) -> tuple[CaseCounts, np.ndarray | None]:
+def count_voxels(job: dict, progress=None, cancelled=None) -> tuple:
     """Off the GUI thread: the voxel counts of ``job["map"]`` against ``job["truth"]`` (any
     label > 0 is abnormal) inside ``job["mask"]`` (None: every voxel), with the MOOD
-    challenge's semantics; returns them and the mask as booleans. Counted a slab of the
-    first axis at a time (the counts are per voxel, so they add up), which gives an honest
-    progress bar and a prompt Cancel."""
+    challenge's semantics, and its lesions and findings at the lesion-level grid
+    (``evaluation.lesions``); returns ``(counts, the mask as booleans, lesion counts)``.
+    Counted a slab of the first axis at a time (the counts are per voxel, so they add up),
+    which gives an honest progress bar and a prompt Cancel."""
     anomaly_map, truth = job["map"], job["truth"]
     mask = None if job["mask"] is None else np.asarray(job["mask"]) > 0
     histogram = VoxelHistogram()
@@ -73,7 +78,12 @@ def count_voxels(job: dict, progress=None, cancelled=None) -> tuple[CaseCounts, 
             None if mask is None else mask[start:stop],
         )
         report(progress, done + 1, len(edges) - 1, "counting the voxels")
-    return CaseCounts.from_dense(histogram.pos, histogram.neg), mask
+    check_cancelled(cancelled)
+    report(progress, len(edges) - 1, len(edges) - 1, "counting lesions and findings")
+    lesions = lesion_counts(
+        np.clip(np.asarray(anomaly_map, np.float32), 0, 1), np.asarray(truth) > 0, mask
+    )
+    return CaseCounts.from_dense(histogram.pos, histogram.neg), mask, lesions
 
 
 def removed_text(layer: Any) -> str:
@@ -95,6 +105,7 @@ class EvaluateWidget(CancellableRun, Panel):
         self.viewer = napari_viewer
         self.setObjectName("medood-evaluate")
         self.counts: CaseCounts | None = None
+        self.lesion_counts = None
         self.last_error: str | None = None
         self._threshold_layer = None
         self._map_layer = None
@@ -234,6 +245,7 @@ class EvaluateWidget(CancellableRun, Panel):
     def clear(self, message: str = "Choose a map and its ground truth, then Compute.") -> None:
         """Forget the computed numbers and remove the panel's threshold layer."""
         self.counts = None
+        self.lesion_counts = None
         self._map_layer = None
         self._mask = None
         self._layers_used = ()
@@ -358,8 +370,8 @@ class EvaluateWidget(CancellableRun, Panel):
             self._reset_progress()
             self.status.setText("Other layers were chosen during the count: press Compute.")
             return
-        counts, mask = outcome
-        self.counts = counts
+        counts, mask, lesions = outcome
+        self.counts, self.lesion_counts = counts, lesions
         self._map_layer, self._mask, self._layers_used = used[0], mask, used
         self._chosen = chosen
         self.last_error = None
@@ -387,7 +399,30 @@ class EvaluateWidget(CancellableRun, Panel):
             "recall": tp / (tp + fn) if tp + fn else None,
             "fpr": fp / counts.n_neg if counts.n_neg else None,
             "flagged_voxels": tp + fp,
+            **self.lesion_metrics(),
         }
+
+    def lesion_metrics(self) -> dict[str, Any]:
+        """Lesions and findings at the threshold (read at the lesion grid's nearest
+        threshold at or above it) and the lesion sensitivity at one false finding."""
+        lesions = getattr(self, "lesion_counts", None)
+        if lesions is None:
+            return {}
+        index = int(np.searchsorted(lesions.thresholds, self.threshold - 1e-9))
+        values: dict[str, Any] = {"lesions": lesions.lesions}
+        within = lesions.false_findings <= 1
+        if lesions.lesions and within.any():
+            values["sensitivity_at_1_false_finding"] = float(
+                lesions.found[within].max() / lesions.lesions
+            )
+        if index < len(lesions.thresholds):
+            values.update(
+                lesion_threshold=float(lesions.thresholds[index]),
+                lesions_found=int(lesions.found[index]),
+                findings=int(lesions.findings[index]),
+                false_findings=int(lesions.false_findings[index]),
+            )
+        return values
 
     def _show_metrics(self) -> None:
         values = self.metrics()
@@ -396,11 +431,23 @@ class EvaluateWidget(CancellableRun, Panel):
             value = values.get(key)
             return "-" if value is None else f"{value:.3f}"
 
+        lesion_line = ""
+        if "lesions" in values:
+            lesion_line = f"\n{values['lesions']} lesions"
+            if "lesions_found" in values:
+                lesion_line += (
+                    f"; at {values['lesion_threshold']:.3f}: {values['lesions_found']} found, "
+                    f"{values['false_findings']} false findings of {values['findings']}"
+                )
+            if "sensitivity_at_1_false_finding" in values:
+                lesion_line += (
+                    f"; {values['sensitivity_at_1_false_finding']:.2f} found at 1 false finding"
+                )
         self.metrics_label.setText(
             f"AP {text('ap')}   AUROC {text('auroc')}\n"
             f"at {self.threshold:.3f}: Dice {text('dice')}, precision {text('precision')}, "
             f"recall {text('recall')}, voxel FPR {text('fpr')} "
-            f"({values.get('flagged_voxels', 0)} voxels flagged)"
+            f"({values.get('flagged_voxels', 0)} voxels flagged)" + lesion_line
         )
         self._draw_curve()
 
