@@ -18,7 +18,11 @@ calibrated shipped models it is their card's threshold); the intensity baselines
 sit at their ceiling of 1 over more than 1 % of a healthy brain, are read at 1. For each set:
 - pixel AP over the brain voxels of all its scans (as ``medood-eval``), and per MS patient;
 - Dice at that threshold, pooled over the set's voxels;
-- the volume above it outside the lesions (or outliers), per scan: healthy tissue flagged.
+- the volume above it outside the lesions (or outliers), per scan: healthy tissue flagged;
+- lesions as a reader counts them (``evaluation.lesions``: lesions and findings as connected
+  components, a finding true when a tenth of it lies in lesions): the share of lesions
+  found at 1 false finding per scan (the FROC point), and the false findings per scan at
+  the row's threshold; and the findings each held-out healthy brain gets there.
 
 The synthetic set is tools/make_baseline_table.py's (medood-synth outliers in IXI039 and
 IXI048, seed 1, two of each kind: 22 scans): those two brains are also the calibration
@@ -56,6 +60,7 @@ class Tally:
         self.tp = self.fp = self.fn = 0
         self.fp_ml: list[float] = []
         self.lesion_ml: list[float] = []
+        self.lesion_counts: list = []
 
     def add(self, name, values, label, mask, threshold, voxel_ml) -> None:
         from napari_medood.evaluation.metrics import VoxelHistogram
@@ -73,16 +78,48 @@ class Tally:
         self.fn += int(np.count_nonzero(~flagged & truth))
         self.fp_ml.append(float(np.count_nonzero(flagged & ~truth)) * voxel_ml)
         self.lesion_ml.append(float(np.count_nonzero(truth)) * voxel_ml)
+        self.lesion_counts.append(lesion_counts_at(values, label, mask, threshold))
 
-    def figures(self) -> dict:
+    def figures(self, threshold: float) -> dict:
+        from napari_medood.evaluation.lesions import cohort_lesion_figures
+
         dice = 2 * self.tp / max(2 * self.tp + self.fp + self.fn, 1)
+        lesion = cohort_lesion_figures(
+            self.lesion_counts, [False] * len(self.lesion_counts), {"row": threshold}
+        )
         return {
             "pixel_ap": float(self.histogram.average_precision()),
             "ap_per_case": {k: round(v, 4) for k, v in self.case_ap.items()},
             "dice": float(dice),
             "healthy_ml_flagged": float(np.mean(self.fp_ml)),
             "lesion_ml": float(np.mean(self.lesion_ml)),
+            "lesions": lesion.get("lesions"),
+            "sensitivity_at_1_false_finding": lesion.get("froc", {})
+            .get("1", {})
+            .get("sensitivity"),
+            "false_findings_per_scan": lesion["at"]["row"]["false_findings_per_scan"],
+            "lesion_f1": lesion["at"]["row"]["f1"],
         }
+
+
+def lesion_counts_at(values, label, mask, threshold: float):
+    """The scan's findings on the lesion grid and at ``threshold`` (a saturated baseline's
+    1 included: its findings are its voxels at 1)."""
+    from napari_medood.evaluation.lesions import GRID, lesion_counts
+
+    return lesion_counts(
+        np.clip(values, 0, 1),
+        label if label is not None and label.any() else None,
+        mask,
+        sorted({*GRID, float(threshold)}),
+    )
+
+
+def healthy_findings(values, mask, threshold: float) -> int:
+    """The findings a healthy brain's map lists at ``threshold``."""
+    from napari_medood.evaluation.lesions import lesion_counts
+
+    return int(lesion_counts(np.clip(values, 0, 1), None, mask, (threshold,)).findings[0])
 
 
 def row_maps(detector_name: str, result, fused_rules) -> dict[str, np.ndarray]:
@@ -166,6 +203,7 @@ def main() -> None:
         started = time.perf_counter()
         detector = get_detector(name, device="cpu", gate=False, extra_maps=name == args.fused)
         healthy: dict[str, VoxelHistogram] = {}
+        healthy_maps: dict[str, list] = {}
         for case in held_out:
             volume, mask, _ = read(case)
             result = detector.predict(volume, mask)
@@ -173,11 +211,19 @@ def main() -> None:
                 healthy.setdefault(row, VoxelHistogram()).add(
                     values, np.zeros(values.shape, np.float32), mask
                 )
+                healthy_maps.setdefault(row, []).append((values, mask))
         for row, histogram in healthy.items():
             # a baseline's map saturates at 1 over more than 1 % of a healthy brain (its
             # percentile normalisation clips there): it is read at 1, those saturated voxels
             thresholds[row] = min(float(threshold_at_fpr(histogram, FPR)), 1.0)
-            figures[row] = {"threshold": round(thresholds[row], 5)}
+            figures[row] = {
+                "threshold": round(thresholds[row], 5),
+                # what each held-out healthy brain lists at the row's threshold
+                "healthy_false_findings": [
+                    int(healthy_findings(values, mask, thresholds[row]))
+                    for values, mask in healthy_maps[row]
+                ],
+            }
         for set_name, cases in sets.items():
             tallies: dict[str, Tally] = {}
             for case in cases:
@@ -188,7 +234,7 @@ def main() -> None:
                         case.name, values, label, mask, thresholds[row], voxel_ml(volume.affine)
                     )
             for row, tally in tallies.items():
-                figures[row][set_name] = tally.figures()
+                figures[row][set_name] = tally.figures(thresholds[row])
         seconds[row_label or name] = round(time.perf_counter() - started, 1)
         print(f"{row_label or name}: {seconds[row_label or name]:.0f} s", flush=True)
 
@@ -198,6 +244,8 @@ def main() -> None:
         ("pixel AP", "pixel_ap", 3),
         (f"Dice at the threshold flagging {100 * FPR:g} % of healthy brain voxels", "dice", 3),
         ("healthy tissue flagged (ml per scan, outside the lesions)", "healthy_ml_flagged", 1),
+        ("lesions found at 1 false finding per scan (FROC)", "sensitivity_at_1_false_finding", 2),
+        ("false findings per scan at the threshold", "false_findings_per_scan", 1),
     ):
         lines = [
             f"**{title}**",
@@ -206,9 +254,26 @@ def main() -> None:
             "|---|" + "---|" * len(columns),
         ]
         for row, measured in figures.items():
-            cells = [f"{measured[c][key]:.{digits}f}" for c in columns]
+            cells = [
+                "-" if measured[c].get(key) is None else f"{measured[c][key]:.{digits}f}"
+                for c in columns
+            ]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         tables.append("\n".join(lines))
+    tables.append(
+        "\n".join(
+            [
+                "**false findings per held-out healthy brain (IXI039, IXI048) at the threshold**",
+                "",
+                "| model | findings |",
+                "|---|---|",
+                *(
+                    f"| {row} | {', '.join(str(n) for n in measured.get('healthy_false_findings', []))} |"
+                    for row, measured in figures.items()
+                ),
+            ]
+        )
+    )
     lesions = " / ".join(
         f"{c}: {next(iter(figures.values()))[c]['lesion_ml']:.1f}" for c in columns
     )
