@@ -21,6 +21,7 @@ import numpy as np
 
 from napari_medood._progress import CancelledPredicate, ProgressCallback, check_cancelled, report
 from napari_medood.errors import MedoodError
+from napari_medood.evaluation.lesions import GRID, lesion_counts
 from napari_medood.evaluation.metrics import (
     CaseCounts,
     VoxelHistogram,
@@ -188,6 +189,8 @@ def score_cases(
     results = []
     total = total or len(cases)
     pixel = getattr(predict, "has_maps", True)
+    # every case read at the same thresholds: the lesion grid and the fixed ones
+    grid = sorted({*GRID, *(float(t) for t in options.thresholds)})
     for index, case in enumerate(cases):
         check_cancelled(cancelled)
         result = CaseResult(case.name, info=dict(case.info))
@@ -218,9 +221,6 @@ def score_cases(
                     result.ap = counts.average_precision()
                     result.auroc = _nan_to_none(counts.auroc())
                 if options.lesions:
-                    from napari_medood.evaluation.lesions import GRID, lesion_counts
-
-                    grid = sorted({*GRID, *(float(t) for t in options.thresholds)})
                     result.lesion_counts = lesion_counts(
                         anomaly_map,
                         label if result.anomalous is not False else None,
